@@ -1,0 +1,104 @@
+"""Every setting the service reads, with its default, in one place (the README has the same table)."""
+
+import os
+import secrets
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+DEFAULT_API_URL = "https://api.agentphone.ai"
+
+# name -> (default, one-line meaning); the README's configuration table mirrors this.
+SETTINGS = {
+    "AGENTPHONE_WEBHOOK_SECRET": (None, "Webhook signing secret(s), comma-separated; any match is valid."),
+    "AGENTPHONE_DEV": ("0", "1 = development mode: a generated secret is used when none is set."),
+    "DATABASE_URL": (None, "sqlite:///file.db, sqlite:////abs/path.db or postgresql://...; "
+                           "default: agentphone.db in the instance folder."),
+    "AGENTPHONE_API_KEY": (None, "API key for the AgentPhone REST API (sending texts, CLI)."),
+    "AGENTPHONE_API_URL": (DEFAULT_API_URL, "Base URL of the AgentPhone REST API."),
+    "VOICE_TIMEOUT": ("30", "Seconds the platform waits for a voice reply (5-120); the final line "
+                            "is sent before it."),
+    "DEMO_TOOL_LATENCY": ("0.5", "Seconds each demo tool takes (simulates a slow upstream)."),
+    "JOB_RUNNER": ("on", "on = run background jobs in each web worker; off = leave them to "
+                         "`flask agentphone worker`."),
+    "JOB_CONCURRENCY": ("4", "Jobs one process runs at the same time."),
+    "JOB_MAX_ATTEMPTS": ("5", "Attempts before a job is dead-lettered."),
+    "JOB_LEASE": ("60", "Seconds a claimed job is reserved for its worker before another may take it."),
+    "PORT": ("8000", "Port gunicorn binds (0.0.0.0:$PORT)."),
+    "WEB_CONCURRENCY": ("2", "gunicorn worker processes."),
+    "WORKER_CONNECTIONS": ("4000", "Open connections (held voice streams) per gevent worker."),
+    "LOG_LEVEL": ("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR)."),
+}
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot run a safe server."""
+
+
+def env(name):
+    """The value of a setting from the environment, else its default."""
+    value = os.environ.get(name)
+    return value if value not in (None, "") else SETTINGS[name][0]
+
+
+def load_dotenv_file():
+    """Read .env from the working directory (development); real environment variables win."""
+    load_dotenv(Path.cwd() / ".env", override=False)
+
+
+def parse_secrets(raw):
+    return tuple(s.strip() for s in (raw or "").split(",") if s.strip())
+
+
+def dev_secret(instance_path):
+    """A development secret created once and shared by every worker through the instance folder."""
+    path = Path(instance_path) / "dev-webhook-secret"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # O_EXCL: when several workers start at once exactly one writes the file.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write("whsec_dev_" + secrets.token_hex(16))
+    return path.read_text().strip()
+
+
+def _number(name, kind, low, high):
+    raw = env(name)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={raw} is out of range ({low}-{high})")
+    return value
+
+
+def from_env(instance_path, require_secret=True):
+    """Build the Flask config mapping from the environment; raises ConfigError when unsafe."""
+    dev = env("AGENTPHONE_DEV").lower() in ("1", "true", "yes", "on")
+    webhook_secrets = parse_secrets(env("AGENTPHONE_WEBHOOK_SECRET"))
+    if not webhook_secrets and require_secret:
+        if not dev:
+            raise ConfigError(
+                "AGENTPHONE_WEBHOOK_SECRET is not set: refusing to accept unsigned webhooks. "
+                "Set it to the whsec_... secret shown when the webhook was created "
+                "(or AGENTPHONE_DEV=1 for a generated development secret)."
+            )
+        webhook_secrets = (dev_secret(instance_path),)
+    return {
+        "DEV_MODE": dev,
+        "WEBHOOK_SECRETS": webhook_secrets,
+        "DATABASE_URL": env("DATABASE_URL")
+        or "sqlite:///" + str(Path(instance_path) / "agentphone.db"),
+        "AGENTPHONE_API_KEY": env("AGENTPHONE_API_KEY"),
+        "AGENTPHONE_API_URL": env("AGENTPHONE_API_URL").rstrip("/"),
+        "VOICE_TIMEOUT": _number("VOICE_TIMEOUT", float, 5, 120),
+        "DEMO_TOOL_LATENCY": _number("DEMO_TOOL_LATENCY", float, 0, 600),
+        "JOB_RUNNER": env("JOB_RUNNER").lower() not in ("off", "0", "false", "no"),
+        "JOB_CONCURRENCY": _number("JOB_CONCURRENCY", int, 1, 1000),
+        "JOB_MAX_ATTEMPTS": _number("JOB_MAX_ATTEMPTS", int, 1, 100),
+        "JOB_LEASE": _number("JOB_LEASE", float, 1, 86400),
+        "LOG_LEVEL": env("LOG_LEVEL").upper(),
+    }

@@ -1,0 +1,78 @@
+"""Error classes carrying their HTTP status, rendered as AgentPhone's own error envelope."""
+
+from flask import current_app, jsonify
+from werkzeug.exceptions import HTTPException
+
+
+class APIError(Exception):
+    """Base of every error the service answers with; subclasses set status and code."""
+
+    status = 500
+    code = "INTERNAL_ERROR"
+    message = "Internal server error"
+
+    def __init__(self, message=None, details=None):
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        self.details = list(details or [])
+
+    def to_dict(self):
+        body = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return {"error": body}
+
+
+class BadRequest(APIError):
+    status = 400
+    code = "VALIDATION_ERROR"
+    message = "Invalid request"
+
+
+class Unauthorized(APIError):
+    status = 401
+    code = "UNAUTHORIZED"
+    message = "Invalid webhook signature"
+
+
+class PayloadTooLarge(APIError):
+    status = 413
+    code = "PAYLOAD_TOO_LARGE"
+    message = "Request body is larger than 1 MiB"
+
+
+class ServiceUnavailable(APIError):
+    status = 503
+    code = "SERVICE_UNAVAILABLE"
+    message = "Temporarily unavailable, retry later"
+
+
+def field_error(field, message):
+    return {"field": field, "message": message}
+
+
+def render(error):
+    response = jsonify(error.to_dict())
+    response.status_code = error.status
+    return response
+
+
+def _http_exception(exc):
+    if exc.code == 413:
+        return render(PayloadTooLarge())
+    err = APIError(exc.description)
+    err.status = exc.code or 500
+    err.code = (exc.name or "error").upper().replace(" ", "_")
+    return render(err)
+
+
+def _unexpected(exc):
+    # A registered handler for Exception stops Flask from logging it, so log here.
+    current_app.logger.exception("unhandled error: %s", exc)
+    return render(APIError())
+
+
+def init_app(app):
+    app.register_error_handler(APIError, render)
+    app.register_error_handler(HTTPException, _http_exception)
+    app.register_error_handler(Exception, _unexpected)
