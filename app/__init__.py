@@ -19,6 +19,11 @@ def create_app(test_config=None):
     if not app.config["WEBHOOK_SECRETS"]:
         raise config.ConfigError("no webhook secret configured")
     _configure_logging(app.config.get("LOG_LEVEL", "INFO"))
+    if app.config.get("DEV_MODE"):
+        app.logger.warning(
+            "development mode: webhook URL http://127.0.0.1:%s/webhook, secret %s",
+            config.env("PORT"), app.config["WEBHOOK_SECRETS"][0],
+        )
 
     from app import agent, health, jobs, store, webhook
     from app import cli as cli_commands

@@ -1,0 +1,38 @@
+"""`flask agentphone simulate`: post a signed delivery like the platform and show the reply."""
+
+import time
+
+import click
+import requests
+from flask import current_app
+
+from app import simulator
+from app.cli import agentphone
+
+
+@agentphone.command("simulate")
+@click.option("--url", default="http://127.0.0.1:8000/webhook", show_default=True,
+              help="The running server's webhook URL.")
+@click.option("--sms", "kind", flag_value="sms", help="Send an inbound SMS instead.")
+@click.option("--call-ended", "kind", flag_value="call_ended", help="Send a call-ended event.")
+@click.option("--voice", "kind", flag_value="voice", default=True, help="A voice turn (default).")
+@click.option("--text", default=None, help="What the caller says or texts.")
+@click.option("--id", "delivery_id", default=None, help="X-Webhook-ID (default: random).")
+@click.option("--secret", default=None, help="Signing secret (default: the configured one).")
+def simulate(url, kind, text, delivery_id, secret):
+    """Sign and post a sample delivery; print each NDJSON line with its arrival time."""
+    secret = secret or current_app.config["WEBHOOK_SECRETS"][0]
+    raw, headers = simulator.signed_request(secret, simulator.payload(kind, text), delivery_id)
+    click.echo(f"POST {url}  {kind}  X-Webhook-ID: {headers['X-Webhook-ID']}")
+    started = time.monotonic()
+    try:
+        with requests.post(url, data=raw, headers=headers, stream=True, timeout=(5, 150)) as resp:
+            ms = (time.monotonic() - started) * 1000
+            click.echo(f"{ms:7.1f} ms  HTTP {resp.status_code} {resp.headers.get('Content-Type')}")
+            for raw_line in simulator.iter_ndjson(resp):
+                ms = (time.monotonic() - started) * 1000
+                click.echo(f"{ms:7.1f} ms  {raw_line.decode('utf-8', 'replace')}")
+    except requests.RequestException as exc:
+        raise click.ClickException(f"could not reach {url}: {exc}") from exc
+    if resp.status_code >= 400:
+        raise click.ClickException(f"server answered {resp.status_code}")

@@ -1,0 +1,96 @@
+"""The agent interface: a parsed turn in, reply chunks out.
+
+An agent's ``respond(turn)`` is a generator. Each ``str`` it yields is spoken at once as an
+interim line; the ``Reply`` it yields last ends the turn (text plus optional hangup, transfer
+or DTMF digits). The voice streamer owns the timing: interim-first, deadline, one final line.
+"""
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What the agent needs to answer one caller utterance or one inbound text."""
+
+    text: str
+    channel: str
+    caller: str | None = None
+    callee: str | None = None
+    call_id: str | None = None
+    conversation_id: str | None = None
+    agent_id: str | None = None
+    delivery_id: str | None = None
+    conversation_state: dict | None = None
+    recent_history: list = field(default_factory=list)
+    test: bool = False
+
+    @classmethod
+    def from_event(cls, event, delivery_id=None):
+        data = event.data
+        text = data.get("transcript") if event.is_voice_turn else data.get("message")
+        return cls(
+            text=text if isinstance(text, str) else "",
+            channel=event.channel,
+            caller=_str(data.get("from")),
+            callee=_str(data.get("to")),
+            call_id=_str(data.get("callId")),
+            conversation_id=_str(data.get("conversationId")),
+            agent_id=event.agent_id,
+            delivery_id=delivery_id,
+            conversation_state=event.conversation_state,
+            recent_history=event.recent_history,
+            test=event.test,
+        )
+
+    @property
+    def session_id(self):
+        """What ties turns of one conversation together: the call, else the conversation."""
+        return self.call_id or self.conversation_id or self.caller
+
+
+TRANSFER = "transfer"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The final chunk of a turn (SPEC 2.3): at most one of hangup / transfer (Q15)."""
+
+    text: str = ""
+    hangup: bool = False
+    action: str | None = None
+    digits: str | None = None
+
+    def __post_init__(self):
+        if self.hangup and self.action:
+            raise ValueError("a reply may hang up or transfer, not both")
+        if self.action not in (None, TRANSFER):
+            raise ValueError(f"unknown action {self.action!r}")
+
+    def to_line(self):
+        """The final NDJSON object: ``text`` always present unless it is a pure action (Q17)."""
+        line = {"text": self.text} if self.text or not (self.hangup or self.action) else {}
+        if self.hangup:
+            line["hangup"] = True
+        if self.action:
+            line["action"] = self.action
+        if self.digits:
+            line["digits"] = self.digits
+        return line
+
+
+class Agent:
+    """Base class for agents; subclasses implement `respond`."""
+
+    acknowledgement = "One moment, please."
+
+    def acknowledge(self, turn):
+        """The interim line spoken while the agent works. Must return at once (no I/O)."""
+        return self.acknowledgement
+
+    def respond(self, turn):
+        """Yield ``str`` chunks to speak now, then one ``Reply`` that ends the turn."""
+        raise NotImplementedError
+
+
+def _str(value):
+    return value if isinstance(value, str) else None

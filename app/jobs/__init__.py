@@ -1,0 +1,17 @@
+"""Durable background jobs for every event that is not a live voice turn."""
+
+from app.jobs.handlers import HANDLERS
+from app.jobs.runner import JobRunner
+
+
+def init_app(app):
+    runner = JobRunner(
+        app, dict(HANDLERS),
+        concurrency=app.config["JOB_CONCURRENCY"],
+        max_attempts=app.config["JOB_MAX_ATTEMPTS"],
+        lease=app.config["JOB_LEASE"],
+    )
+    app.extensions["job_runner"] = runner
+    if app.config["JOB_RUNNER"]:
+        # Under gunicorn post_worker_init starts it at boot; this covers any other server.
+        app.before_request(runner.start)

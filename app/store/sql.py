@@ -1,0 +1,229 @@
+"""Store operations written once in portable SQL; backends supply connections and dialect.
+
+Each operation is one autocommit statement or one short transaction with no other I/O
+inside, because under gevent a SQLite call never yields to other greenlets.
+"""
+
+import json
+import time
+
+from app.store.base import Job, Retention, StoreUnavailable
+from app.store.schema import MIGRATIONS, statements
+
+JOB_COLUMNS = (
+    "id, kind, payload, attempts, status, delivery_id, run_at, last_error, created_at, updated_at"
+)
+
+
+class SQLStore:
+    """Shared implementation; subclasses define `backend`, `types`, `lock_clause`, `_connection`,
+    `_cursor(transaction)` and `errors` (the driver's base exception classes)."""
+
+    backend = "sql"
+    types = {}
+    lock_clause = ""
+    errors = ()
+
+    def __init__(self, clock=time.time):
+        self.clock = clock
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _run(self, fn, transaction=True):
+        """Run ``fn(cursor)``, in one transaction unless told otherwise; driver errors become
+        StoreUnavailable (503) so that the platform retries instead of losing the event."""
+        try:
+            with self._cursor(transaction) as cur:
+                return fn(cur)
+        except self.errors as exc:
+            raise StoreUnavailable(f"{self.backend} store error: {exc}") from exc
+
+    def _one(self, sql, params=()):
+        """One autocommit statement; its first row (the statement must return rows)."""
+        return self._run(lambda cur: _fetchone(cur, sql, params), transaction=False)
+
+    def _exec(self, sql, params=()):
+        """One autocommit statement; the number of rows it changed."""
+        return self._run(lambda cur: _rowcount(cur, sql, params), transaction=False)
+
+    def migrate(self):
+        """Create or upgrade the schema; safe to run from many processes at once."""
+
+        def upgrade(cur):
+            self._lock_migrations(cur)
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version "
+                f"(version INTEGER PRIMARY KEY, applied_at {self.types['real']} NOT NULL)"
+            )
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            current = cur.fetchone()[0]
+            for version, migration in enumerate(MIGRATIONS, start=1):
+                if version <= current:
+                    continue
+                for statement in statements(migration, self.types):
+                    cur.execute(statement)
+                cur.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                    (version, self.clock()),
+                )
+            return len(MIGRATIONS)
+
+        return self._run(upgrade)
+
+    def _lock_migrations(self, cur):
+        """Serialize concurrent migrations; the backend's transaction may already do it."""
+
+    def ping(self):
+        self._one("SELECT 1")
+
+    def schema_version(self):
+        return self._one("SELECT MAX(version) FROM schema_version")[0]
+
+    # -- deliveries -------------------------------------------------------------------------
+
+    def claim_delivery(self, delivery_id, event):
+        """Record a delivery id; True if this call is the first to see it."""
+        return self._run(lambda cur: self._claim(cur, delivery_id, event))
+
+    def _claim(self, cur, delivery_id, event):
+        cur.execute(
+            "INSERT INTO deliveries (id, event, received_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (id) DO NOTHING",
+            (delivery_id, event, self.clock()),
+        )
+        return cur.rowcount == 1
+
+    def claim_with_job(self, delivery_id, event, kind, payload):
+        """Claim a delivery and enqueue its job atomically; True if it was new."""
+
+        def claim(cur):
+            if not self._claim(cur, delivery_id, event):
+                return False
+            now = self.clock()
+            cur.execute(
+                "INSERT INTO jobs (delivery_id, kind, payload, run_at, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (delivery_id, kind, payload, now, now, now),
+            )
+            return True
+
+        return self._run(claim)
+
+    # -- voice replies ----------------------------------------------------------------------
+
+    def save_voice_reply(self, delivery_id, reply):
+        self._exec(
+            "INSERT INTO voice_replies (delivery_id, reply, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (delivery_id) DO NOTHING",
+            (delivery_id, json.dumps(reply), self.clock()),
+        )
+
+    def voice_reply(self, delivery_id):
+        row = self._one("SELECT reply FROM voice_replies WHERE delivery_id = ?", (delivery_id,))
+        return json.loads(row[0]) if row else None
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def enqueue(self, kind, payload, delivery_id=None):
+        now = self.clock()
+        row = self._one(
+            "INSERT INTO jobs (delivery_id, kind, payload, run_at, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            (delivery_id, kind, payload, now, now, now),
+        )
+        return row[0]
+
+    def claim_job(self, worker, lease):
+        """Take the next due job (or one whose lease ran out) and lease it to ``worker``."""
+        now = self.clock()
+        row = self._one(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_until = ?, "
+            "worker = ?, updated_at = ? WHERE id = (SELECT id FROM jobs "
+            "WHERE (status = 'pending' AND run_at <= ?) OR (status = 'running' AND lease_until < ?) "
+            f"ORDER BY run_at, id LIMIT 1{self.lock_clause}) RETURNING {JOB_COLUMNS}",
+            (now + lease, worker, now, now, now),
+        )
+        return Job(*row) if row else None
+
+    def finish_job(self, job_id):
+        self._set_job(job_id, "done", None, None)
+
+    def fail_job(self, job_id, error, retry_at=None):
+        """Schedule another attempt at ``retry_at``, or dead-letter the job when it is None."""
+        status = "pending" if retry_at is not None else "dead"
+        self._set_job(job_id, status, str(error)[:2000], retry_at)
+
+    def _set_job(self, job_id, status, error, run_at):
+        now = self.clock()
+        self._exec(
+            "UPDATE jobs SET status = ?, last_error = COALESCE(?, last_error), "
+            "run_at = COALESCE(?, run_at), lease_until = NULL, updated_at = ? WHERE id = ?",
+            (status, error, run_at, now, job_id),
+        )
+
+    def retry_job(self, job_id):
+        """Put a dead (or any) job back in the queue with a fresh set of attempts."""
+        now = self.clock()
+        changed = self._exec(
+            "UPDATE jobs SET status = 'pending', attempts = 0, run_at = ?, lease_until = NULL, "
+            "updated_at = ? WHERE id = ?",
+            (now, now, job_id),
+        )
+        return changed == 1
+
+    def job(self, job_id):
+        row = self._one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return Job(*row) if row else None
+
+    def jobs(self, status=None, limit=50):
+        where, params = ("WHERE status = ?", (status,)) if status else ("", ())
+        return self._run(
+            lambda cur: [
+                Job(*r)
+                for r in _fetchall(
+                    cur,
+                    f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY id DESC LIMIT ?",
+                    (*params, limit),
+                )
+            ]
+        )
+
+    def job_counts(self):
+        rows = self._run(
+            lambda cur: _fetchall(cur, "SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        )
+        return dict(rows)
+
+    # -- retention --------------------------------------------------------------------------
+
+    def prune(self, retention=Retention()):
+        """Delete delivery ids, voice replies and finished jobs older than the retention."""
+        now = self.clock()
+
+        def prune(cur):
+            cutoff = now - retention.deliveries
+            cur.execute("DELETE FROM deliveries WHERE received_at < ?", (cutoff,))
+            deleted = cur.rowcount
+            cur.execute("DELETE FROM voice_replies WHERE created_at < ?", (cutoff,))
+            cur.execute(
+                "DELETE FROM jobs WHERE status = 'done' AND updated_at < ?",
+                (now - retention.finished_jobs,),
+            )
+            return deleted + cur.rowcount
+
+        return self._run(prune)
+
+
+def _fetchone(cur, sql, params=()):
+    cur.execute(sql, params)
+    return cur.fetchone()
+
+
+def _rowcount(cur, sql, params=()):
+    cur.execute(sql, params)
+    return cur.rowcount
+
+
+def _fetchall(cur, sql, params=()):
+    cur.execute(sql, params)
+    return cur.fetchall()

@@ -1,0 +1,61 @@
+"""AgentPhone webhook signatures (SPEC 1.5): pure functions, no Flask.
+
+The signed string is ``{X-Webhook-Timestamp}.{raw body}``, HMAC-SHA256 keyed with the whole
+``whsec_...`` secret as UTF-8, sent as ``sha256=<lowercase hex>``.
+"""
+
+import hashlib
+import hmac
+
+from app.errors import Unauthorized
+
+TOLERANCE = 300
+PREFIX = "sha256="
+
+
+class MissingSignature(Unauthorized):
+    code = "MISSING_SIGNATURE"
+    message = "Missing X-Webhook-Signature or X-Webhook-Timestamp header"
+
+
+class InvalidTimestamp(Unauthorized):
+    code = "INVALID_TIMESTAMP"
+    message = "X-Webhook-Timestamp must be unix seconds within 300 s of now"
+
+
+class InvalidSignature(Unauthorized):
+    code = "INVALID_SIGNATURE"
+    message = "Signature does not match the body and timestamp"
+
+
+def compute(secret, timestamp, body):
+    """The header value AgentPhone sends for this body: ``sha256=<hex>``."""
+    message = timestamp.encode("utf-8") + b"." + body
+    digest = hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+    return PREFIX + digest
+
+
+def parse_timestamp(value):
+    """Unix seconds from the header, ASCII digits only (Q7); anything else is invalid."""
+    if not value or not value.isascii() or not value.isdigit() or len(value) > 15:
+        raise InvalidTimestamp()
+    return int(value)
+
+
+def verify(secrets, signature, timestamp, body, now, tolerance=TOLERANCE):
+    """Raise an Unauthorized subclass unless ``signature`` is valid for any secret and fresh."""
+    if not signature or not timestamp:
+        raise MissingSignature()
+    sent_at = parse_timestamp(timestamp)
+    if abs(now - sent_at) > tolerance:
+        raise InvalidTimestamp()
+    if not signature.startswith(PREFIX):
+        raise InvalidSignature()
+    # Bytes, not str: compare_digest refuses non-ASCII str, and header text is arbitrary.
+    given = signature[len(PREFIX):].lower().encode("utf-8", "surrogateescape")
+    matched = False
+    for secret in secrets:
+        expected = compute(secret, timestamp, body)[len(PREFIX):].encode("ascii")
+        matched |= hmac.compare_digest(expected, given)
+    if not matched:
+        raise InvalidSignature()

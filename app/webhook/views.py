@@ -1,0 +1,85 @@
+"""POST /webhook: verify, claim the delivery id, then stream a voice reply or queue a job."""
+
+import logging
+import time
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from app.agent.base import Turn
+from app.store import get_store
+from app.voice.ndjson import line
+from app.voice.replay import ReplayAgent
+from app.voice.streamer import deadline_for, stream_turn
+from app.webhook import events, signing
+from app.webhook.disconnect import peer_closed_check
+
+log = logging.getLogger(__name__)
+bp = Blueprint("webhook", __name__)
+
+
+@bp.before_request
+def verify_signature():
+    """Fail closed: nothing below runs unless the body is signed with a configured secret."""
+    body = request.get_data(cache=True)  # raw bytes, before any JSON parsing (SPEC 1.5)
+    clock = current_app.config.get("CLOCK", time.time)
+    try:
+        signing.verify(
+            current_app.config["WEBHOOK_SECRETS"],
+            request.headers.get("X-Webhook-Signature"),
+            request.headers.get("X-Webhook-Timestamp"),
+            body,
+            now=clock(),
+        )
+    except signing.Unauthorized as exc:
+        log.warning("rejected delivery from %s: %s", request.remote_addr, exc.code)
+        raise
+    g.delivery_id = events.delivery_id(request.headers.get("X-Webhook-ID"), body)
+    g.event = events.parse(body)
+
+
+@bp.post("/webhook")
+def receive():
+    event, delivery_id = g.event, g.delivery_id
+    if event.is_voice_turn:
+        return _voice_turn(event, delivery_id)
+    kind = event.job_kind
+    if kind is None:
+        log.info("delivery %s: ignored unknown event %r (channel %r)",
+                 delivery_id, event.event, event.channel)
+        return _ack()
+    payload = request.get_data(as_text=True)
+    if get_store().claim_with_job(delivery_id, event.event, kind, payload):
+        log.info("delivery %s: %s queued as %s job", delivery_id, event.event, kind)
+        current_app.extensions["job_runner"].wake()
+    else:
+        log.info("delivery %s: duplicate %s ignored", delivery_id, event.event)
+    return _ack()
+
+
+def _ack():
+    return jsonify(ok=True)
+
+
+def _voice_turn(event, delivery_id):
+    store = get_store()
+    turn = Turn.from_event(event, delivery_id)
+    deadline = deadline_for(current_app.config["VOICE_TIMEOUT"])
+    peer_closed = peer_closed_check(request.environ)
+    # Claimed here, in the view: Flask tears down the request context before the stream runs.
+    if store.claim_delivery(delivery_id, event.event):
+        agent = current_app.extensions["agent"]
+
+        def on_final(final):
+            store.save_voice_reply(delivery_id, final)
+
+        lines = stream_turn(agent, turn, deadline, on_final, peer_closed)
+    else:
+        stored = store.voice_reply(delivery_id)
+        if stored is not None:
+            log.info("delivery %s: duplicate voice turn, replaying stored reply", delivery_id)
+            lines = iter([line(stored)])
+        else:
+            log.info("delivery %s: duplicate voice turn still running, waiting", delivery_id)
+            agent = ReplayAgent(store, delivery_id, deadline)
+            lines = stream_turn(agent, turn, deadline, None, peer_closed)
+    return Response(lines, mimetype="application/x-ndjson", headers={"X-Accel-Buffering": "no"})

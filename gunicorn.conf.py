@@ -1,0 +1,27 @@
+"""gunicorn settings for every deployment (Procfile, VM); each value can come from the env."""
+
+import os
+
+bind = f"0.0.0.0:{os.environ.get('PORT') or 8000}"
+workers = int(os.environ.get("WEB_CONCURRENCY") or 2)
+worker_class = "gevent"
+# Each held voice stream is one connection: this caps concurrent calls per worker.
+worker_connections = int(os.environ.get("WORKER_CONNECTIONS") or 4000)
+# Voice turns stream for up to VOICE_TIMEOUT (max 120 s); gevent workers are not killed by
+# timeout while streaming, but the master's heartbeat check needs headroom.
+timeout = 150
+graceful_timeout = 30
+keepalive = 75
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
+errorlog = "-"
+loglevel = (os.environ.get("LOG_LEVEL") or "info").lower()
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+
+
+def post_worker_init(worker):
+    """Start this worker's job runner at boot, so jobs left by a crash run without waiting
+    for the next request."""
+    app = worker.wsgi
+    if app.config.get("JOB_RUNNER"):
+        app.extensions["job_runner"].start()
+
