@@ -1,0 +1,86 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from app import create_app
+from app.simulator import signed_request
+from tests.servers import start_gunicorn
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "agentphone"
+SECRET = "whsec_test_secret_123"
+NOW = 1_736_942_400
+
+
+@pytest.fixture
+def secret():
+    return SECRET
+
+
+@pytest.fixture
+def make_app(tmp_path):
+    """Build an app on a fresh SQLite file; keyword arguments override config."""
+
+    def make(**overrides):
+        config = {
+            "TESTING": True,
+            "WEBHOOK_SECRETS": (SECRET,),
+            "DATABASE_URL": "sqlite:///" + str(tmp_path / "events.db"),
+            "CLOCK": lambda: NOW,
+            "JOB_RUNNER": False,
+            "DEMO_TOOL_LATENCY": 0.0,
+            "AGENTPHONE_API_KEY": None,
+            "AGENTPHONE_API_URL": "http://127.0.0.1:9",
+        }
+        config.update(overrides)
+        return create_app(config)
+
+    return make
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def post_signed(client):
+    """POST a body signed like the platform (at the test clock's NOW)."""
+
+    def post(body, delivery_id=None, secret=SECRET, timestamp=NOW, headers=None):
+        raw, signed = signed_request(secret, body, delivery_id, timestamp)
+        return client.post("/webhook", data=raw, headers={**signed, **(headers or {})})
+
+    return post
+
+
+@pytest.fixture
+def gunicorn(tmp_path):
+    """Start real gunicorn gevent servers: ``gunicorn(workers=1, **env)``; all stopped after."""
+    servers = []
+
+    def start(workers=1, **env):
+        env.setdefault("AGENTPHONE_WEBHOOK_SECRET", SECRET)
+        env.setdefault("LOG_LEVEL", "INFO")
+        server = start_gunicorn(tmp_path, {k: str(v) for k, v in env.items()}, workers)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def signature_vectors():
+    return json.loads((SHARED / "signature-vectors.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir():
+    return SHARED / "fixtures"

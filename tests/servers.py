@@ -1,0 +1,99 @@
+"""Real servers for tests: gunicorn with the gevent worker on a free loopback port."""
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN = Path(sys.executable).with_name("gunicorn")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    @property
+    def webhook(self):
+        return self.url + "/webhook"
+
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+    def worker_pids(self):
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True,
+                             text=True, check=False).stdout
+        return [int(p) for p in out.split()]
+
+    def wait_for_log(self, text, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return True
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not in server log:\n{self.log()[-3000:]}")
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def wait_healthy(url, process, log_path, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited:\n{log_path.read_text()[-3000:]}")
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"server did not become healthy:\n{log_path.read_text()[-3000:]}")
+
+
+def start_gunicorn(tmp_path, env, workers=1, command=None):
+    """Start the Procfile's web command with ``env`` added; returns a running Server."""
+    port = free_port()
+    log_path = tmp_path / f"gunicorn-{port}.log"
+    full_env = {
+        **os.environ,
+        "PORT": str(port),
+        "WEB_CONCURRENCY": str(workers),
+        "DATABASE_URL": "sqlite:///" + str(tmp_path / "events.db"),
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    if "AGENTPHONE_DEV" not in env:
+        full_env.pop("AGENTPHONE_DEV", None)
+    cmd = command or [str(GUNICORN), "-c", "gunicorn.conf.py", "--bind",
+                      f"127.0.0.1:{port}", "wsgi:app"]
+    log_file = log_path.open("w")
+    process = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log_file,
+                               stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process, log_path)
+    except Exception:
+        process.kill()
+        process.wait()
+        raise
+    return Server(url, process, log_path)
