@@ -1,0 +1,404 @@
+"""AgentPhoneClient: the REST API (SPEC 4) over the retrying transport."""
+
+import logging
+import time
+from urllib.parse import quote
+
+import requests
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
+
+from app.agentphone import transport
+from app.agentphone.errors import APIConnectionError, MissingAPIKeyError, error_from_response
+from app.agentphone.models import (
+    Agent,
+    Call,
+    Contact,
+    Conversation,
+    DeliveryStats,
+    Message,
+    PhoneNumber,
+    Reaction,
+    StreamConnected,
+    StreamEnded,
+    TranscriptEntry,
+    TranscriptTurn,
+    Webhook,
+    WebhookDelivery,
+    WebhookTestResult,
+)
+from app.agentphone.pagination import (
+    format_timestamp,
+    page_items,
+    parse_offset_page,
+    walk_cursor,
+    walk_offset,
+)
+from app.agentphone.sse import parse_sse, transcript_event
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.agentphone.ai"
+USER_AGENT = "agentphone-backend/0.1"
+UNSET = object()  # "leave unchanged", where None means "clear"
+
+
+def _seg(value):
+    """A path segment, escaped so an id can never change the path."""
+    return quote(str(value), safe="")
+
+
+def _drop_none(mapping):
+    return {k: v for k, v in mapping.items() if v is not None}
+
+
+class AgentPhoneClient:
+    """Client for https://api.agentphone.ai; thread-safe, one connection pool per client.
+
+    timeout: (connect, read) seconds for every request. max_retries, backoff_factor, max_wait
+    and budget tune the transport's retries (see transport.py). stream_quiet_timeout: seconds
+    without a byte (heartbeats come every 15 s) before a transcript stream counts as dead;
+    stream_reconnects: reconnects in a row without new turns before giving up.
+    """
+
+    def __init__(self, api_key, base_url=DEFAULT_BASE_URL, timeout=(5.0, 30.0), max_retries=2,
+                 backoff_factor=1.0, max_wait=60.0, budget=120.0, stream_quiet_timeout=45.0,
+                 stream_reconnects=3):
+        if not api_key:
+            raise MissingAPIKeyError(
+                "No AgentPhone API key: set AGENTPHONE_API_KEY to your sk_... key."
+            )
+        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        self.timeout = timeout
+        self.budget = budget
+        self.backoff_factor = backoff_factor
+        self.max_wait = max_wait
+        self.stream_quiet_timeout = stream_quiet_timeout
+        self.stream_reconnects = stream_reconnects
+        retry = transport.build_retry(max_retries, backoff_factor, max_wait)
+        self._session = transport.build_session(api_key, retry, USER_AGENT)
+
+    def close(self):
+        self._session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def _open(self, method, path, *, params=None, json=None, **kwargs):
+        """Send one call (retries included) and return the response, or raise AgentPhoneError."""
+        url = self.base_url + path
+        kwargs.setdefault("timeout", self.timeout)
+        try:
+            with transport.call_deadline(self.budget):
+                response = self._session.request(
+                    method, url, params=_drop_none(params or {}), json=json, **kwargs
+                )
+        except requests.RequestException as exc:
+            raise APIConnectionError(f"{method} {path} failed: {exc}") from exc
+        if response.status_code >= 300:
+            try:
+                raise error_from_response(response.status_code, response.text, response.headers,
+                                          response.reason or "")
+            finally:
+                response.close()
+        return response
+
+    def request(self, method, path, *, params=None, json=None):
+        """Decoded JSON of a call (None for an empty body)."""
+        response = self._open(method, path, params=params, json=json)
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise APIConnectionError(
+                f"{method} {path}: response is not JSON: {response.text[:200]!r}",
+                status=response.status_code, body=response.text,
+            ) from exc
+
+    def _page(self, path, convert, limit, offset, **params):
+        body = self.request("GET", path, params={"limit": limit, "offset": offset or None,
+                                                  **params})
+        return parse_offset_page(body, offset or 0, limit, convert.from_dict)
+
+    @staticmethod
+    def paginate(list_method, *args, limit=None, max_items=None, **kwargs):
+        """Every item of an offset-paged list: paginate(client.list_calls, status="failed")."""
+        return walk_offset(
+            lambda lim, off: list_method(*args, limit=lim, offset=off, **kwargs),
+            limit=limit, max_items=max_items,
+        )
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def list_calls(self, status=None, direction=None, type=None, search=None, limit=None,
+                   offset=0):
+        """One page of calls (newest first), optionally filtered."""
+        return self._page("/v1/calls", Call, limit, offset, status=status, direction=direction,
+                          type=type, search=search)
+
+    def list_agent_calls(self, agent_id, limit=None, offset=0):
+        return self._page(f"/v1/agents/{_seg(agent_id)}/calls", Call, limit, offset)
+
+    def list_number_calls(self, number_id, limit=None, offset=0):
+        return self._page(f"/v1/numbers/{_seg(number_id)}/calls", Call, limit, offset)
+
+    def get_call(self, call_id):
+        return Call.from_dict(self.request("GET", f"/v1/calls/{_seg(call_id)}"))
+
+    def get_transcript(self, call_id):
+        """The whole transcript; accepts `{data: [...]}`, `{transcripts: [...]}` or a list (Q25)."""
+        body = self.request("GET", f"/v1/calls/{_seg(call_id)}/transcript")
+        if isinstance(body, dict) and isinstance(body.get("transcripts"), list):
+            body = body["transcripts"]
+        return [TranscriptEntry.from_dict(item) for item in page_items(body)]
+
+    def create_call(self, agent_id, to_number, *, from_number_id=None, initial_greeting=None,
+                    voice=None, system_prompt=None, variables=None, call_screening_identity=None,
+                    call_screening_purpose=None):
+        """Start an outbound call; returns the call at once (status in-progress)."""
+        body = _drop_none({
+            "agentId": agent_id, "toNumber": to_number, "fromNumberId": from_number_id,
+            "initialGreeting": initial_greeting, "voice": voice, "systemPrompt": system_prompt,
+            "variables": variables, "callScreeningIdentity": call_screening_identity,
+            "callScreeningPurpose": call_screening_purpose,
+        })
+        return Call.from_dict(self.request("POST", "/v1/calls", json=body))
+
+    def end_call(self, call_id):
+        return Call.from_dict(self.request("POST", f"/v1/calls/{_seg(call_id)}/end"))
+
+    # -- transcript stream ------------------------------------------------------------------
+
+    def stream_transcript(self, call_id, quiet_timeout=None, max_reconnects=None):
+        """Yield StreamConnected, TranscriptTurn and StreamEnded events of a call, live.
+
+        Stops after StreamEnded. A dropped connection, a server close before `ended`, or
+        `quiet_timeout` seconds without a byte lead to a reconnect with backoff; the server
+        replays every turn then, and turns already yielded are skipped (Q27), as is a second
+        `connected`. After `max_reconnects` reconnects in a row without a new turn,
+        APIConnectionError is raised. HTTP errors (401, 404, ...) are raised at once.
+        """
+        quiet = self.stream_quiet_timeout if quiet_timeout is None else quiet_timeout
+        limit = self.stream_reconnects if max_reconnects is None else max_reconnects
+        path = f"/v1/calls/{_seg(call_id)}/transcript/stream"
+        seen, connected, failures = set(), False, 0
+        while True:
+            try:
+                for event in self._stream_events(path, quiet):
+                    if isinstance(event, TranscriptTurn):
+                        if event.key in seen:
+                            continue
+                        seen.add(event.key)
+                        failures = 0
+                    elif isinstance(event, StreamConnected):
+                        if connected:
+                            continue
+                        connected = True
+                    yield event
+                    if isinstance(event, StreamEnded):
+                        return
+                reason = "the server closed the stream before the call ended"
+            except APIConnectionError as exc:
+                reason = str(exc)
+            failures += 1
+            if failures > limit:
+                raise APIConnectionError(
+                    f"transcript stream of {call_id} lost after {limit} reconnects: {reason}"
+                )
+            wait = transport.backoff_delay(failures, self.backoff_factor, self.max_wait,
+                                           self.backoff_factor * 0.1)
+            log.info("transcript stream of %s interrupted (%s); reconnecting in %.1f s",
+                     call_id, reason, wait)
+            time.sleep(wait)
+
+    def _stream_events(self, path, quiet):
+        """Typed events of one connection to an SSE endpoint."""
+        response = self._open(
+            "GET", path, stream=True, timeout=(self.timeout[0], quiet),
+            headers={"Accept": "text/event-stream", "Accept-Encoding": "identity"},
+        )
+        with response:
+            try:
+                for sse in parse_sse(_arrived_chunks(response.raw)):
+                    event = transcript_event(sse)
+                    if event is not None:
+                        yield event
+            except (requests.RequestException, Urllib3HTTPError, OSError) as exc:
+                raise APIConnectionError(f"GET {path}: stream interrupted: {exc}") from exc
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def send_message(self, agent_id=None, to_number=None, body="", *, media_urls=None,
+                     number_id=None, from_number=None, recipients=None, send_style=None,
+                     reply_to_message_id=None):
+        """Send an SMS/MMS/iMessage (POST /v1/messages, snake_case body, SPEC 4.6).
+
+        Retried only on 429/503; a timeout raises APIConnectionError and is NOT retried,
+        since the text may have gone out.
+        """
+        payload = _drop_none({
+            "agent_id": agent_id, "to_number": to_number, "recipients": recipients,
+            "body": body, "media_urls": media_urls, "number_id": number_id,
+            "from_number": from_number, "send_style": send_style,
+            "reply_to_message_id": reply_to_message_id,
+        })
+        return Message.from_dict(self.request("POST", "/v1/messages", json=payload))
+
+    def react(self, message_id, reaction):
+        """iMessage tapback on a message."""
+        return Reaction.from_dict(self.request(
+            "POST", f"/v1/messages/{_seg(message_id)}/reactions", json={"reaction": reaction}
+        ))
+
+    @staticmethod
+    def _messages_path(number_id, conversation_id):
+        if (number_id is None) == (conversation_id is None):
+            raise ValueError("pass exactly one of number_id and conversation_id")
+        if number_id is not None:
+            return f"/v1/numbers/{_seg(number_id)}/messages"
+        return f"/v1/conversations/{_seg(conversation_id)}/messages"
+
+    def _messages_body(self, path, limit=None, before=None, after=None):
+        if before is not None and after is not None:
+            raise ValueError("pass before or after, not both")  # Q28
+        return self.request("GET", path, params={
+            "limit": limit,
+            "before": None if before is None else format_timestamp(before),
+            "after": None if after is None else format_timestamp(after),
+        })
+
+    def messages_page(self, *, number_id=None, conversation_id=None, limit=None, before=None,
+                      after=None):
+        """One page of a number's or a conversation's messages (timestamp cursors)."""
+        path = self._messages_path(number_id, conversation_id)
+        body = self._messages_body(path, limit, before, after)
+        items = page_items(body)
+        return parse_offset_page(
+            {"data": items, "hasMore": bool(isinstance(body, dict) and body.get("hasMore"))},
+            0, limit, Message.from_dict,
+        )
+
+    def iter_messages(self, *, number_id=None, conversation_id=None, direction="older",
+                      start=None, limit=None, max_items=None):
+        """Messages across pages: "older" walks back from `start` (default: now), "newer"
+        forward from `start`; de-duplicated by id (Q28)."""
+        path = self._messages_path(number_id, conversation_id)
+        items = walk_cursor(
+            lambda lim, **cursor: self._messages_body(path, lim, **cursor),
+            direction=direction, limit=limit, start=start, max_items=max_items,
+        )
+        return (Message.from_dict(item) for item in items)
+
+    # -- conversations ----------------------------------------------------------------------
+
+    def list_conversations(self, limit=None, offset=0):
+        return self._page("/v1/conversations", Conversation, limit, offset)
+
+    def list_agent_conversations(self, agent_id, limit=None, offset=0):
+        return self._page(f"/v1/agents/{_seg(agent_id)}/conversations", Conversation, limit,
+                          offset)
+
+    def get_conversation(self, conversation_id, message_limit=None):
+        return Conversation.from_dict(self.request(
+            "GET", f"/v1/conversations/{_seg(conversation_id)}",
+            params={"message_limit": message_limit},
+        ))
+
+    def update_conversation(self, conversation_id, metadata=UNSET, group_name=None):
+        """Replace the conversation's metadata (None clears it); fields not given are kept."""
+        body = _drop_none({"group_name": group_name})
+        if metadata is not UNSET:
+            body["metadata"] = metadata
+        return Conversation.from_dict(self.request(
+            "PATCH", f"/v1/conversations/{_seg(conversation_id)}", json=body
+        ))
+
+    # -- webhooks ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _webhook_path(agent_id):
+        return "/v1/webhooks" if agent_id is None else f"/v1/agents/{_seg(agent_id)}/webhook"
+
+    def get_webhook(self, agent_id=None):
+        """The project's (or an agent's own) webhook, or None when none is set."""
+        body = self.request("GET", self._webhook_path(agent_id))
+        return Webhook.from_dict(body) if body else None
+
+    def set_webhook(self, url, context_limit=None, timeout=None, agent_id=None):
+        """Create or replace the webhook; the result carries the new signing secret."""
+        body = _drop_none({"url": url, "contextLimit": context_limit, "timeout": timeout})
+        return Webhook.from_dict(self.request("POST", self._webhook_path(agent_id), json=body))
+
+    def delete_webhook(self, agent_id=None):
+        return self.request("DELETE", self._webhook_path(agent_id))
+
+    def test_webhook(self, agent_id=None):
+        """Have AgentPhone send a sample event to the project webhook (agentId in the payload)."""
+        return WebhookTestResult.from_dict(self.request(
+            "POST", "/v1/webhooks/test", params={"agentId": agent_id}
+        ))
+
+    def test_agent_webhook(self, agent_id):
+        """Have AgentPhone send a sample event to the agent's own webhook."""
+        return WebhookTestResult.from_dict(self.request(
+            "POST", f"/v1/agents/{_seg(agent_id)}/webhook/test"
+        ))
+
+    def list_deliveries(self, limit=None, offset=0, hours=None):
+        """One page of the delivery log (`items` envelope, Q24); `hours` looks back 1-168 h."""
+        return self._page("/v1/webhooks/deliveries", WebhookDelivery, limit, offset, hours=hours)
+
+    def delivery_stats(self, hours=None):
+        return DeliveryStats.from_dict(self.request(
+            "GET", "/v1/webhooks/deliveries/stats", params={"hours": hours}
+        ))
+
+    def list_agent_deliveries(self, agent_id, limit=None):
+        """Recent deliveries to an agent's own webhook (a bare list, no paging)."""
+        body = self.request("GET", f"/v1/agents/{_seg(agent_id)}/webhook/deliveries",
+                            params={"limit": limit})
+        return [WebhookDelivery.from_dict(item) for item in page_items(body)]
+
+    # -- agents, numbers, contacts ----------------------------------------------------------
+
+    def list_agents(self, limit=None, offset=0):
+        return self._page("/v1/agents", Agent, limit, offset)
+
+    def get_agent(self, agent_id):
+        return Agent.from_dict(self.request("GET", f"/v1/agents/{_seg(agent_id)}"))
+
+    def list_numbers(self, limit=None, offset=0):
+        return self._page("/v1/numbers", PhoneNumber, limit, offset)
+
+    def get_number(self, number_id):
+        return PhoneNumber.from_dict(self.request("GET", f"/v1/numbers/{_seg(number_id)}"))
+
+    def list_contacts(self, limit=None, offset=0):
+        return self._page("/v1/contacts", Contact, limit, offset)
+
+
+def _arrived_chunks(raw, size=65536):
+    """Bytes as they arrive: read1 returns what is there instead of waiting for `size`."""
+    while True:
+        chunk = raw.read1(size)
+        if not chunk:
+            return
+        yield chunk
+
+
+def from_config(config):
+    """A client from a mapping with AGENTPHONE_API_KEY and (optionally) AGENTPHONE_API_URL."""
+    return AgentPhoneClient(
+        config.get("AGENTPHONE_API_KEY"),
+        base_url=config.get("AGENTPHONE_API_URL") or DEFAULT_BASE_URL,
+    )
+
+
+def client_from_app(app):
+    """A client configured from a Flask app's config."""
+    return from_config(app.config)

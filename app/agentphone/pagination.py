@@ -1,0 +1,138 @@
+"""Pagination: the pure decisions (next page? next cursor?) and the walkers that use them.
+
+Three styles (SPEC 4.7): offset lists `{data, hasMore, total}`, message lists with
+timestamp cursors `{data, hasMore}`, and the delivery log `{items, total, offset, limit}`.
+"""
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+
+@dataclass
+class Page:
+    """One page of results."""
+
+    items: list
+    has_more: bool
+    total: int | None = None
+    offset: int = 0
+    limit: int | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+
+def page_items(body):
+    """The item list of a page body: `data`, else `items` (delivery log, Q24), else a bare list."""
+    if isinstance(body, list):
+        return body
+    if isinstance(body, dict):
+        for key in ("data", "items"):
+            if isinstance(body.get(key), list):
+                return body[key]
+    return []
+
+
+def has_more(body, offset, count, limit):
+    """Q29: `hasMore` if present; else `offset + count < total`; else a full page means more."""
+    if isinstance(body, dict) and isinstance(body.get("hasMore"), bool):
+        return body["hasMore"]
+    total = body.get("total") if isinstance(body, dict) else None
+    if isinstance(total, int):
+        return offset + count < total
+    return limit is not None and count >= limit > 0
+
+
+def parse_offset_page(body, offset, limit, convert=lambda item: item):
+    """A Page from an offset-style (or delivery log) body fetched at `offset` with `limit`."""
+    items = page_items(body)
+    total = body.get("total") if isinstance(body, dict) else None
+    return Page(
+        items=[convert(item) for item in items],
+        has_more=bool(items) and has_more(body, offset, len(items), limit),
+        total=total if isinstance(total, int) else None,
+        offset=offset,
+        limit=limit,
+        raw=body if isinstance(body, dict) else {"data": body},
+    )
+
+
+def walk_offset(fetch, limit=None, offset=0, max_items=None):
+    """Yield items across pages; `fetch(limit, offset)` returns a Page."""
+    yielded = 0
+    while True:
+        page = fetch(limit, offset)
+        for item in page.items:
+            if max_items is not None and yielded >= max_items:
+                return
+            yield item
+            yielded += 1
+        if not page.has_more:
+            return
+        offset += len(page.items)
+
+
+def parse_timestamp(value):
+    """An aware datetime from an ISO-8601 string (with `Z` or an offset); None if unparseable."""
+    if isinstance(value, datetime):
+        parsed = value
+    else:
+        try:
+            parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def format_timestamp(value):
+    """Q28: cursors are ISO-8601 UTC with `Z`."""
+    parsed = parse_timestamp(value)
+    if parsed is None:
+        raise ValueError(f"not an ISO-8601 timestamp: {value!r}")
+    return parsed.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def message_time(item):
+    """When a message happened, for cursors."""
+    return parse_timestamp(item.get("receivedAt") or item.get("createdAt") or "")
+
+
+def next_cursor(items, direction):
+    """Q28 cursor for the page after `items`: `before` the oldest, or `after` the newest.
+
+    Returns ("before"|"after", timestamp) or None when no item has a usable time.
+    """
+    times = [t for t in (message_time(item) for item in items) if t is not None]
+    if not times:
+        return None
+    if direction == "older":
+        return ("before", format_timestamp(min(times)))
+    return ("after", format_timestamp(max(times)))
+
+
+def walk_cursor(fetch, direction="older", limit=None, start=None, max_items=None):
+    """Yield messages page by page; `fetch(limit, before=..., after=...)` returns a raw body.
+
+    `direction` "older" walks back in time with `before`, "newer" forward with `after`
+    (never both, Q28); `start` is the first cursor timestamp. Items are de-duplicated by
+    `id` in case cursors are inclusive; a page with nothing new ends the walk.
+    """
+    if direction not in ("older", "newer"):
+        raise ValueError("direction must be 'older' or 'newer'")
+    param = "before" if direction == "older" else "after"
+    cursor = {param: format_timestamp(start)} if start is not None else {}
+    seen = set()
+    yielded = 0
+    while True:
+        body = fetch(limit, **cursor)
+        items = page_items(body)
+        fresh = [item for item in items if item.get("id") not in seen]
+        for item in fresh:
+            if max_items is not None and yielded >= max_items:
+                return
+            seen.add(item.get("id"))
+            yield item
+            yielded += 1
+        more = isinstance(body, dict) and body.get("hasMore") is True
+        nxt = next_cursor(items, direction)
+        if not more or not fresh or nxt is None:
+            return
+        cursor = {nxt[0]: nxt[1]}
