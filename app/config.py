@@ -18,6 +18,8 @@ SETTINGS = {
     "AGENTPHONE_API_URL": (DEFAULT_API_URL, "Base URL of the AgentPhone REST API."),
     "VOICE_TIMEOUT": ("30", "Seconds the platform waits for a voice reply (5-120); the final line "
                             "is sent before it."),
+    "AGENT": (None, "Import path module:callable of your agent factory, called with the app; "
+                    "default: the built-in agent."),
     "DEMO_TOOL_LATENCY": ("0.5", "Seconds each demo tool takes (simulates a slow upstream)."),
     "JOB_RUNNER": ("on", "on = run background jobs in each web worker; off = leave them to "
                          "`flask agentphone worker`."),
@@ -95,7 +97,9 @@ def from_env(instance_path, require_secret=True):
         "AGENTPHONE_API_KEY": env("AGENTPHONE_API_KEY"),
         "AGENTPHONE_API_URL": env("AGENTPHONE_API_URL").rstrip("/"),
         "VOICE_TIMEOUT": _number("VOICE_TIMEOUT", float, 5, 120),
-        "DEMO_TOOL_LATENCY": _number("DEMO_TOOL_LATENCY", float, 0, 600),
+        "AGENT": (None, "Import path module:callable of your agent factory, called with the app; "
+                    "default: the built-in agent."),
+    "DEMO_TOOL_LATENCY": _number("DEMO_TOOL_LATENCY", float, 0, 600),
         "JOB_RUNNER": env("JOB_RUNNER").lower() not in ("off", "0", "false", "no"),
         "JOB_CONCURRENCY": _number("JOB_CONCURRENCY", int, 1, 1000),
         "JOB_MAX_ATTEMPTS": _number("JOB_MAX_ATTEMPTS", int, 1, 100),

@@ -5,7 +5,7 @@ import logging
 import queue
 import time
 
-from app.agent.base import Reply
+from app.agent.base import Agent, Reply
 from app.tasks import spawn
 from app.voice.ndjson import interim, line
 
@@ -27,11 +27,11 @@ def stream_turn(agent, turn, deadline, on_final=None, peer_closed=None, clock=ti
     """Yield the NDJSON lines of one turn. ``on_final(line_dict)`` records the final line;
     ``peer_closed()`` tells whether the caller's connection has gone."""
     started = clock()
-    yield interim(agent.acknowledge(turn))
-    chunks = queue.Queue()
-    task = spawn(_pump, agent, turn, chunks)
-    final = None
+    task = final = None
     try:
+        yield interim(_acknowledgement(agent, turn))
+        chunks = queue.Queue()
+        task = spawn(_pump, agent, turn, chunks)
         while final is None:
             remaining = started + deadline - clock()
             if remaining <= 0:
@@ -58,10 +58,20 @@ def stream_turn(agent, turn, deadline, on_final=None, peer_closed=None, clock=ti
             elif isinstance(chunk, str) and chunk.strip():
                 yield interim(chunk.strip())
     finally:
-        task.cancel()
+        if task is not None:
+            task.cancel()
+        # Also when the stream is closed early, so that a retry replays at once.
         _record(on_final, final or Reply(LATE_TEXT), turn)
     log.info("voice turn %s answered in %.0f ms", turn.delivery_id, (clock() - started) * 1000)
     yield line(final.to_line())
+
+
+def _acknowledgement(agent, turn):
+    try:
+        return agent.acknowledge(turn)
+    except Exception:
+        log.exception("voice turn %s: acknowledge() failed", turn.delivery_id)
+        return Agent.acknowledgement
 
 
 def _pump(agent, turn, chunks):

@@ -1,0 +1,119 @@
+"""The voice streamer's guarantees, whatever the agent does: interim first, one final line."""
+
+import json
+import threading
+import time
+
+import pytest
+
+from app.agent.base import TRANSFER, Agent, Reply, Turn
+from app.voice.streamer import ERROR_TEXT, LATE_TEXT, deadline_for, stream_turn
+
+TURN = Turn(text="hello", channel="voice", delivery_id="whd_1")
+
+
+class ScriptedAgent(Agent):
+    def __init__(self, *steps):
+        self.steps = steps
+
+    def respond(self, turn):
+        for step in self.steps:
+            if isinstance(step, (int, float)):
+                time.sleep(step)
+            elif isinstance(step, Exception):
+                raise step
+            else:
+                yield step
+
+
+def run(agent, deadline=2.0, **kwargs):
+    recorded = []
+    lines = list(stream_turn(agent, TURN, deadline, recorded.append, **kwargs))
+    assert all(line.endswith("\n") and line.count("\n") == 1 for line in lines)
+    objects = [json.loads(line) for line in lines]
+    assert objects[0]["interim"] is True
+    assert all(o.get("interim") is True for o in objects[:-1])
+    assert "interim" not in objects[-1]
+    assert recorded == [objects[-1]]
+    return objects
+
+
+def test_sentences_then_final():
+    objects = run(ScriptedAgent("First.", "  ", "Second.", Reply("Done.")))
+    assert [o["text"] for o in objects] == ["One moment, please.", "First.", "Second.", "Done."]
+
+
+@pytest.mark.parametrize(
+    ("reply", "line"),
+    [(Reply("Bye!", hangup=True), {"text": "Bye!", "hangup": True}),
+     (Reply("Connecting.", action=TRANSFER), {"text": "Connecting.", "action": "transfer"}),
+     (Reply(hangup=True), {"hangup": True}),
+     (Reply("Pressing one.", digits="1"), {"text": "Pressing one.", "digits": "1"}),
+     (Reply(), {"text": ""})],
+)
+def test_final_line_fields(reply, line):
+    assert run(ScriptedAgent(reply))[-1] == line
+
+
+def test_reply_refuses_hangup_and_transfer_together():
+    with pytest.raises(ValueError):
+        Reply("x", hangup=True, action=TRANSFER)
+
+
+def test_late_agent_gets_fallback_at_deadline():
+    started = time.monotonic()
+    objects = run(ScriptedAgent("Working.", 5, Reply("too late")), deadline=0.5)
+    assert objects[-1] == {"text": LATE_TEXT}
+    assert [o["text"] for o in objects[1:-1]] == ["Working."]
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("steps", [(RuntimeError("boom"),), ("Partial.", KeyError("x")), ("Only.",)])
+def test_failing_or_unfinished_agent_apologises(steps):
+    assert run(ScriptedAgent(*steps))[-1] == {"text": ERROR_TEXT}
+
+
+def test_nothing_after_the_final_line():
+    objects = run(ScriptedAgent(Reply("first"), "ignored", Reply("second")))
+    assert [o["text"] for o in objects[1:]] == ["first"]
+
+
+def test_interim_line_comes_before_any_agent_work():
+    started = threading.Event()
+
+    class Slow(Agent):
+        def respond(self, turn):
+            started.set()
+            time.sleep(0.3)
+            yield Reply("ok")
+
+    lines = stream_turn(Slow(), TURN, 2.0)
+    first = next(lines)
+    assert json.loads(first)["interim"] is True
+    assert not started.is_set()
+    assert json.loads(list(lines)[-1]) == {"text": "ok"}
+
+
+def test_disconnect_ends_the_stream_without_a_final_line():
+    recorded = []
+    started = time.monotonic()
+    lines = list(stream_turn(ScriptedAgent(5, Reply("x")), TURN, 10.0, recorded.append,
+                             peer_closed=lambda: True))
+    assert len(lines) == 1
+    assert time.monotonic() - started < 1
+    assert recorded == [{"text": LATE_TEXT}]
+
+
+@pytest.mark.parametrize("after_lines", [1, 2])
+def test_closing_the_stream_records_a_reply_for_retries(after_lines):
+    recorded = []
+    lines = stream_turn(ScriptedAgent("Working.", 5, Reply("x")), TURN, 10.0, recorded.append)
+    for _ in range(after_lines):
+        next(lines)
+    lines.close()
+    assert recorded == [{"text": LATE_TEXT}]
+
+
+@pytest.mark.parametrize(("timeout", "deadline"), [(5, 4.0), (30, 25.0), (120, 115.0)])
+def test_deadline_leaves_a_margin(timeout, deadline):
+    assert deadline_for(timeout) == deadline

@@ -1,0 +1,168 @@
+"""The POST /webhook contract: verification, status codes, error envelope, idempotent acks."""
+
+import json
+import sqlite3
+
+import pytest
+
+from app.simulator import payload, signed_request
+from tests.conftest import NOW, SECRET
+
+
+def _error(response):
+    body = response.get_json()
+    assert set(body) == {"error"}
+    assert {"code", "message"} <= set(body["error"])
+    return body["error"]
+
+
+def _jobs(app):
+    path = app.config["DATABASE_URL"][len("sqlite:///"):]
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT delivery_id, kind, status FROM jobs").fetchall()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code"),
+    [
+        (lambda h: h.pop("X-Webhook-Signature"), "MISSING_SIGNATURE"),
+        (lambda h: h.pop("X-Webhook-Timestamp"), "MISSING_SIGNATURE"),
+        (lambda h: h.update({"X-Webhook-Signature": "sha256=" + "0" * 64}), "INVALID_SIGNATURE"),
+        (lambda h: h.update({"X-Webhook-Signature": h["X-Webhook-Signature"][7:]}),
+         "INVALID_SIGNATURE"),
+        (lambda h: h.update({"X-Webhook-Timestamp": str(NOW + 301)}), "INVALID_TIMESTAMP"),
+        (lambda h: h.update({"X-Webhook-Timestamp": str(NOW - 301)}), "INVALID_TIMESTAMP"),
+        (lambda h: h.update({"X-Webhook-Timestamp": "soon"}), "INVALID_TIMESTAMP"),
+        # Re-signed for the new timestamp would pass; the old signature must not.
+        (lambda h: h.update({"X-Webhook-Timestamp": str(NOW + 1)}), "INVALID_SIGNATURE"),
+    ],
+)
+def test_unverified_deliveries_are_401(client, mutate, code):
+    raw, headers = signed_request(SECRET, payload("sms"), timestamp=NOW)
+    mutate(headers)
+    response = client.post("/webhook", data=raw, headers=headers)
+    assert response.status_code == 401
+    assert _error(response)["code"] == code
+
+
+def test_unverified_delivery_has_no_effect(app, client):
+    raw, headers = signed_request("whsec_wrong", payload("sms"), timestamp=NOW)
+    assert client.post("/webhook", data=raw, headers=headers).status_code == 401
+    assert _jobs(app) == []
+
+
+def test_rotated_secrets_both_accepted(make_app):
+    app = make_app(WEBHOOK_SECRETS=("whsec_new", SECRET))
+    for secret in ("whsec_new", SECRET):
+        raw, headers = signed_request(secret, payload("sms"), timestamp=NOW)
+        assert app.test_client().post("/webhook", data=raw, headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b"not json", "body"),
+        (b"", "body"),
+        (b"\xff\xfe", None),
+        (b"[1, 2]", "body"),
+        (b'"agent.message"', "body"),
+        (b"null", "body"),
+        (b"{}", "event"),
+        (b'{"event": 7}', "event"),
+        (b'{"event": ""}', "event"),
+        (b'{"event": "agent.message", "channel": "sms", "data": []}', "data"),
+        (b'{"event": "agent.message", "data": {}}', "channel"),
+        (b"[" * 100000 + b"]" * 100000, "body"),
+    ],
+)
+def test_signed_but_malformed_is_400(post_signed, body, field):
+    response = post_signed(body)
+    assert response.status_code == 400
+    error = _error(response)
+    assert error["code"] == "VALIDATION_ERROR"
+    if field:
+        assert error["details"][0]["field"] == field
+
+
+def test_body_over_one_mebibyte_is_413(client):
+    raw = b'{"event":"agent.message","pad":"' + b"x" * (1024 * 1024) + b'"}'
+    raw, headers = signed_request(SECRET, raw, timestamp=NOW)
+    response = client.post("/webhook", data=raw, headers=headers)
+    assert response.status_code == 413
+    assert _error(response)["code"] == "PAYLOAD_TOO_LARGE"
+
+
+@pytest.mark.parametrize("event", ["call.started", "message.received", "agent.typing"])
+def test_unknown_events_are_acknowledged_and_ignored(app, post_signed, event):
+    response = post_signed({"event": event, "channel": "sms", "data": {}})
+    assert response.status_code == 200
+    assert response.get_json() == {"ok": True}
+    assert _jobs(app) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("message-sms.json", "text_message"), ("message-imessage.json", "text_message"),
+     ("reaction-imessage.json", "reaction"), ("call_ended-voice.json", "call_ended")],
+)
+def test_platform_fixtures_are_queued_once(app, post_signed, fixtures_dir, name, kind):
+    raw = (fixtures_dir / name).read_bytes()
+    for _ in range(3):
+        response = post_signed(raw, delivery_id="whd_fixture")
+        assert response.status_code == 200
+        assert response.get_json() == {"ok": True}
+    assert _jobs(app) == [("whd_fixture", kind, "pending")]
+
+
+def test_missing_delivery_id_falls_back_to_body_hash(app, client):
+    raw, headers = signed_request(SECRET, payload("sms"), timestamp=NOW)
+    del headers["X-Webhook-ID"]
+    for _ in range(2):
+        assert client.post("/webhook", data=raw, headers=headers).status_code == 200
+    [(delivery_id, _, _)] = _jobs(app)
+    assert delivery_id.startswith("sha256:")
+
+
+def test_voice_turn_streams_ndjson(post_signed, fixtures_dir):
+    response = post_signed((fixtures_dir / "message-voice.json").read_bytes())
+    assert response.status_code == 200
+    assert response.mimetype == "application/x-ndjson"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    lines = response.get_data(as_text=True).split("\n")
+    assert lines[-1] == ""
+    objects = [json.loads(line) for line in lines[:-1]]
+    assert objects[0]["interim"] is True
+    assert all(o.get("interim") is True for o in objects[:-1])
+    assert "interim" not in objects[-1] and objects[-1]["text"]
+
+
+def test_duplicate_voice_turn_replays_the_stored_reply(post_signed):
+    first = post_signed(payload("voice"), delivery_id="whd_voice").get_data(as_text=True)
+    again = post_signed(payload("voice"), delivery_id="whd_voice").get_data(as_text=True)
+    assert again == first.splitlines(keepends=True)[-1]
+
+
+def test_store_failure_is_503_never_2xx(app, post_signed):
+    path = app.config["DATABASE_URL"][len("sqlite:///"):]
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE jobs")
+    response = post_signed(payload("sms"))
+    assert response.status_code == 503
+    assert _error(response)["code"] == "STORE_UNAVAILABLE"
+
+
+def test_healthz(app, client):
+    assert client.get("/healthz").get_json() == {"ok": True, "store": "sqlite"}
+    path = app.config["DATABASE_URL"][len("sqlite:///"):]
+    app.extensions["store"].close()
+    app.extensions["store"].path = str(path) + ".missing/x.db"
+    assert client.get("/healthz").status_code == 503
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", "/webhook", 405), ("GET", "/nope", 404), ("PUT", "/healthz", 405),
+])
+def test_other_routes_answer_json_errors(client, method, path, status):
+    response = client.open(path, method=method)
+    assert response.status_code == status
+    _error(response)
