@@ -176,7 +176,8 @@ def cursor_list(items, inclusive=False):
         if after:
             ordered = [m for m in ordered
                        if m["receivedAt"] > after or (inclusive and m["receivedAt"] == after)]
-            ordered = ordered[-limit:]  # the oldest ones just after the cursor
+            # the oldest ones just after the cursor, still newest first
+            return json_reply({"data": ordered[-limit:], "hasMore": len(ordered) > limit})
         return json_reply({"data": ordered[:limit], "hasMore": len(ordered) > limit})
 
     return reply

@@ -7,6 +7,8 @@ timestamp cursors `{data, hasMore}`, and the delivery log `{items, total, offset
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 @dataclass
 class Page:
@@ -113,7 +115,8 @@ def walk_cursor(fetch, direction="older", limit=None, start=None, max_items=None
 
     `direction` "older" walks back in time with `before`, "newer" forward with `after`
     (never both, Q28); `start` is the first cursor timestamp. Items are de-duplicated by
-    `id` in case cursors are inclusive; a page with nothing new ends the walk.
+    `id` in case cursors are inclusive; a page with nothing new ends the walk. Each page is
+    yielded newest first going back, oldest first going forward.
     """
     if direction not in ("older", "newer"):
         raise ValueError("direction must be 'older' or 'newer'")
@@ -125,6 +128,9 @@ def walk_cursor(fetch, direction="older", limit=None, start=None, max_items=None
         body = fetch(limit, **cursor)
         items = page_items(body)
         fresh = [item for item in items if item.get("id") not in seen]
+        # Yield in walking order (newest first going back, oldest first going forward)
+        # whatever order the page came in.
+        fresh.sort(key=lambda item: message_time(item) or _EPOCH, reverse=direction == "older")
         for item in fresh:
             if max_items is not None and yielded >= max_items:
                 return
