@@ -206,19 +206,21 @@ class FakeAgentPhone:
 
     def __call__(self, environ, start_response):
         request = Request(environ)
+        # The path as sent (still percent-encoded), so an escaped "/" stays inside its segment.
+        path = environ.get("RAW_URI", request.path).split("?")[0]
         body = request.get_json(silent=True) if request.data else None
         with self._lock:
-            self.requests.append(Recorded(request.method, request.path, dict(request.args),
-                                          body, dict(request.headers)))
-            self.violations += self.validator.problems(request.method, request.path,
+            self.requests.append(Recorded(request.method, path, dict(request.args), body,
+                                          dict(request.headers)))
+            self.violations += self.validator.problems(request.method, path,
                                                        list(request.args), body)
-            queue = self.routes.get((request.method, request.path))
+            queue = self.routes.get((request.method, path))
             responder = (queue.pop(0) if len(queue) > 1 else queue[0]) if queue else None
         if request.headers.get("Authorization") != f"Bearer {API_KEY}":
             response = json_reply({"error": {"message": "Invalid API key",
                                              "code": "UNAUTHORIZED"}}, 401)
         elif responder is None:
-            self.violations.append(f"no fake route for {request.method} {request.path}")
+            self.violations.append(f"no fake route for {request.method} {path}")
             response = json_reply({"detail": "Not Found"}, 404)
         else:
             response = respond(responder, request)
