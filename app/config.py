@@ -97,9 +97,8 @@ def from_env(instance_path, require_secret=True):
         "AGENTPHONE_API_KEY": env("AGENTPHONE_API_KEY"),
         "AGENTPHONE_API_URL": env("AGENTPHONE_API_URL").rstrip("/"),
         "VOICE_TIMEOUT": _number("VOICE_TIMEOUT", float, 5, 120),
-        "AGENT": (None, "Import path module:callable of your agent factory, called with the app; "
-                    "default: the built-in agent."),
-    "DEMO_TOOL_LATENCY": _number("DEMO_TOOL_LATENCY", float, 0, 600),
+        "AGENT_FACTORY": env("AGENT"),
+        "DEMO_TOOL_LATENCY": _number("DEMO_TOOL_LATENCY", float, 0, 600),
         "JOB_RUNNER": env("JOB_RUNNER").lower() not in ("off", "0", "false", "no"),
         "JOB_CONCURRENCY": _number("JOB_CONCURRENCY", int, 1, 1000),
         "JOB_MAX_ATTEMPTS": _number("JOB_MAX_ATTEMPTS", int, 1, 100),
