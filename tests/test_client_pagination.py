@@ -150,3 +150,13 @@ def test_messages_page(fake_api, api):
     assert page.has_more is False
     assert fake_api.last("GET", "/v1/numbers/num_1/messages").query["after"] == (
         "2025-01-15T14:00:00Z")
+
+
+def test_walks_stop_fetching_once_max_items_is_reached(fake_api, api):
+    fake_api.on("GET", "/v1/calls", offset_list([call(n) for n in range(10)]))
+    fake_api.on("GET", "/v1/numbers/num_1/messages",
+                cursor_list([message(n) for n in range(10)]))
+    assert len(list(api.paginate(api.list_calls, limit=3, max_items=3))) == 3
+    assert len(list(api.iter_messages(number_id="num_1", limit=3, max_items=3))) == 3
+    assert list(api.paginate(api.list_calls, max_items=0)) == []
+    assert len(fake_api.requests) == 2

@@ -59,14 +59,13 @@ def parse_offset_page(body, offset, limit, convert=lambda item: item):
 
 def walk_offset(fetch, limit=None, offset=0, max_items=None):
     """Yield items across pages; `fetch(limit, offset)` returns a Page."""
-    yielded = 0
-    while True:
+    remaining = max_items
+    while remaining is None or remaining > 0:
         page = fetch(limit, offset)
-        for item in page.items:
-            if max_items is not None and yielded >= max_items:
-                return
-            yield item
-            yielded += 1
+        items = page.items if remaining is None else page.items[:remaining]
+        yield from items
+        if remaining is not None:
+            remaining -= len(items)
         if not page.has_more:
             return
         offset += len(page.items)
@@ -123,20 +122,19 @@ def walk_cursor(fetch, direction="older", limit=None, start=None, max_items=None
     param = "before" if direction == "older" else "after"
     cursor = {param: format_timestamp(start)} if start is not None else {}
     seen = set()
-    yielded = 0
-    while True:
+    remaining = max_items
+    while remaining is None or remaining > 0:
         body = fetch(limit, **cursor)
         items = page_items(body)
         fresh = [item for item in items if item.get("id") not in seen]
         # Yield in walking order (newest first going back, oldest first going forward)
         # whatever order the page came in.
         fresh.sort(key=lambda item: message_time(item) or _EPOCH, reverse=direction == "older")
-        for item in fresh:
-            if max_items is not None and yielded >= max_items:
-                return
-            seen.add(item.get("id"))
-            yield item
-            yielded += 1
+        if remaining is not None:
+            fresh = fresh[:remaining]
+            remaining -= len(fresh)
+        seen.update(item.get("id") for item in fresh)
+        yield from fresh
         more = isinstance(body, dict) and body.get("hasMore") is True
         nxt = next_cursor(items, direction)
         if not more or not fresh or nxt is None:

@@ -1,0 +1,179 @@
+"""`flask agentphone calls|transcript|deliveries|webhook test|send`: the REST API from a shell.
+
+Tables for people by default, `--json` for scripts. API failures go to stderr with their
+field details and exit with status 1.
+"""
+
+import contextlib
+import json
+
+import click
+from flask import current_app
+
+from app.agentphone import AgentPhoneError, client_from_app
+from app.agentphone.models import StreamConnected, StreamEnded, TranscriptTurn
+from app.cli import agentphone
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+class APICommandError(click.ClickException):
+    """An AgentPhoneError shown the way click shows errors: on stderr, exit status 1."""
+
+    def __init__(self, error):
+        super().__init__(str(error))
+        self.error = error
+
+
+@contextlib.contextmanager
+def api_client():
+    """A client from the app's config; API errors become APICommandError."""
+    try:
+        with client_from_app(current_app) as client:
+            yield client
+    except AgentPhoneError as error:
+        raise APICommandError(error) from error
+
+
+def format_table(headers, rows):
+    """Rows (sequences of values) under headers, columns padded to fit; None prints as "-"."""
+    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    lines = [headers, *cells]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+                     for line in lines)
+
+
+def echo_json(value):
+    click.echo(json.dumps(value, indent=2, sort_keys=False))
+
+
+@agentphone.command("calls")
+@click.option("--status", type=click.Choice(["completed", "in-progress", "failed"]),
+              help="Only calls with this status.")
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True,
+              help="How many calls to show (newest first).")
+@json_option
+def calls(status, limit, as_json):
+    """List calls from the AgentPhone API."""
+    with api_client() as client:
+        found = list(client.paginate(client.list_calls, status=status, limit=min(limit, 100),
+                                     max_items=limit))
+    if as_json:
+        echo_json([c.raw for c in found])
+        return
+    click.echo(format_table(
+        ["ID", "STATUS", "DIRECTION", "FROM", "TO", "STARTED", "SECONDS"],
+        [[c.id, c.status, c.direction, c.from_number, c.to_number, c.started_at,
+          c.duration_seconds] for c in found],
+    ))
+    click.echo(f"{len(found)} call(s)")
+
+
+def _echo_event(event):
+    if isinstance(event, StreamConnected):
+        click.echo(f"# call {event.call_id} ({event.status}, {event.direction}) "
+                   f"{event.from_number} -> {event.to_number}")
+    elif isinstance(event, TranscriptTurn):
+        click.echo(f"{event.role}: {event.content}")
+    elif isinstance(event, StreamEnded):
+        click.echo(f"# ended: {event.status}, {event.duration_seconds} s")
+
+
+_EVENT_NAMES = {StreamConnected: "connected", TranscriptTurn: "turn", StreamEnded: "ended"}
+
+
+@agentphone.command("transcript")
+@click.argument("call_id")
+@click.option("--follow", "-f", is_flag=True,
+              help="Stream the transcript live until the call ends.")
+@json_option
+def transcript(call_id, follow, as_json):
+    """Print a call's transcript (or follow it live with --follow)."""
+    with api_client() as client:
+        if follow:
+            for event in client.stream_transcript(call_id):
+                if as_json:  # one JSON document per line, flushed as it comes
+                    click.echo(json.dumps({"event": _EVENT_NAMES[type(event)],
+                                           "data": event.raw}))
+                else:
+                    _echo_event(event)
+            return
+        entries = client.get_transcript(call_id)
+    if as_json:
+        echo_json([e.raw for e in entries])
+        return
+    for entry in entries:
+        click.echo(f"user: {entry.transcript}")
+        if entry.response:
+            click.echo(f"agent: {entry.response}")
+
+
+@agentphone.command("deliveries")
+@click.option("--failed", is_flag=True, help="Only deliveries that failed.")
+@click.option("--hours", type=click.IntRange(1, 168), help="Look back this many hours.")
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True,
+              help="How many deliveries to read.")
+@json_option
+def deliveries(failed, hours, limit, as_json):
+    """Recent webhook deliveries and their success statistics."""
+    with api_client() as client:
+        found = list(client.paginate(client.list_deliveries, hours=hours, limit=min(limit, 100),
+                                     max_items=limit))
+        stats = client.delivery_stats(hours=hours)
+    if failed:
+        found = [d for d in found if d.status == "failed"]
+    if as_json:
+        echo_json({"deliveries": [d.raw for d in found], "stats": stats.raw})
+        return
+    click.echo(format_table(
+        ["ID", "EVENT", "CHANNEL", "STATUS", "HTTP", "ATTEMPTS", "NEXT RETRY", "ERROR"],
+        [[d.id, d.event_type, d.channel, d.status, d.http_status, d.attempt_count,
+          d.next_retry_at, (d.error_message or "")[:40] or None] for d in found],
+    ))
+    rate = "-" if stats.success_rate is None else f"{stats.success_rate:g}%"
+    click.echo(f"\n{'last ' + str(hours) + ' h' if hours else 'stats'}: {stats.total} total, "
+               f"{stats.success} delivered, {stats.failed} failed, {stats.pending} pending; "
+               f"success rate {rate}")
+
+
+@agentphone.group("webhook")
+def webhook():
+    """Webhook tools."""
+
+
+@webhook.command("test")
+@click.option("--agent-id", help="Agent named in the sample payload.")
+@json_option
+def webhook_test(agent_id, as_json):
+    """Ask AgentPhone to send a sample event to the configured webhook."""
+    with api_client() as client:
+        result = client.test_webhook(agent_id=agent_id)
+    if as_json:
+        echo_json(result.raw)
+    elif result.success:
+        click.echo(f"webhook test delivered: HTTP {result.http_status}")
+    if not result.success:
+        raise click.ClickException(
+            f"webhook test failed: HTTP {result.http_status}: {result.error_message or '-'}"
+        )
+
+
+@agentphone.command("send")
+@click.argument("to")
+@click.argument("text")
+@click.option("--agent-id", help="Sending agent (its first number unless --number-id).")
+@click.option("--number-id", help="Number to send from.")
+@json_option
+def send(to, text, agent_id, number_id, as_json):
+    """Send an SMS/iMessage TEXT to TO (E.164 number, email or group id)."""
+    if not (agent_id or number_id):
+        raise click.UsageError("give --agent-id or --number-id")
+    with api_client() as client:
+        sent = client.send_message(agent_id=agent_id, to_number=to, body=text,
+                                   number_id=number_id)
+    if as_json:
+        echo_json(sent.raw)
+    else:
+        click.echo(f"{sent.status or 'sent'}: {sent.id} via {sent.channel} "
+                   f"{sent.from_number} -> {sent.to_number}")

@@ -1,0 +1,175 @@
+import json
+
+import pytest
+
+from app import create_app
+from app.cli.api import format_table
+from tests.fake_agentphone import (  # noqa: F401
+    fake_api_fixture,
+    json_reply,
+    offset_list,
+    sse_reply,
+)
+
+CALLS = [{"id": f"call_{n}", "agentId": "agt_1", "fromNumber": "+15559876543",
+          "toNumber": "+15551234567", "direction": "inbound", "status": "completed",
+          "startedAt": f"2025-01-15T14:0{n}:00Z", "endedAt": "2025-01-15T14:09:00Z",
+          "durationSeconds": 30 + n} for n in range(5)]
+DELIVERIES = [
+    {"id": "d1", "messageId": "msg_1", "eventType": "agent.message", "channel": "sms",
+     "status": "delivered", "httpStatus": 200, "errorMessage": None, "responseBody": "OK",
+     "attemptCount": 1, "lastAttemptAt": "2025-01-15T12:00:01Z", "nextRetryAt": None,
+     "createdAt": "2025-01-15T12:00:00Z"},
+    {"id": "d2", "messageId": "msg_2", "eventType": "agent.call_ended", "channel": "voice",
+     "status": "failed", "httpStatus": 500, "errorMessage": "Internal Server Error",
+     "responseBody": "", "attemptCount": 3, "lastAttemptAt": "2025-01-15T12:10:00Z",
+     "nextRetryAt": "2025-01-15T13:10:00Z", "createdAt": "2025-01-15T12:00:00Z"},
+]
+STATS = {"total": 2, "success": 1, "failed": 1, "pending": 0, "successRate": 50.0,
+         "byEventType": {}, "byHour": []}
+
+
+@pytest.fixture
+def run(fake_api, tmp_path):
+    """Invoke `flask agentphone ...` against the fake; returns click's Result."""
+    app = create_app({
+        "TESTING": True, "WEBHOOK_SECRETS": ("whsec_test",),
+        "DATABASE_URL": "sqlite:///" + str(tmp_path / "t.db"), "AGENTPHONE_API_KEY": "sk_test",
+        "AGENTPHONE_API_URL": fake_api.url, "JOB_RUNNER": False,
+    })
+    runner = app.test_cli_runner()
+    return lambda *args: runner.invoke(args=["agentphone", *args])
+
+
+def test_calls_table(fake_api, run):
+    fake_api.on("GET", "/v1/calls", offset_list(CALLS))
+    result = run("calls", "--status", "completed", "--limit", "3")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["ID", "STATUS", "DIRECTION", "FROM", "TO", "STARTED", "SECONDS"]
+    assert lines[1].split() == ["call_0", "completed", "inbound", "+15559876543",
+                                "+15551234567", "2025-01-15T14:00:00Z", "30"]
+    assert lines[-1] == "3 call(s)"
+    assert fake_api.last("GET", "/v1/calls").query == {"status": "completed", "limit": "3"}
+
+
+def test_calls_json(fake_api, run):
+    fake_api.on("GET", "/v1/calls", offset_list(CALLS))
+    result = run("calls", "--json")
+    assert json.loads(result.output) == CALLS
+
+
+def test_api_error_goes_to_stderr_with_field_details(fake_api, run):
+    fake_api.on("GET", "/v1/calls", json_reply({"detail": [
+        {"loc": ["query", "status"], "msg": "unknown status", "type": "value_error"}]}, 422))
+    result = run("calls")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == "Error: HTTP 422: unknown status\n  - status: unknown status\n"
+
+
+def test_missing_api_key_is_reported(fake_api, tmp_path):
+    app = create_app({"TESTING": True, "WEBHOOK_SECRETS": ("whsec_test",),
+                      "DATABASE_URL": "sqlite:///" + str(tmp_path / "t.db"),
+                      "AGENTPHONE_API_KEY": None, "JOB_RUNNER": False})
+    result = app.test_cli_runner().invoke(args=["agentphone", "calls"])
+    assert result.exit_code == 1
+    assert "AGENTPHONE_API_KEY" in result.stderr
+    assert fake_api.requests == []
+
+
+def test_transcript(fake_api, run):
+    fake_api.on("GET", "/v1/calls/call_1/transcript", {"data": [
+        {"id": "t1", "transcript": "Where is my order?", "response": "Let me check.",
+         "confidence": 0.9, "createdAt": "2025-01-15T14:00:15Z"}]})
+    result = run("transcript", "call_1")
+    assert result.output == "user: Where is my order?\nagent: Let me check.\n"
+
+
+def test_transcript_follow(fake_api, run):
+    fake_api.on("GET", "/v1/calls/call_1/transcript/stream", sse_reply(
+        'event: connected\ndata: {"callId":"call_1","status":"in-progress",'
+        '"direction":"inbound","fromNumber":"+15559876543","toNumber":"+15551234567"}\n\n',
+        ": heartbeat\n\n",
+        'event: turn\ndata: {"role":"agent","content":"Hello!","createdAt":"t1"}\n\n',
+        'event: ended\ndata: {"callId":"call_1","status":"completed","durationSeconds":5}\n\n'))
+    result = run("transcript", "call_1", "--follow")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "# call call_1 (in-progress, inbound) +15559876543 -> +15551234567",
+        "agent: Hello!",
+        "# ended: completed, 5 s",
+    ]
+    lines = run("transcript", "call_1", "-f", "--json").output.splitlines()
+    assert [json.loads(line)["event"] for line in lines] == ["connected", "turn", "ended"]
+
+
+def test_deliveries_table_and_stats(fake_api, run):
+    fake_api.on("GET", "/v1/webhooks/deliveries", offset_list(DELIVERIES, envelope="items"))
+    fake_api.on("GET", "/v1/webhooks/deliveries/stats", STATS)
+    result = run("deliveries", "--failed", "--hours", "24")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split()[:6] == ["ID", "EVENT", "CHANNEL", "STATUS", "HTTP", "ATTEMPTS"]
+    assert lines[1].split() == ["d2", "agent.call_ended", "voice", "failed", "500", "3",
+                                "2025-01-15T13:10:00Z", "Internal", "Server", "Error"]
+    assert len(lines) == 4
+    assert lines[-1] == ("last 24 h: 2 total, 1 delivered, 1 failed, 0 pending; "
+                         "success rate 50%")
+    assert fake_api.last("GET", "/v1/webhooks/deliveries/stats").query == {"hours": "24"}
+
+
+def test_deliveries_json(fake_api, run):
+    fake_api.on("GET", "/v1/webhooks/deliveries", offset_list(DELIVERIES, envelope="items"))
+    fake_api.on("GET", "/v1/webhooks/deliveries/stats", STATS)
+    assert json.loads(run("deliveries", "--json").output) == {"deliveries": DELIVERIES,
+                                                              "stats": STATS}
+
+
+def test_webhook_test(fake_api, run):
+    fake_api.on("POST", "/v1/webhooks/test",
+                {"success": True, "httpStatus": 200, "errorMessage": None},
+                {"success": False, "statusCode": 401, "error": "Invalid signature"})
+    ok = run("webhook", "test", "--agent-id", "agt_1")
+    assert (ok.exit_code, ok.output) == (0, "webhook test delivered: HTTP 200\n")
+    assert fake_api.last("POST", "/v1/webhooks/test").query == {"agentId": "agt_1"}
+    failed = run("webhook", "test")
+    assert failed.exit_code == 1
+    assert failed.stderr == "Error: webhook test failed: HTTP 401: Invalid signature\n"
+
+
+def test_send(fake_api, run):
+    fake_api.on("POST", "/v1/messages", {"id": "msg_9", "status": "sent", "channel": "sms",
+                                         "from_number": "+14155550001",
+                                         "to_number": "+14155552671", "media_urls": []})
+    result = run("send", "+14155552671", "On my way", "--agent-id", "agt_1")
+    assert (result.exit_code, result.output) == (
+        0, "sent: msg_9 via sms +14155550001 -> +14155552671\n")
+    assert fake_api.last("POST", "/v1/messages").body == {
+        "agent_id": "agt_1", "to_number": "+14155552671", "body": "On my way"}
+    assert json.loads(run("send", "+1", "x", "--number-id", "num_1", "--json").output)["id"] == (
+        "msg_9")
+
+
+def test_send_needs_a_sender(fake_api, run):
+    result = run("send", "+14155552671", "hi")
+    assert result.exit_code == 2
+    assert "--agent-id or --number-id" in result.stderr
+    assert fake_api.requests == []
+
+
+def test_send_validation_error_lists_fields(fake_api, run):
+    fake_api.on("POST", "/v1/messages", json_reply({"error": {
+        "message": "Validation error", "code": "VALIDATION_ERROR", "type": "validation_error",
+        "details": [{"field": "to_number", "message": "Invalid phone number",
+                     "type": "value_error"}]}}, 400))
+    result = run("send", "12", "hi", "--agent-id", "agt_1")
+    assert result.exit_code == 1
+    assert "to_number: Invalid phone number" in result.stderr
+    assert fake_api.count("POST", "/v1/messages") == 1
+
+
+def test_format_table():
+    assert format_table(["A", "LONG"], [["xyz", None], ["1", 2]]) == (
+        "A    LONG\nxyz  -\n1    2")
+    assert format_table(["A"], []) == "A"
