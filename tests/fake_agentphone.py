@@ -28,6 +28,19 @@ DOCUMENTED_EXTRA_QUERY = {
 }
 
 
+# Response samples shaped like SPEC 4.2 / 4.6.
+CALL = {"id": "call_1", "agentId": "agt_1", "phoneNumberId": "num_1", "phoneNumber": "+15551234567",
+        "fromNumber": "+15559876543", "toNumber": "+15551234567", "direction": "inbound",
+        "status": "completed", "startedAt": "2025-01-15T14:00:00Z",
+        "endedAt": "2025-01-15T14:05:30Z", "durationSeconds": 330, "recordingUrl": None,
+        "recordingAvailable": False, "transcripts": [
+            {"id": "tr_001", "transcript": "Hi, I'd like to check my order.", "confidence": 0.92,
+             "response": "Of course! Let me look that up.", "createdAt": "2025-01-15T14:00:15Z"}]}
+SENT = {"id": "msg_98765zyxwv", "status": "sent", "channel": "sms",
+        "from_number": "+14155550001", "to_number": "+14155552671", "media_urls": [],
+        "reply_to_message_id": None, "reply_parent_unresolved": False}
+
+
 class OpenAPIValidator:
     """Checks method+path, query parameter names and JSON body fields against the spec."""
 

@@ -3,6 +3,8 @@ from flask import Flask
 
 from app.agentphone import DEFAULT_BASE_URL, MissingAPIKeyError, client_from_app, from_config
 from tests.fake_agentphone import (  # noqa: F401
+    CALL,
+    SENT,
     OpenAPIValidator,
     api_fixture,
     fake_api_fixture,
@@ -10,13 +12,6 @@ from tests.fake_agentphone import (  # noqa: F401
     make_api_fixture,
 )
 
-CALL = {"id": "call_1", "agentId": "agt_1", "phoneNumberId": "num_1", "phoneNumber": "+15551234567",
-        "fromNumber": "+15559876543", "toNumber": "+15551234567", "direction": "inbound",
-        "status": "completed", "startedAt": "2025-01-15T14:00:00Z",
-        "endedAt": "2025-01-15T14:05:30Z", "durationSeconds": 330, "recordingUrl": None,
-        "recordingAvailable": False, "transcripts": [
-            {"id": "tr_001", "transcript": "Hi, I'd like to check my order.", "confidence": 0.92,
-             "response": "Of course! Let me look that up.", "createdAt": "2025-01-15T14:00:15Z"}]}
 ENTRY = CALL["transcripts"][0]
 WEBHOOK = {"id": "wh_1", "url": "https://example.test/webhook", "secret": "whsec_abc",
            "status": "active", "contextLimit": 10, "timeout": 30,
@@ -59,10 +54,7 @@ def test_create_and_end_call(fake_api, api):
 
 
 def test_send_message_uses_snake_case(fake_api, api):
-    fake_api.on("POST", "/v1/messages", {
-        "id": "msg_98765zyxwv", "status": "sent", "channel": "sms",
-        "from_number": "+14155550001", "to_number": "+14155552671", "media_urls": [],
-        "reply_to_message_id": None, "reply_parent_unresolved": False})
+    fake_api.on("POST", "/v1/messages", SENT)
     sent = api.send_message(agent_id="agt_1", to_number="+14155552671", body="Thanks!",
                             number_id="num_1", media_urls=["https://x.test/a.png"])
     assert (sent.id, sent.channel, sent.from_number, sent.to_number) == (

@@ -5,6 +5,8 @@ import pytest
 from app.agentphone import APIConnectionError, RateLimitError, ServerError
 from app.agentphone.transport import AgentPhoneRetry, backoff_delay, build_retry
 from tests.fake_agentphone import (  # noqa: F401
+    CALL,
+    SENT,
     api_fixture,
     fake_api_fixture,
     json_reply,
@@ -12,13 +14,6 @@ from tests.fake_agentphone import (  # noqa: F401
     slow,
 )
 
-CALL = {"id": "call_1", "agentId": "agt_1", "phoneNumberId": "num_1", "phoneNumber": "+15551234567",
-        "fromNumber": "+15559876543", "toNumber": "+15551234567", "status": "completed",
-        "startedAt": "2025-01-15T14:00:00Z", "endedAt": "2025-01-15T14:05:30Z",
-        "durationSeconds": 330, "lastTranscriptSnippet": None}
-SENT = {"id": "msg_1", "status": "sent", "channel": "sms", "from_number": "+14155550001",
-        "to_number": "+14155552671", "media_urls": [], "reply_to_message_id": None,
-        "reply_parent_unresolved": False}
 RATE_LIMITED = {"error": {"message": "Rate limit exceeded", "code": "RATE_LIMIT_EXCEEDED",
                           "type": "rate_limit_error"}}
 
@@ -97,7 +92,7 @@ def test_post_is_not_retried_on_server_errors(fake_api, api, status):
 @pytest.mark.parametrize("first", [rate_limited("0"), json_reply({"detail": "busy"}, 503)])
 def test_post_is_retried_on_429_and_503(fake_api, api, first):
     fake_api.on("POST", "/v1/messages", first, SENT)
-    assert api.send_message("agt_1", "+14155552671", "hello").id == "msg_1"
+    assert api.send_message("agt_1", "+14155552671", "hello").id == SENT["id"]
     assert fake_api.count("POST", "/v1/messages") == 2
 
 
