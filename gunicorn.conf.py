@@ -15,6 +15,8 @@ keepalive = 75
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
 errorlog = "-"
 loglevel = (os.environ.get("LOG_LEVEL") or "info").lower()
+# One fixed control-socket path per user would collide between instances on one machine.
+control_socket_disable = True
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 
 

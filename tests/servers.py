@@ -1,6 +1,7 @@
 """Real servers for tests: gunicorn with the gevent worker on a free loopback port."""
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+
+from app.simulator import iter_ndjson
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).with_name("gunicorn")
@@ -27,6 +30,7 @@ class Server:
     url: str
     process: subprocess.Popen
     log_path: Path
+    log_file: object = None
 
     @property
     def webhook(self):
@@ -50,12 +54,14 @@ class Server:
 
     def stop(self):
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(signal.SIGQUIT)  # quick shutdown: held streams are dropped
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        if self.log_file is not None:
+            self.log_file.close()
 
 
 def wait_healthy(url, process, log_path, timeout=20.0):
@@ -90,10 +96,19 @@ def start_gunicorn(tmp_path, env, workers=1, command=None):
     process = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log_file,
                                stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    server = Server(url, process, log_path, log_file)
     try:
         wait_healthy(url, process, log_path)
     except Exception:
         process.kill()
-        process.wait()
+        server.stop()
         raise
-    return Server(url, process, log_path)
+    return server
+
+
+def post_stream(url, raw, headers, timeout=60):
+    """POST and collect ``(seconds since send, parsed line)`` for each NDJSON line."""
+    started = time.monotonic()
+    with requests.post(url, data=raw, headers=headers, stream=True, timeout=timeout) as resp:
+        lines = [(time.monotonic() - started, json.loads(line)) for line in iter_ndjson(resp)]
+        return resp, lines

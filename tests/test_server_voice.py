@@ -1,0 +1,112 @@
+"""Voice turns through the real gunicorn gevent worker: timing, deadline, disconnect, retries."""
+
+import json
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from app.simulator import payload, signed_request
+from app.voice.streamer import LATE_TEXT
+from tests.conftest import SECRET
+from tests.servers import post_stream
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def effects(tmp_path):
+    path = tmp_path / "effects.txt"
+    path.touch()
+    return path
+
+
+@pytest.fixture
+def voice_server(gunicorn, effects):
+    def start(workers=1, **env):
+        return gunicorn(workers=workers, AGENT="tests.agents:slow_agent",
+                        TEST_EFFECTS_FILE=effects, **env)
+
+    return start
+
+
+def check_stream(lines):
+    """Interim first, interim all along, exactly one final line, and it is the last."""
+    objects = [obj for _, obj in lines]
+    assert objects[0]["interim"] is True
+    assert [("interim" in obj) for obj in objects].count(False) == 1
+    assert "interim" not in objects[-1]
+    return objects
+
+
+def test_first_line_arrives_while_the_tool_runs(voice_server, effects):
+    server = voice_server(TEST_TOOL_SECONDS=1.5)
+    raw, headers = signed_request(SECRET, payload("voice", "where is it"))
+    response, lines = post_stream(server.webhook, raw, headers)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/x-ndjson"
+    objects = check_stream(lines)
+    assert objects == [{"text": "Checking.", "interim": True},
+                       {"text": "Still here.", "interim": True},
+                       {"text": "Tool said done for where is it."}]
+    first_at, final_at = lines[0][0], lines[-1][0]
+    assert first_at < 1.5 <= final_at  # the caller heard something before the tool returned
+    assert effects.read_text().splitlines() == [headers["X-Webhook-ID"]]
+
+
+def test_hung_tool_gets_the_fallback_before_the_platform_timeout(voice_server, effects):
+    server = voice_server(TEST_TOOL_SECONDS=60, VOICE_TIMEOUT=5)
+    raw, headers = signed_request(SECRET, payload("voice"))
+    _, lines = post_stream(server.webhook, raw, headers)
+    objects = check_stream(lines)
+    assert objects[-1] == {"text": LATE_TEXT}
+    assert 3.9 <= lines[-1][0] < 5
+    server.wait_for_log(f"test tool cancelled for {headers['X-Webhook-ID']}")
+    assert effects.read_text() == ""
+
+
+def test_caller_hanging_up_cancels_the_work(voice_server, effects):
+    server = voice_server(TEST_TOOL_SECONDS=3)
+    raw, headers = signed_request(SECRET, payload("voice"))
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        sock.sendall(f"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: {len(raw)}\r\n"
+                     f"{head}\r\n".encode() + raw)
+        received = b""
+        while b'"interim":true' not in received:
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
+    server.wait_for_log(f"voice turn {headers['X-Webhook-ID']}: caller disconnected")
+    server.wait_for_log(f"test tool cancelled for {headers['X-Webhook-ID']}")
+    time.sleep(3.5)
+    assert effects.read_text() == ""
+    assert "test tool finished" not in server.log()
+
+
+def test_retry_while_running_waits_for_the_first_attempts_answer(voice_server, effects):
+    server = voice_server(workers=2, TEST_TOOL_SECONDS=1.5)
+    raw, headers = signed_request(SECRET, payload("voice", "hi"))
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(post_stream, server.webhook, raw, headers)
+        time.sleep(0.3)
+        retry = pool.submit(post_stream, server.webhook, raw, headers)
+        first_lines, retry_lines = first.result()[1], retry.result()[1]
+    assert check_stream(first_lines)[-1] == check_stream(retry_lines)[-1]
+    assert retry_lines[0][1]["interim"] is True
+    # Finished now: a later retry gets the stored final line alone, at once.
+    _, replay = post_stream(server.webhook, raw, headers)
+    assert [obj for _, obj in replay] == [first_lines[-1][1]]
+    assert effects.read_text().splitlines() == [headers["X-Webhook-ID"]]
+
+
+def test_fifty_concurrent_copies_of_one_voice_turn_run_once(voice_server, effects):
+    server = voice_server(workers=2, TEST_TOOL_SECONDS=0.5)
+    raw, headers = signed_request(SECRET, payload("voice", "once"))
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(lambda _: post_stream(server.webhook, raw, headers), range(50)))
+    finals = {json.dumps(check_stream(lines)[-1]) for _, lines in results}
+    assert finals == {json.dumps({"text": "Tool said done for once."})}
+    assert effects.read_text().splitlines() == [headers["X-Webhook-ID"]]
