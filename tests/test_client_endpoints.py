@@ -1,10 +1,20 @@
+import json
+
 import pytest
 from flask import Flask
+from werkzeug.wrappers import Response
 
-from app.agentphone import DEFAULT_BASE_URL, MissingAPIKeyError, client_from_app, from_config
+from app.agentphone import (
+    DEFAULT_BASE_URL,
+    AgentPhoneError,
+    MissingAPIKeyError,
+    client_from_app,
+    from_config,
+)
 from tests.fake_agentphone import (  # noqa: F401
     CALL,
     SENT,
+    SPEC_PATH,
     OpenAPIValidator,
     api_fixture,
     fake_api_fixture,
@@ -164,10 +174,6 @@ def test_client_from_flask_config(fake_api):
 
 
 def test_validator_rejects_what_the_spec_lacks():
-    import json
-
-    from tests.fake_agentphone import SPEC_PATH
-
     validator = OpenAPIValidator(json.loads(SPEC_PATH.read_text()))
     assert validator.problems("GET", "/v1/calls", ["limit", "status"], None) == []
     assert validator.problems("GET", "/v1/agents/voices", [], None) == []
@@ -182,3 +188,10 @@ def test_validator_rejects_what_the_spec_lacks():
         "POST /v1/calls: missing required body field 'toNumber'"]
     assert validator.problems("GET", "/v1/calls/c1", [], {"x": 1}) == [
         "GET /v1/calls/{call_id}: sends a JSON body the operation does not take"]
+
+
+def test_a_2xx_that_is_not_json_is_an_error(fake_api, api):
+    fake_api.on("GET", "/v1/calls/call_1", Response("<html>maintenance</html>", 200))
+    with pytest.raises(AgentPhoneError, match="not JSON") as info:
+        api.get_call("call_1")
+    assert info.value.status == 200

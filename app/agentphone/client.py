@@ -8,7 +8,12 @@ import requests
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
 from app.agentphone import transport
-from app.agentphone.errors import APIConnectionError, MissingAPIKeyError, error_from_response
+from app.agentphone.errors import (
+    AgentPhoneError,
+    APIConnectionError,
+    MissingAPIKeyError,
+    error_from_response,
+)
 from app.agentphone.models import (
     Agent,
     Call,
@@ -52,7 +57,8 @@ def _drop_none(mapping):
 
 
 class AgentPhoneClient:
-    """Client for https://api.agentphone.ai; thread-safe, one connection pool per client.
+    """Client for https://api.agentphone.ai with one connection pool (a requests Session;
+    requests does not promise Session thread-safety, so give each thread its own client).
 
     timeout: (connect, read) seconds for every request. max_retries, backoff_factor, max_wait
     and budget tune the transport's retries (see transport.py). stream_quiet_timeout: seconds
@@ -115,7 +121,7 @@ class AgentPhoneClient:
         try:
             return response.json()
         except ValueError as exc:
-            raise APIConnectionError(
+            raise AgentPhoneError(
                 f"{method} {path}: response is not JSON: {response.text[:200]!r}",
                 status=response.status_code, body=response.text,
             ) from exc

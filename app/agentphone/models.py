@@ -43,10 +43,6 @@ class Model:
             values[f.name] = convert(data[key]) if convert else data[key]
         return cls(raw=data, **values)
 
-    def get(self, key, default=None):
-        """A raw JSON value, for fields this type does not name."""
-        return self.raw.get(key, default)
-
 
 def _model(cls):
     """dataclass() with every field optional and a trailing `raw` dict."""
