@@ -8,6 +8,7 @@ import json
 import time
 
 from app.store.base import Job, Retention, StoreUnavailable
+from app.store.records import RecordsMixin
 from app.store.schema import MIGRATIONS, statements
 
 JOB_COLUMNS = (
@@ -15,7 +16,7 @@ JOB_COLUMNS = (
 )
 
 
-class SQLStore:
+class SQLStore(RecordsMixin):
     """Shared implementation; subclasses define `backend`, `types`, `lock_clause`, `_connection`,
     `_cursor(transaction)` and `errors` (the driver's base exception classes)."""
 

@@ -1,0 +1,295 @@
+"""Store operations for the agent: per-call context, the reply outbox, call records,
+reactions and the demo business data (customers, orders, calendar, appointments).
+
+Mixed into SQLStore; every method is one statement or one short transaction with no other
+I/O inside (under gevent a SQLite call never yields).
+"""
+
+import json
+
+
+class RecordsMixin:
+    # -- per-call context -------------------------------------------------------------------
+
+    def session_state(self, session_id):
+        """The agent's saved context for a call or conversation ({} when none)."""
+        row = self._one("SELECT state FROM agent_sessions WHERE session_id = ?", (session_id,))
+        return json.loads(row[0]) if row else {}
+
+    def save_session_state(self, session_id, state):
+        self._exec(
+            "INSERT INTO agent_sessions (session_id, state, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (session_id) DO UPDATE SET state = excluded.state, "
+            "updated_at = excluded.updated_at",
+            (session_id, json.dumps(state, default=str), self.clock()),
+        )
+
+    # -- outbox: replies sent through the API, at most once per delivery --------------------
+
+    def outbox_begin(self, delivery_id, to_number, body):
+        """Reserve the send for ``delivery_id``. Returns (status, go): ``go`` is True when the
+        caller must send now; otherwise ``status`` says why not (sent, sending, unknown)."""
+
+        def begin(cur):
+            now = self.clock()
+            cur.execute(
+                "INSERT INTO outbox (delivery_id, status, to_number, body, created_at, "
+                "updated_at) VALUES (?, 'sending', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (delivery_id, to_number, body, now, now),
+            )
+            if cur.rowcount == 1:
+                return "sending", True
+            cur.execute("SELECT status FROM outbox WHERE delivery_id = ?", (delivery_id,))
+            status = cur.fetchone()[0]
+            if status != "failed":
+                return status, False
+            # Rejected before: nothing went out, so another attempt is safe.
+            cur.execute(
+                "UPDATE outbox SET status = 'sending', body = ?, error = NULL, updated_at = ? "
+                "WHERE delivery_id = ?",
+                (body, now, delivery_id),
+            )
+            return "sending", True
+
+        return self._run(begin)
+
+    def outbox_finish(self, delivery_id, status, message_id=None, error=None):
+        """Record the outcome: ``sent``, ``failed`` (safe to retry) or ``unknown``."""
+        self._exec(
+            "UPDATE outbox SET status = ?, message_id = COALESCE(?, message_id), error = ?, "
+            "updated_at = ? WHERE delivery_id = ?",
+            (status, message_id, error, self.clock(), delivery_id),
+        )
+
+    def outbox_entry(self, delivery_id):
+        return self._row(
+            "SELECT delivery_id, status, to_number, body, message_id, error, created_at, "
+            "updated_at FROM outbox WHERE delivery_id = ?",
+            (delivery_id,),
+        )
+
+    # -- call records and reactions ---------------------------------------------------------
+
+    def save_call_record(self, record, delivery_id=None):
+        """Store a finished call once (keyed by call id); True if it was new."""
+        successful = record.get("successful")
+        changed = self._exec(
+            "INSERT INTO call_records (call_id, agent_id, from_number, to_number, direction, "
+            "status, started_at, ended_at, duration_seconds, disconnection_reason, transcript, "
+            "summary, sentiment, successful, delivery_id, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (call_id) DO NOTHING",
+            (
+                record["call_id"], record.get("agent_id"), record.get("from_number"),
+                record.get("to_number"), record.get("direction"), record.get("status"),
+                record.get("started_at"), record.get("ended_at"),
+                record.get("duration_seconds"), record.get("disconnection_reason"),
+                json.dumps(record.get("transcript") or []), record.get("summary"),
+                record.get("sentiment"), None if successful is None else int(bool(successful)),
+                delivery_id, self.clock(),
+            ),
+        )
+        return changed == 1
+
+    _CALL_COLUMNS = (
+        "call_id, agent_id, from_number, to_number, direction, status, started_at, ended_at, "
+        "duration_seconds, disconnection_reason, transcript, summary, sentiment, successful, "
+        "created_at"
+    )
+
+    def call_records(self, limit=20):
+        """Stored call records, newest first."""
+        rows = self._rows(
+            f"SELECT {self._CALL_COLUMNS} FROM call_records "
+            "ORDER BY created_at DESC, call_id LIMIT ?",
+            (limit,),
+        )
+        return [_call(r) for r in rows]
+
+    def call_record(self, call_id):
+        row = self._row(
+            f"SELECT {self._CALL_COLUMNS} FROM call_records WHERE call_id = ?", (call_id,)
+        )
+        return _call(row) if row else None
+
+    def save_reaction(self, delivery_id, data):
+        """Store one reaction event once; True if it was new."""
+        changed = self._exec(
+            "INSERT INTO reactions (delivery_id, conversation_id, message_id, reaction_type, "
+            "from_number, direction, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (delivery_id) DO NOTHING",
+            (
+                delivery_id, data.get("conversation_id"), data.get("message_id"),
+                data.get("reaction_type"), data.get("from_number"), data.get("direction"),
+                self.clock(),
+            ),
+        )
+        return changed == 1
+
+    def reactions(self, limit=50):
+        return self._rows(
+            "SELECT delivery_id, conversation_id, message_id, reaction_type, from_number, "
+            "direction, created_at FROM reactions ORDER BY created_at DESC LIMIT ?",
+            (limit,),
+        )
+
+    # -- demo business: customers and orders ------------------------------------------------
+
+    def demo_customers(self, name=None, phone=None, limit=5):
+        """Customers whose name contains ``name`` (any case) and/or whose phone is ``phone``."""
+        where, params = [], []
+        if name:
+            where.append("LOWER(name) LIKE ?")
+            params.append(f"%{name.lower()}%")
+        if phone:
+            where.append("phone = ?")
+            params.append(phone)
+        clause = " WHERE " + " AND ".join(where) if where else ""
+        return self._rows(
+            f"SELECT id, name, phone, email, notes FROM demo_customers{clause} "
+            "ORDER BY name LIMIT ?",
+            (*params, limit),
+        )
+
+    def demo_order(self, order_id):
+        return self._row(
+            "SELECT o.id, o.item, o.status, o.detail, c.name, c.phone FROM demo_orders o "
+            "JOIN demo_customers c ON c.id = o.customer_id WHERE o.id = ?",
+            (order_id,),
+        )
+
+    def demo_orders_for_phone(self, phone):
+        return self._rows(
+            "SELECT o.id, o.item, o.status, o.detail, c.name, c.phone FROM demo_orders o "
+            "JOIN demo_customers c ON c.id = o.customer_id WHERE c.phone = ? ORDER BY o.id",
+            (phone,),
+        )
+
+    # -- demo business: calendar ------------------------------------------------------------
+
+    def demo_open_slots(self, day=None):
+        """Free (day, time) slots in calendar order, optionally for one day."""
+        clause, params = ("AND s.day = ? ", (day,)) if day else ("", ())
+        return self._rows(
+            "SELECT s.day, s.slot_time FROM demo_slots s LEFT JOIN demo_appointments a "
+            "ON a.day = s.day AND a.slot_time = s.slot_time AND a.status = 'booked' "
+            f"WHERE a.id IS NULL {clause}ORDER BY s.day_index, s.slot_time",
+            params,
+        )
+
+    def demo_appointments(self, phone=None, status="booked"):
+        clause, params = ("AND phone = ? ", (status, phone)) if phone else ("", (status,))
+        return self._rows(
+            f"SELECT id, day, slot_time, name, phone, status FROM demo_appointments "
+            f"WHERE status = ? {clause}ORDER BY id",
+            params,
+        )
+
+    def demo_book(self, day, slot_time, name, phone=None, delivery_id=None):
+        """Book a slot. Returns (outcome, appointment): ``booked``; ``repeated`` when this
+        delivery already booked (a retried turn: its booking is returned, nothing new is
+        made); ``taken``; ``no_such_slot``. The slot index makes a double booking impossible
+        even for two processes racing."""
+
+        def book(cur):
+            if delivery_id is not None:
+                earlier = _fetch_dict(cur, _APPOINTMENT_BY_DELIVERY, (delivery_id,))
+                if earlier:
+                    return "repeated", earlier
+            cur.execute(
+                "SELECT 1 FROM demo_slots WHERE day = ? AND slot_time = ?", (day, slot_time)
+            )
+            if cur.fetchone() is None:
+                return "no_such_slot", None
+            now = self.clock()
+            cur.execute(
+                "INSERT INTO demo_appointments (day, slot_time, name, phone, status, "
+                "delivery_id, created_at, updated_at) VALUES (?, ?, ?, ?, 'booked', ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (day, slot_time, name, phone, delivery_id, now, now),
+            )
+            if cur.rowcount == 1:
+                return "booked", _fetch_dict(
+                    cur,
+                    "SELECT id, day, slot_time, name, phone, status FROM demo_appointments "
+                    "WHERE day = ? AND slot_time = ? AND status = 'booked'",
+                    (day, slot_time),
+                )
+            if delivery_id is not None:
+                # Lost a race against another attempt of the same turn.
+                earlier = _fetch_dict(cur, _APPOINTMENT_BY_DELIVERY, (delivery_id,))
+                if earlier:
+                    return "repeated", earlier
+            return "taken", None
+
+        return self._run(book)
+
+    def demo_cancel(self, appointment_id, delivery_id=None):
+        """Cancel a booked appointment. Returns (outcome, appointment): ``cancelled``;
+        ``repeated`` when this delivery already cancelled it; ``not_found``."""
+
+        def cancel(cur):
+            row = _fetch_dict(
+                cur,
+                "SELECT id, day, slot_time, name, phone, status, cancel_delivery_id "
+                "FROM demo_appointments WHERE id = ?",
+                (appointment_id,),
+            )
+            if row is None:
+                return "not_found", None
+            by = row.pop("cancel_delivery_id")
+            if row["status"] == "cancelled" and delivery_id is not None and by == delivery_id:
+                return "repeated", row
+            if row["status"] != "booked":
+                return "not_found", None
+            cur.execute(
+                "UPDATE demo_appointments SET status = 'cancelled', cancel_delivery_id = ?, "
+                "updated_at = ? WHERE id = ? AND status = 'booked'",
+                (delivery_id, self.clock(), appointment_id),
+            )
+            row["status"] = "cancelled"
+            return ("cancelled", row) if cur.rowcount == 1 else ("not_found", None)
+
+        return self._run(cancel)
+
+    def demo_cancelled_by(self, delivery_id):
+        """The appointment a delivery cancelled, if any (for retried turns)."""
+        return self._row(
+            "SELECT id, day, slot_time, name, phone, status FROM demo_appointments "
+            "WHERE cancel_delivery_id = ?",
+            (delivery_id,),
+        )
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _row(self, sql, params=()):
+        return self._run(lambda cur: _fetch_dict(cur, sql, params), transaction=False)
+
+    def _rows(self, sql, params=()):
+        def fetch(cur):
+            cur.execute(sql, params)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+        return self._run(fetch, transaction=False)
+
+
+_APPOINTMENT_BY_DELIVERY = (
+    "SELECT id, day, slot_time, name, phone, status FROM demo_appointments WHERE delivery_id = ?"
+)
+
+
+def _fetch_dict(cur, sql, params):
+    cur.execute(sql, params)
+    row = cur.fetchone()
+    if row is None:
+        return None
+    return dict(zip([d[0] for d in cur.description], row, strict=True))
+
+
+def _call(row):
+    row = dict(row)
+    row["transcript"] = json.loads(row["transcript"] or "[]")
+    if row["successful"] is not None:
+        row["successful"] = bool(row["successful"])
+    return row
