@@ -1,0 +1,167 @@
+"""Start and stop the Procfile's web command for a benchmark run, on loopback only.
+
+The command is the Procfile's ``gunicorn -c gunicorn.conf.py wsgi:app`` with ``--bind
+127.0.0.1:<free port>`` added (gunicorn.conf.py would bind 0.0.0.0). Every process started
+here is stopped by its pid when the ``gunicorn`` context exits, also on errors and Ctrl-C.
+"""
+
+import contextlib
+import http.client
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN = Path(sys.executable).with_name("gunicorn")
+SECRET = "whsec_bench_secret_0123456789abcdef"
+
+# The benchmarks import app.simulator (the signer) when run as `python bench/<script>.py`.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raise_fd_limit(wanted):
+    """Raise this process's open-file limit (children inherit it) to ``wanted`` if allowed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def rss_kib(pid):
+    """VmRSS of ``pid`` in KiB (from /proc/<pid>/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for row in f:
+            if row.startswith("VmRSS:"):
+                return int(row.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def http_get(port, path, timeout=2.0):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+class Server:
+    def __init__(self, process, port, log_path, workers):
+        self.process = process
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self.expected_workers = workers
+        self.workers = []
+
+    def log_tail(self, chars=3000):
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return ""
+
+    def wait_ready(self, timeout=30.0):
+        """Healthy, with every worker booted and answering."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited:\n{self.log_tail()}")
+            self.workers = children(self.process.pid)
+            if len(self.workers) == self.expected_workers:
+                with contextlib.suppress(OSError):
+                    status, body = http_get(self.port, "/healthz", timeout=1.0)
+                    if status == 200 and json.loads(body).get("ok"):
+                        return self
+            time.sleep(0.1)
+        raise RuntimeError(f"gunicorn not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def stop(self):
+        """SIGTERM the master (graceful), then SIGKILL it and its workers if they linger."""
+        pids = [*self.workers, *children(self.process.pid)]
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        for pid in set(pids):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, 0)
+                os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def gunicorn(workers, env, database_url=None, keep_dir=False):
+    """Yield a ready Server: ``workers`` gevent workers, ``env`` added to the environment,
+    a fresh SQLite file unless ``database_url`` is given."""
+    workdir = Path(tempfile.mkdtemp(prefix="agentphone-bench-"))
+    port = free_port()
+    log_path = workdir / "gunicorn.log"
+    full_env = {
+        **os.environ,
+        "PORT": str(port),
+        "WEB_CONCURRENCY": str(workers),
+        "AGENTPHONE_WEBHOOK_SECRET": SECRET,
+        "DATABASE_URL": database_url or "sqlite:///" + str(workdir / "bench.db"),
+        "PYTHONUNBUFFERED": "1",
+        **{k: str(v) for k, v in env.items()},
+    }
+    full_env.pop("AGENTPHONE_DEV", None)
+    cmd = [str(GUNICORN), "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "wsgi:app"]
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log_file,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server(process, port, log_path, workers)
+    server.workdir = workdir
+    server.database_url = full_env["DATABASE_URL"]
+    ok = False
+    try:
+        server.wait_ready()
+        yield server
+        ok = True
+    finally:
+        server.stop()
+        if not (keep_dir and ok):
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def percentile(sorted_values, q):
+    """Nearest-rank percentile of an already sorted list (None when empty)."""
+    if not sorted_values:
+        return None
+    rank = max(1, -(-len(sorted_values) * q // 100))  # ceil(n*q/100)
+    return sorted_values[int(rank) - 1]
+
+
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
