@@ -61,6 +61,7 @@ class AgentPhoneRetry(Retry):
                              self.backoff_jitter)
 
     def get_retry_after(self, response):
+        # Capped like every other wait: a server asking for an hour should not hang a job.
         seconds = parse_retry_after(response.headers.get("Retry-After"))
         return None if seconds is None else min(seconds, self.backoff_max)
 
