@@ -76,6 +76,22 @@ def gunicorn(tmp_path):
         server.stop()
 
 
+@pytest.fixture
+def effects_agent(tmp_path):
+    """Env for gunicorn to load tests.agents:slow_agent, and the side effects it recorded."""
+    path = tmp_path / "effects.txt"
+    path.touch()
+
+    class Effects:
+        env = {"AGENT": "tests.agents:slow_agent", "TEST_EFFECTS_FILE": str(path)}
+
+        @staticmethod
+        def effects():
+            return path.read_text().splitlines()
+
+    return Effects
+
+
 @pytest.fixture(scope="session")
 def signature_vectors():
     return json.loads((SHARED / "signature-vectors.json").read_text())

@@ -16,19 +16,16 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def effects(tmp_path):
-    path = tmp_path / "effects.txt"
-    path.touch()
-    return path
+def voice_server(gunicorn, effects_agent):
+    def start(workers=1, **env):
+        return gunicorn(workers=workers, **effects_agent.env, **env)
+
+    return start
 
 
 @pytest.fixture
-def voice_server(gunicorn, effects):
-    def start(workers=1, **env):
-        return gunicorn(workers=workers, AGENT="tests.agents:slow_agent",
-                        TEST_EFFECTS_FILE=effects, **env)
-
-    return start
+def effects(effects_agent):
+    return effects_agent.effects
 
 
 def check_stream(lines):
@@ -52,7 +49,7 @@ def test_first_line_arrives_while_the_tool_runs(voice_server, effects):
                        {"text": "Tool said done for where is it."}]
     first_at, final_at = lines[0][0], lines[-1][0]
     assert first_at < 1.5 <= final_at  # the caller heard something before the tool returned
-    assert effects.read_text().splitlines() == [headers["X-Webhook-ID"]]
+    assert effects() == [headers["X-Webhook-ID"]]
 
 
 def test_hung_tool_gets_the_fallback_before_the_platform_timeout(voice_server, effects):
@@ -63,7 +60,7 @@ def test_hung_tool_gets_the_fallback_before_the_platform_timeout(voice_server, e
     assert objects[-1] == {"text": LATE_TEXT}
     assert 3.9 <= lines[-1][0] < 5
     server.wait_for_log(f"test tool cancelled for {headers['X-Webhook-ID']}")
-    assert effects.read_text() == ""
+    assert effects() == []
 
 
 def test_caller_hanging_up_cancels_the_work(voice_server, effects):
@@ -82,7 +79,7 @@ def test_caller_hanging_up_cancels_the_work(voice_server, effects):
     server.wait_for_log(f"voice turn {headers['X-Webhook-ID']}: caller disconnected")
     server.wait_for_log(f"test tool cancelled for {headers['X-Webhook-ID']}")
     time.sleep(3.5)
-    assert effects.read_text() == ""
+    assert effects() == []
     assert "test tool finished" not in server.log()
 
 
@@ -99,7 +96,7 @@ def test_retry_while_running_waits_for_the_first_attempts_answer(voice_server, e
     # Finished now: a later retry gets the stored final line alone, at once.
     _, replay = post_stream(server.webhook, raw, headers)
     assert [obj for _, obj in replay] == [first_lines[-1][1]]
-    assert effects.read_text().splitlines() == [headers["X-Webhook-ID"]]
+    assert effects() == [headers["X-Webhook-ID"]]
 
 
 def test_fifty_concurrent_copies_of_one_voice_turn_run_once(voice_server, effects):
@@ -109,4 +106,4 @@ def test_fifty_concurrent_copies_of_one_voice_turn_run_once(voice_server, effect
         results = list(pool.map(lambda _: post_stream(server.webhook, raw, headers), range(50)))
     finals = {json.dumps(check_stream(lines)[-1]) for _, lines in results}
     assert finals == {json.dumps({"text": "Tool said done for once."})}
-    assert effects.read_text().splitlines() == [headers["X-Webhook-ID"]]
+    assert effects() == [headers["X-Webhook-ID"]]

@@ -1,0 +1,74 @@
+"""Background jobs through the real gunicorn gevent workers: once-only, durable across crashes."""
+
+import os
+import signal
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from app.simulator import payload, signed_request
+from tests.conftest import SECRET
+
+pytestmark = pytest.mark.slow
+
+
+def jobs(tmp_path):
+    with sqlite3.connect(tmp_path / "events.db") as conn:
+        return conn.execute("SELECT delivery_id, status, attempts FROM jobs").fetchall()
+
+
+def wait_until(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := predicate():
+            return result
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def test_fifty_concurrent_copies_of_one_delivery_make_one_effect(gunicorn, tmp_path):
+    server = gunicorn(workers=2, DEMO_TOOL_LATENCY=0)
+    raw, headers = signed_request(SECRET, payload("sms"))
+
+    def post(_):
+        return requests.post(server.webhook, data=raw, headers=headers, timeout=10)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(50) as pool:
+        responses = list(pool.map(post, range(50)))
+    assert [r.status_code for r in responses] == [200] * 50
+    assert all(r.json() == {"ok": True} for r in responses)
+    assert time.monotonic() - started < 10
+    delivery = headers["X-Webhook-ID"]
+    wait_until(lambda: jobs(tmp_path) == [(delivery, "done", 1)])
+    assert server.log().count("duplicate agent.message ignored") == 49
+    assert server.log().count("(text_message) done") == 1
+
+
+def test_job_accepted_before_a_crash_runs_after_restart(gunicorn, tmp_path, effects_agent):
+    server = gunicorn(workers=1, JOB_LEASE=2, TEST_TOOL_SECONDS=2, **effects_agent.env)
+    raw, headers = signed_request(SECRET, payload("sms"))
+    assert requests.post(server.webhook, data=raw, headers=headers, timeout=5).status_code == 200
+    delivery = headers["X-Webhook-ID"]
+    server.wait_for_log(f"test tool started for {delivery}")
+    [worker] = server.worker_pids()
+    os.kill(worker, signal.SIGKILL)  # mid-job: the job is leased but not finished
+    # gunicorn starts a new worker; its runner takes the job once the lease has run out.
+    wait_until(lambda: jobs(tmp_path) == [(delivery, "done", 2)], timeout=30)
+    assert effects_agent.effects() == [delivery]
+    assert server.log().count(f"test tool started for {delivery}") == 2
+
+
+def test_jobs_left_by_a_stopped_server_run_on_the_next_start(gunicorn, tmp_path):
+    first = gunicorn(workers=1, JOB_RUNNER="off")
+    raw, headers = signed_request(SECRET, payload("call_ended"))
+    assert requests.post(first.webhook, data=raw, headers=headers, timeout=5).status_code == 200
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(5)
+    assert jobs(tmp_path) == [(headers["X-Webhook-ID"], "pending", 0)]
+    gunicorn(workers=1)
+    wait_until(lambda: jobs(tmp_path) == [(headers["X-Webhook-ID"], "done", 1)])
+
