@@ -1,4 +1,5 @@
-"""Every setting the service reads, with its default, in one place (the README has the same table)."""
+"""Every setting the service reads, with its default, in one place (the README has the same
+table)."""
 
 import os
 import secrets
@@ -10,7 +11,8 @@ DEFAULT_API_URL = "https://api.agentphone.ai"
 
 # name -> (default, one-line meaning); the README's configuration table mirrors this.
 SETTINGS = {
-    "AGENTPHONE_WEBHOOK_SECRET": (None, "Webhook signing secret(s), comma-separated; any match is valid."),
+    "AGENTPHONE_WEBHOOK_SECRET": (None, "Webhook signing secret(s), comma-separated; any match "
+                                        "is valid."),
     "AGENTPHONE_DEV": ("0", "1 = development mode: a generated secret is used when none is set."),
     "DATABASE_URL": (None, "sqlite:///file.db, sqlite:////abs/path.db or postgresql://...; "
                            "default: agentphone.db in the instance folder."),
@@ -25,7 +27,8 @@ SETTINGS = {
                          "`flask agentphone worker`."),
     "JOB_CONCURRENCY": ("4", "Jobs one process runs at the same time."),
     "JOB_MAX_ATTEMPTS": ("5", "Attempts before a job is dead-lettered."),
-    "JOB_LEASE": ("60", "Seconds a claimed job is reserved for its worker before another may take it."),
+    "JOB_LEASE": ("60", "Seconds a claimed job is reserved for its worker before another may "
+                        "take it."),
     "PORT": ("8000", "Port gunicorn binds (0.0.0.0:$PORT)."),
     "WEB_CONCURRENCY": ("2", "gunicorn worker processes."),
     "WORKER_CONNECTIONS": ("4000", "Open connections (held voice streams) per gevent worker."),

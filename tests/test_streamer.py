@@ -68,7 +68,9 @@ def test_late_agent_gets_fallback_at_deadline():
     assert time.monotonic() - started < 2
 
 
-@pytest.mark.parametrize("steps", [(RuntimeError("boom"),), ("Partial.", KeyError("x")), ("Only.",)])
+@pytest.mark.parametrize(
+    "steps", [(RuntimeError("boom"),), ("Partial.", KeyError("x")), ("Only.",)]
+)
 def test_failing_or_unfinished_agent_apologises(steps):
     assert run(ScriptedAgent(*steps))[-1] == {"text": ERROR_TEXT}
 

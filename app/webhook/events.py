@@ -86,7 +86,8 @@ def parse(body):
         agent_id=agent_id if isinstance(agent_id, str) else None,
         data=data if isinstance(data, dict) else {},
         conversation_state=state if isinstance(state, dict) else None,
-        recent_history=[h for h in history if isinstance(h, dict)] if isinstance(history, list) else [],
+        recent_history=[h for h in history if isinstance(h, dict)]
+        if isinstance(history, list) else [],
         test=doc.get("test") is True,
         body=doc,
     )

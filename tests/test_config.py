@@ -1,0 +1,79 @@
+"""Configuration: fail closed without a secret, development secret, validated settings."""
+
+import subprocess
+
+import pytest
+
+from app import config, create_app
+from app.store.sqlite import path_from_url
+from tests.servers import GUNICORN, ROOT, free_port
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    for name in config.SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///" + str(tmp_path / "c.db"))
+    return monkeypatch
+
+
+def test_no_secret_refuses_to_start(clean_env):
+    with pytest.raises(config.ConfigError, match="AGENTPHONE_WEBHOOK_SECRET is not set"):
+        create_app()
+
+
+def test_gunicorn_refuses_to_boot_without_a_secret(clean_env, tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": "sqlite:///" + str(tmp_path / "x.db"),
+           "PORT": str(free_port())}
+    result = subprocess.run([str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode != 0
+    assert "AGENTPHONE_WEBHOOK_SECRET is not set" in result.stdout + result.stderr
+
+
+def test_dev_mode_generates_one_secret_and_keeps_it(clean_env, tmp_path):
+    clean_env.setenv("AGENTPHONE_DEV", "1")
+    first = config.from_env(tmp_path / "instance")["WEBHOOK_SECRETS"]
+    again = config.from_env(tmp_path / "instance")["WEBHOOK_SECRETS"]
+    assert first == again
+    assert first[0].startswith("whsec_dev_") and len(first[0]) > 20
+
+
+def test_comma_separated_secrets(clean_env, tmp_path):
+    clean_env.setenv("AGENTPHONE_WEBHOOK_SECRET", " whsec_a, whsec_b ,,")
+    assert config.from_env(tmp_path)["WEBHOOK_SECRETS"] == ("whsec_a", "whsec_b")
+
+
+def test_dotenv_is_read_but_environment_wins(clean_env, tmp_path):
+    (tmp_path / ".env").write_text("AGENTPHONE_WEBHOOK_SECRET=whsec_dotenv\nVOICE_TIMEOUT=12\n")
+    clean_env.setenv("VOICE_TIMEOUT", "20")
+    app = create_app()
+    assert app.config["WEBHOOK_SECRETS"] == ("whsec_dotenv",)
+    assert app.config["VOICE_TIMEOUT"] == 20
+
+
+@pytest.mark.parametrize(("name", "value"), [("VOICE_TIMEOUT", "4"), ("VOICE_TIMEOUT", "121"),
+                                             ("VOICE_TIMEOUT", "soon"), ("JOB_CONCURRENCY", "0")])
+def test_out_of_range_settings_are_refused(clean_env, tmp_path, name, value):
+    clean_env.setenv("AGENTPHONE_WEBHOOK_SECRET", "whsec_x")
+    clean_env.setenv(name, value)
+    with pytest.raises(config.ConfigError, match=name):
+        config.from_env(tmp_path)
+
+
+@pytest.mark.parametrize(("url", "path"), [("sqlite:///relative.db", "relative.db"),
+                                           ("sqlite:////abs/path.db", "/abs/path.db")])
+def test_sqlite_urls(url, path):
+    assert path_from_url(url) == path
+
+
+def test_unknown_database_url_is_refused(make_app):
+    with pytest.raises(ValueError, match="DATABASE_URL"):
+        make_app(DATABASE_URL="mysql://x")
+
+
+def test_readme_lists_every_setting():
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name in config.SETTINGS if f"`{name}`" not in readme]
+    assert missing == []
