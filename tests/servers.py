@@ -76,9 +76,10 @@ def wait_healthy(url, process, log_path, timeout=20.0):
     raise RuntimeError(f"server did not become healthy:\n{log_path.read_text()[-3000:]}")
 
 
-def start_gunicorn(tmp_path, env, workers=1, command=None):
-    """Start the Procfile's web command with ``env`` added; returns a running Server."""
-    port = free_port()
+def start_gunicorn(tmp_path, env, workers=1, command=None, port=None):
+    """Start the Procfile's web command (or ``command``) with ``env`` added; returns a running
+    Server."""
+    port = port or free_port()
     log_path = tmp_path / f"gunicorn-{port}.log"
     full_env = {
         **os.environ,
