@@ -1,10 +1,14 @@
 """The event store: chosen by DATABASE_URL, created and migrated when the app starts."""
 
+import logging
+
 from flask import current_app
 
 from app.store.base import Job, Retention, StoreUnavailable
 
 __all__ = ["Job", "Retention", "StoreUnavailable", "get_store", "init_app", "open_store"]
+
+log = logging.getLogger(__name__)
 
 
 def open_store(url):
@@ -31,5 +35,11 @@ def init_app(app):
     store = open_store(app.config["DATABASE_URL"])
     if "CLOCK" in app.config:
         store.clock = app.config["CLOCK"]
-    store.migrate()
+    try:
+        store.migrate()
+    except StoreUnavailable as exc:
+        # A database that is restarting must not stop the server from booting (gunicorn
+        # halts when a worker fails to boot): answer 503 until it is back, then migrate.
+        log.error("database unavailable at start-up, will migrate on first use: %s", exc)
+        store.migrate_on_first_use()
     app.extensions["store"] = store

@@ -5,11 +5,17 @@ inside, because under gevent a SQLite call never yields to other greenlets.
 """
 
 import json
+import logging
+import threading
 import time
 
 from app.store.base import Job, Retention, StoreUnavailable
 from app.store.records import RecordsMixin
 from app.store.schema import MIGRATIONS, statements
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETENTION = Retention()
 
 JOB_COLUMNS = (
     "id, kind, payload, attempts, status, delivery_id, run_at, last_error, created_at, updated_at"
@@ -27,12 +33,19 @@ class SQLStore(RecordsMixin):
 
     def __init__(self, clock=time.time):
         self.clock = clock
+        self._migrate_pending = False
+        self._migrate_lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------------
 
     def _run(self, fn, transaction=True):
         """Run ``fn(cursor)``, in one transaction unless told otherwise; driver errors become
         StoreUnavailable (503) so that the platform retries instead of losing the event."""
+        if self._migrate_pending:
+            self._migrate_now()
+        return self._execute(fn, transaction)
+
+    def _execute(self, fn, transaction):
         try:
             with self._cursor(transaction) as cur:
                 return fn(cur)
@@ -69,7 +82,20 @@ class SQLStore(RecordsMixin):
                 )
             return len(MIGRATIONS)
 
-        return self._run(upgrade)
+        version = self._execute(upgrade, transaction=True)
+        self._migrate_pending = False
+        return version
+
+    def migrate_on_first_use(self):
+        """The database could not be migrated at start-up (e.g. it is restarting): every
+        operation tries again first and fails with StoreUnavailable until it succeeds."""
+        self._migrate_pending = True
+
+    def _migrate_now(self):
+        with self._migrate_lock:
+            if self._migrate_pending:
+                self.migrate()
+                log.info("%s store: schema migrated on first use", self.backend)
 
     def _lock_migrations(self, cur):
         """Serialize concurrent migrations; the backend's transaction may already do it."""
@@ -140,11 +166,35 @@ class SQLStore(RecordsMixin):
         row = self._one(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_until = ?, "
             "worker = ?, updated_at = ? WHERE id = (SELECT id FROM jobs "
-            "WHERE (status = 'pending' AND run_at <= ?) OR (status = 'running' AND lease_until < ?) "
+            "WHERE (status = 'pending' AND run_at <= ?) "
+            "OR (status = 'running' AND lease_until < ?) "
             f"ORDER BY run_at, id LIMIT 1{self.lock_clause}) RETURNING {JOB_COLUMNS}",
             (now + lease, worker, now, now, now),
         )
         return Job(*row) if row else None
+
+    def extend_lease(self, job_id, worker, lease):
+        """Keep a running job leased to ``worker`` for ``lease`` more seconds; False when the
+        worker no longer holds it (its lease ran out and another worker took the job)."""
+        now = self.clock()
+        changed = self._exec(
+            "UPDATE jobs SET lease_until = ?, updated_at = ? "
+            "WHERE id = ? AND worker = ? AND status = 'running'",
+            (now + lease, now, job_id, worker),
+        )
+        return changed == 1
+
+    def release_job(self, job_id, worker):
+        """Give a running job back to the queue without counting the interrupted attempt
+        (a worker shutting down); False when ``worker`` no longer holds it."""
+        now = self.clock()
+        changed = self._exec(
+            "UPDATE jobs SET status = 'pending', attempts = attempts - 1, run_at = ?, "
+            "lease_until = NULL, worker = NULL, updated_at = ? "
+            "WHERE id = ? AND worker = ? AND status = 'running' AND attempts > 0",
+            (now, now, job_id, worker),
+        )
+        return changed == 1
 
     def finish_job(self, job_id):
         self._set_job(job_id, "done", None, None)
@@ -197,7 +247,7 @@ class SQLStore(RecordsMixin):
 
     # -- retention --------------------------------------------------------------------------
 
-    def prune(self, retention=Retention()):
+    def prune(self, retention=DEFAULT_RETENTION):
         """Delete delivery ids, voice replies and finished jobs older than the retention."""
         now = self.clock()
 

@@ -1,0 +1,256 @@
+"""The store's contract, run against every backend: SQLite and a real PostgreSQL server."""
+
+import threading
+import time
+
+import pytest
+
+from app.store import StoreUnavailable, open_store
+from app.store.base import DAY, Retention
+from app.store.schema import MIGRATIONS
+from tests.postgres import pg_server, pg_url  # noqa: F401  (fixtures)
+from tests.servers import free_port
+
+NOW = 1_736_942_400.0
+
+
+class Clock:
+    def __init__(self, now=NOW):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return "sqlite:///" + str(tmp_path / "store.db")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def opened(store_url):
+    """``opened()`` -> a new store on the test database (migrated unless told), closed after."""
+    stores = []
+
+    def make(migrate=True, url=None):
+        store = open_store(url or store_url)
+        store.clock = Clock()
+        if migrate:
+            store.migrate()
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def store(opened):
+    return opened()
+
+
+def in_threads(n, fn):
+    """Run ``fn(i)`` in ``n`` threads released together; their results in order."""
+    barrier = threading.Barrier(n)
+    results, errors = [None] * n, []
+
+    def run(i):
+        barrier.wait()
+        try:
+            results[i] = fn(i)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    return results
+
+
+# -- deliveries -----------------------------------------------------------------------------
+
+
+def test_claim_delivery_once(store):
+    assert store.claim_delivery("whd_1", "agent.message") is True
+    assert store.claim_delivery("whd_1", "agent.message") is False
+    assert store.claim_delivery("whd_2", "agent.message") is True
+
+
+def test_claim_with_job_enqueues_only_when_new(store):
+    assert store.claim_with_job("whd_1", "agent.message", "text_message", "{}") is True
+    assert store.claim_with_job("whd_1", "agent.message", "text_message", "{}") is False
+    jobs = store.jobs()
+    assert [(j.delivery_id, j.kind, j.status, j.attempts) for j in jobs] == [
+        ("whd_1", "text_message", "pending", 0)]
+
+
+def test_claim_with_job_is_atomic(store):
+    # The job insert fails (payload NOT NULL): the claim must be rolled back with it.
+    with pytest.raises(StoreUnavailable):
+        store.claim_with_job("whd_1", "agent.message", "text_message", None)
+    assert store.jobs() == []
+    assert store.claim_delivery("whd_1", "agent.message") is True
+
+
+def test_concurrent_claims_exactly_one_wins(store):
+    results = in_threads(20, lambda i: store.claim_delivery("whd_same", "agent.message"))
+    assert results.count(True) == 1
+
+
+def test_concurrent_claim_with_job_one_job(store):
+    results = in_threads(
+        12, lambda i: store.claim_with_job("whd_same", "agent.message", "text_message", "{}"))
+    assert results.count(True) == 1
+    assert len(store.jobs()) == 1
+
+
+# -- voice replies --------------------------------------------------------------------------
+
+
+def test_voice_reply_saved_and_replayed(store):
+    assert store.voice_reply("whd_v") is None
+    store.save_voice_reply("whd_v", {"text": "It shipped.", "hangup": False})
+    store.save_voice_reply("whd_v", {"text": "second write loses"})
+    assert store.voice_reply("whd_v") == {"text": "It shipped.", "hangup": False}
+
+
+# -- jobs -----------------------------------------------------------------------------------
+
+
+def test_claim_job_leases_and_reclaims_after_expiry(store):
+    job_id = store.enqueue("reaction", "{}")
+    job = store.claim_job("w1", lease=10)
+    assert (job.id, job.attempts, job.status) == (job_id, 1, "running")
+    assert store.claim_job("w2", lease=10) is None
+    store.clock.advance(9)
+    assert store.claim_job("w2", lease=10) is None
+    store.clock.advance(2)
+    again = store.claim_job("w2", lease=10)
+    assert (again.id, again.attempts) == (job_id, 2)
+
+
+def test_claim_job_order_and_due_time(store):
+    first = store.enqueue("reaction", "1")
+    second = store.enqueue("reaction", "2")
+    store.fail_job(first, "boom", retry_at=NOW + 30)
+    assert store.claim_job("w", 60).id == second
+    assert store.claim_job("w", 60) is None
+    store.clock.advance(30)
+    assert store.claim_job("w", 60).id == first
+
+
+def test_extend_lease_and_release(store):
+    job_id = store.enqueue("reaction", "{}")
+    store.claim_job("w1", lease=10)
+    store.clock.advance(8)
+    assert store.extend_lease(job_id, "w1", 10) is True
+    assert store.extend_lease(job_id, "w2", 10) is False
+    store.clock.advance(8)
+    assert store.claim_job("w2", lease=10) is None  # still leased to w1
+    assert store.release_job(job_id, "w2") is False
+    assert store.release_job(job_id, "w1") is True
+    job = store.claim_job("w2", lease=10)
+    assert (job.id, job.attempts) == (job_id, 1)  # the released attempt did not count
+
+
+def test_finish_fail_dead_retry(store):
+    done_id = store.enqueue("reaction", "{}")
+    dead_id = store.enqueue("reaction", "{}")
+    assert store.claim_job("w", 60).id == done_id
+    store.finish_job(done_id)
+    assert store.claim_job("w", 60).id == dead_id
+    store.fail_job(dead_id, "ValueError: nope", retry_at=NOW + 5)
+    assert store.job(dead_id).status == "pending"
+    store.clock.advance(5)
+    assert store.claim_job("w", 60).attempts == 2
+    store.fail_job(dead_id, "ValueError: still nope")
+    assert store.claim_job("w", 60) is None
+
+    dead = store.job(dead_id)
+    assert (dead.status, dead.attempts, dead.last_error) == ("dead", 2, "ValueError: still nope")
+    assert store.job(done_id).status == "done"
+    assert [j.id for j in store.jobs(status="dead")] == [dead_id]
+    assert [j.id for j in store.jobs()] == [dead_id, done_id]
+    assert store.job_counts() == {"dead": 1, "done": 1}
+
+    assert store.retry_job(dead_id) is True
+    assert store.retry_job(999_999) is False
+    job = store.claim_job("w", 60)
+    assert (job.id, job.attempts, job.last_error) == (dead_id, 1, "ValueError: still nope")
+
+
+def test_concurrent_job_claims_never_share_a_job(store):
+    ids = {store.enqueue("reaction", str(i)) for i in range(40)}
+
+    def drain(i):
+        got = []
+        while (job := store.claim_job(f"w{i}", 60)) is not None:
+            got.append(job.id)
+        return got
+
+    claimed = [job_id for got in in_threads(6, drain) for job_id in got]
+    assert sorted(claimed) == sorted(ids)
+
+
+# -- retention ------------------------------------------------------------------------------
+
+
+def test_prune_retention(store):
+    store.claim_with_job("whd_old", "agent.message", "reaction", "{}")
+    store.save_voice_reply("whd_old", {"text": "old"})
+    old_done = store.claim_job("w", 60).id
+    store.finish_job(old_done)
+    old_pending = store.enqueue("reaction", "{}")
+    store.fail_job(old_pending, "boom", retry_at=NOW + 30 * DAY)
+    store.clock.advance(7 * DAY + 1)
+    store.claim_delivery("whd_new", "agent.message")
+
+    assert store.prune(Retention()) == 2  # the old delivery id and the finished job
+    assert store.voice_reply("whd_old") is None
+    assert store.claim_delivery("whd_new", "agent.message") is False
+    assert store.claim_delivery("whd_old", "agent.message") is True
+    assert store.job(old_done) is None
+    assert store.job(old_pending) is not None
+    assert store.prune(Retention()) == 0
+
+
+# -- schema ---------------------------------------------------------------------------------
+
+
+def test_migrate_twice_is_a_no_op(store):
+    assert store.schema_version() == len(MIGRATIONS)
+    assert store.migrate() == len(MIGRATIONS)
+    assert store._one("SELECT COUNT(*) FROM schema_version")[0] == len(MIGRATIONS)
+
+
+def test_concurrent_migrate(opened):
+    stores = [opened(migrate=False) for _ in range(6)]
+    assert in_threads(6, lambda i: stores[i].migrate()) == [len(MIGRATIONS)] * 6
+    assert stores[0]._one("SELECT COUNT(*) FROM schema_version")[0] == len(MIGRATIONS)
+
+
+# -- failures -------------------------------------------------------------------------------
+
+
+def test_broken_database_raises_store_unavailable(store_url, tmp_path, opened):
+    if store_url.startswith("sqlite"):
+        (tmp_path / "dir.db").mkdir()
+        broken = "sqlite:///" + str(tmp_path / "dir.db")  # a directory: cannot be opened
+    else:
+        broken = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing_listens"
+    store = opened(migrate=False, url=broken)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable) as info:
+        store.claim_delivery("whd_1", "agent.message")
+    assert time.monotonic() - started < 5
+    assert info.value.status == 503
+    assert info.value.to_dict()["error"]["code"] == "STORE_UNAVAILABLE"
