@@ -6,6 +6,7 @@ import time
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from app.agent.base import Turn
+from app.errors import PayloadTooLarge
 from app.store import get_store
 from app.voice.ndjson import line
 from app.voice.replay import ReplayAgent
@@ -20,7 +21,7 @@ bp = Blueprint("webhook", __name__)
 @bp.before_request
 def verify_signature():
     """Fail closed: nothing below runs unless the body is signed with a configured secret."""
-    body = request.get_data(cache=True)  # raw bytes, before any JSON parsing (SPEC 1.5)
+    body = _raw_body()
     clock = current_app.config.get("CLOCK", time.time)
     try:
         signing.verify(
@@ -35,6 +36,18 @@ def verify_signature():
         raise
     g.delivery_id = events.delivery_id(request.headers.get("X-Webhook-ID"), body)
     g.event = events.parse(body)
+
+
+def _raw_body():
+    """The body bytes exactly as sent, before any JSON parsing (SPEC 1.5)."""
+    body = request.get_data(cache=True)
+    # A chunked body has no Content-Length: Werkzeug stops reading at the limit without
+    # saying so, and the truncated body would be rejected as a bad signature instead.
+    if (request.content_length is None
+            and len(body) >= current_app.config["MAX_CONTENT_LENGTH"]
+            and request.environ["wsgi.input"].read(1)):
+        raise PayloadTooLarge()
+    return body
 
 
 @bp.post("/webhook")
