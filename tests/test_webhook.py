@@ -142,11 +142,27 @@ def test_duplicate_voice_turn_replays_the_stored_reply(post_signed):
     assert again == first.splitlines(keepends=True)[-1]
 
 
-def test_store_failure_is_503_never_2xx(app, post_signed):
-    path = app.config["DATABASE_URL"][len("sqlite:///"):]
-    with sqlite3.connect(path) as conn:
-        conn.execute("DROP TABLE jobs")
-    response = post_signed(payload("sms"))
+def _drop_deliveries_table(conn):
+    conn.execute("DROP TABLE deliveries")
+
+
+def _hold_write_lock(conn):
+    conn.isolation_level = None
+    conn.execute("BEGIN EXCLUSIVE")
+
+
+@pytest.mark.parametrize("break_store", [_drop_deliveries_table, _hold_write_lock])
+@pytest.mark.parametrize("kind", ["sms", "voice"])
+def test_store_failure_is_503_never_2xx(make_app, monkeypatch, break_store, kind):
+    monkeypatch.setattr("app.store.sqlite.BUSY_TIMEOUT_MS", 100)
+    app = make_app()
+    conn = sqlite3.connect(app.config["DATABASE_URL"][len("sqlite:///"):])
+    try:
+        break_store(conn)
+        raw, headers = signed_request(SECRET, payload(kind), timestamp=NOW)
+        response = app.test_client().post("/webhook", data=raw, headers=headers)
+    finally:
+        conn.close()
     assert response.status_code == 503
     assert _error(response)["code"] == "STORE_UNAVAILABLE"
 
