@@ -1,0 +1,359 @@
+"""Tools: plain Python functions an agent (or an LLM) can call, and a concurrent runner.
+
+    from app.agent import tool
+
+    @tool(timeout=5)
+    def lookup_order(order_id: str, turn: Turn) -> dict:
+        '''Find an order and its delivery status.
+
+        Args:
+            order_id: The order number the caller gave, e.g. "4521".
+        '''
+        ...
+
+``lookup_order`` is now a ``Tool``: ``.name``, ``.description`` (the docstring's summary),
+``.parameters`` (a JSON schema built from the type hints, with the ``Args:`` descriptions)
+and ``lookup_order(order_id="4521")`` still calls the function. A parameter named ``turn``
+is not part of the schema: the runner passes the current ``Turn`` to it (for idempotency
+keys such as ``turn.delivery_id``, or the caller's number). ``@tool`` also works on methods.
+
+``run_tools(calls)`` runs several calls at once (greenlets under gevent, threads
+otherwise), each bounded by its tool's timeout, and never raises: a failure or a timeout
+becomes an error result that can be shown to the model or turned into a sentence.
+"""
+
+import enum
+import functools
+import inspect
+import json
+import logging
+import re
+import time
+import types
+import typing
+from dataclasses import dataclass, field
+
+from app.tasks import spawn
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 10.0
+INJECTED = frozenset({"turn"})
+
+
+class ToolError(Exception):
+    """Raise inside a tool to report a problem in words (shown to the model as the result)."""
+
+
+class Tool:
+    """A callable with the metadata a model needs to call it."""
+
+    def __init__(self, fn, name=None, description=None, parameters=None, timeout=None):
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.name = name or fn.__name__
+        summary, arg_docs = parse_docstring(inspect.getdoc(fn) or "")
+        self.description = description or summary or self.name.replace("_", " ")
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+        signature = inspect.signature(fn)
+        params = list(signature.parameters.values())
+        # An unbound method: `self`/`cls` is supplied by binding, never by the model.
+        if params and params[0].name in ("self", "cls"):
+            params = params[1:]
+        self.wants_turn = any(p.name in INJECTED for p in params)
+        self.parameters = parameters or schema_for(params, arg_docs, fn)
+        self._bound_to = None
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __get__(self, obj, owner=None):
+        """``@tool`` on a method: ``instance.method`` is a Tool bound to the instance."""
+        if obj is None:
+            return self
+        bound = object.__new__(Tool)
+        bound.__dict__.update(self.__dict__)
+        bound.fn = self.fn.__get__(obj, owner)
+        bound._bound_to = obj
+        return bound
+
+    def __repr__(self):
+        return f"<Tool {self.name}>"
+
+    def spec(self):
+        """The OpenAI-compatible ``tools=[...]`` entry."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+    def invoke(self, arguments, turn=None):
+        """Call with model-supplied ``arguments`` (a dict or JSON text), checked against the
+        schema's required names; unknown names are dropped rather than crashing the call."""
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except ValueError:
+                raise ToolError(f"arguments are not valid JSON: {arguments[:200]!r}") from None
+        if not isinstance(arguments, dict):
+            raise ToolError("arguments must be a JSON object")
+        known = self.parameters.get("properties", {})
+        missing = [n for n in self.parameters.get("required", []) if arguments.get(n) is None]
+        if missing:
+            raise ToolError("missing required argument(s): " + ", ".join(missing))
+        kwargs = {k: v for k, v in arguments.items() if k in known}
+        if self.wants_turn:
+            kwargs["turn"] = turn
+        return self.fn(**kwargs)
+
+
+def tool(fn=None, *, name=None, description=None, parameters=None, timeout=None):
+    """Make a function a ``Tool``: bare (``@tool``) or with options (``@tool(timeout=3)``)."""
+
+    def wrap(f):
+        return Tool(f, name=name, description=description, parameters=parameters,
+                    timeout=timeout)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def tools_of(obj):
+    """Every ``@tool`` method of an object, bound to it, in definition order."""
+    found = {}
+    for klass in reversed(type(obj).__mro__):
+        for attr, value in vars(klass).items():
+            if isinstance(value, Tool):
+                found[attr] = getattr(obj, attr)
+    return list(found.values())
+
+
+# -- schema from type hints -------------------------------------------------------------------
+
+_ARGS_HEADER = re.compile(r"^(Args|Arguments|Parameters|Params):\s*$")
+_ARG_LINE = re.compile(r"^\s*(\*{0,2}\w+)\s*(\([^)]*\))?\s*:\s*(.*)$")
+
+
+def parse_docstring(doc):
+    """(summary, {arg: description}) from a Google-style docstring."""
+    summary_lines, args, current, in_args = [], {}, None, False
+    for raw in doc.splitlines():
+        line = raw.rstrip()
+        if _ARGS_HEADER.match(line.strip()):
+            in_args = True
+            continue
+        if in_args:
+            if not line.strip():
+                continue
+            if not raw.startswith((" ", "\t")):
+                in_args = False  # another section (Returns:, Raises:) or prose
+            else:
+                m = _ARG_LINE.match(line)
+                indent = len(raw) - len(raw.lstrip())
+                if m and (current is None or indent <= args[current][1]):
+                    current = m.group(1).lstrip("*")
+                    args[current] = [m.group(3).strip(), indent]
+                elif current is not None:
+                    args[current][0] = (args[current][0] + " " + line.strip()).strip()
+                continue
+        if not in_args and not args:
+            if not line.strip() and summary_lines:
+                break
+            if line.strip():
+                summary_lines.append(line.strip())
+    return " ".join(summary_lines), {k: v[0] for k, v in args.items()}
+
+
+def schema_for(params, arg_docs, fn):
+    """A JSON schema (type object) for a function's parameters."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # forward references we cannot resolve: fall back to no types
+        hints = {}
+    properties, required = {}, []
+    for p in params:
+        if p.name in INJECTED or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        prop = json_type(hints.get(p.name, p.annotation))
+        if arg_docs.get(p.name):
+            prop["description"] = arg_docs[p.name]
+        if p.default is inspect.Parameter.empty:
+            required.append(p.name)
+        elif p.default is not None and _jsonable(p.default):
+            prop["default"] = p.default
+        properties[p.name] = prop
+    schema = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+_SIMPLE = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object",
+           list: "array"}
+
+
+def json_type(annotation):
+    """The JSON schema of one Python annotation (str, int, list[str], Literal, Enum, X | None)."""
+    if annotation is inspect.Parameter.empty or annotation is typing.Any:
+        return {}
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        inner = json_type(args[0])
+        extra = next((a for a in args[1:] if isinstance(a, str)), None)
+        return {**inner, "description": extra} if extra else inner
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return json_type(options[0])
+        return {"anyOf": [json_type(a) for a in options]}
+    if origin is typing.Literal:
+        values = list(args)
+        kinds = {_SIMPLE.get(type(v)) for v in values}
+        schema = {"enum": values}
+        if len(kinds) == 1 and None not in kinds:
+            schema["type"] = kinds.pop()
+        return schema
+    if origin in (list, tuple, set, frozenset):
+        schema = {"type": "array"}
+        if args and args[0] is not Ellipsis:
+            schema["items"] = json_type(args[0])
+        return schema
+    if origin is dict:
+        return {"type": "object"}
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return {"enum": [m.value for m in annotation]}
+    if annotation in _SIMPLE:
+        return {"type": _SIMPLE[annotation]}
+    return {}
+
+
+def _jsonable(value):
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+# -- running calls ----------------------------------------------------------------------------
+
+
+@dataclass
+class ToolCall:
+    """One requested call: ``arguments`` is a dict or the model's JSON text."""
+
+    name: str
+    arguments: dict | str = field(default_factory=dict)
+    id: str | None = None
+
+
+@dataclass
+class ToolResult:
+    call: ToolCall
+    value: object = None
+    error: str | None = None
+    elapsed: float = 0.0
+
+    @property
+    def ok(self):
+        return self.error is None
+
+    def content(self):
+        """The result as the text a model reads in a ``role: tool`` message."""
+        if self.error is not None:
+            return json.dumps({"error": self.error})
+        if isinstance(self.value, str):
+            return self.value
+        return json.dumps(self.value, default=str)
+
+
+class Toolbox:
+    """A named set of tools: look-up, OpenAI ``tools=`` specs, concurrent execution."""
+
+    def __init__(self, tools=()):
+        self.tools = {}
+        for t in tools:
+            self.add(t)
+
+    def add(self, t):
+        if not isinstance(t, Tool):
+            t = Tool(t)
+        if t.name in self.tools:
+            raise ValueError(f"two tools are named {t.name!r}")
+        self.tools[t.name] = t
+        return t
+
+    def __contains__(self, name):
+        return name in self.tools
+
+    def __getitem__(self, name):
+        return self.tools[name]
+
+    def __iter__(self):
+        return iter(self.tools.values())
+
+    def __len__(self):
+        return len(self.tools)
+
+    def specs(self):
+        return [t.spec() for t in self.tools.values()]
+
+    def run(self, calls, turn=None, timeout=None):
+        return run_tools(calls, self, turn=turn, timeout=timeout)
+
+
+def run_tools(calls, tools, turn=None, timeout=None):
+    """Run ``calls`` (ToolCall, or (name, arguments) pairs) concurrently; results in order.
+
+    ``tools`` is a Toolbox or an iterable of Tools. Each call gets its tool's timeout
+    (``timeout`` overrides it); a call still running then is cancelled (killed under gevent,
+    abandoned as a daemon thread otherwise) and reported as timed out.
+    """
+    box = tools if isinstance(tools, Toolbox) else Toolbox(tools)
+    calls = [c if isinstance(c, ToolCall) else ToolCall(*c) for c in calls]
+    started = time.monotonic()
+    tasks = []
+    for call in calls:
+        t = box.tools.get(call.name)
+        if t is None:
+            tasks.append((call, None, None))
+            continue
+        tasks.append((call, t, spawn(_timed, t, call, turn)))
+    results = []
+    for call, t, task in tasks:
+        if t is None:
+            results.append(ToolResult(call, error=f"unknown tool {call.name!r}"))
+            continue
+        limit = t.timeout if timeout is None else timeout
+        remaining = max(0.0, started + limit - time.monotonic())
+        if not task.join(remaining):
+            task.cancel()
+            log.warning("tool %s timed out after %.1fs", t.name, limit)
+            results.append(ToolResult(call, error=f"{t.name} timed out after {limit:g}s",
+                                      elapsed=time.monotonic() - started))
+        elif task.error is not None:
+            results.append(_failed(call, t, task.error))
+        else:
+            value, elapsed = task.value
+            results.append(ToolResult(call, value=value, elapsed=elapsed))
+    return results
+
+
+def _timed(t, call, turn):
+    started = time.monotonic()
+    value = t.invoke(call.arguments, turn)
+    elapsed = time.monotonic() - started
+    log.info("tool %s ran in %.0f ms", t.name, elapsed * 1000)
+    return value, elapsed
+
+
+def _failed(call, t, exc):
+    if isinstance(exc, ToolError):
+        log.info("tool %s refused: %s", t.name, exc)
+        return ToolResult(call, error=str(exc))
+    log.error("tool %s failed", t.name, exc_info=exc)
+    return ToolResult(call, error=f"{t.name} failed: {type(exc).__name__}")
