@@ -23,6 +23,16 @@ SETTINGS = {
     "AGENT": (None, "Import path module:callable of your agent factory, called with the app; "
                     "default: the built-in agent."),
     "DEMO_TOOL_LATENCY": ("0.5", "Seconds each demo tool takes (simulates a slow upstream)."),
+    "LLM_BASE_URL": (None, "OpenAI-compatible API base URL, e.g. https://api.openai.com/v1; "
+                           "setting it (or LLM_API_KEY) switches to the LLM agent."),
+    "LLM_API_KEY": (None, "API key for the LLM endpoint."),
+    "LLM_MODEL": ("gpt-4o-mini", "Chat model name passed to the endpoint."),
+    "LLM_SYSTEM_PROMPT": (None, "System prompt for the LLM agent; default: a built-in "
+                                "receptionist prompt."),
+    "LLM_MAX_ROUNDS": ("4", "Model calls per turn (tool rounds included) before giving up."),
+    "LLM_TIMEOUT": ("20", "Seconds to wait for the LLM endpoint (connect and between chunks)."),
+    "LLM_TOOL_TIMEOUT": ("8", "Seconds one tool call may take before it is reported as timed "
+                              "out to the model."),
     "JOB_RUNNER": ("on", "on = run background jobs in each web worker; off = leave them to "
                          "`flask agentphone worker`."),
     "JOB_CONCURRENCY": ("4", "Jobs one process runs at the same time."),
@@ -102,6 +112,13 @@ def from_env(instance_path, require_secret=True):
         "VOICE_TIMEOUT": _number("VOICE_TIMEOUT", float, 5, 120),
         "AGENT_FACTORY": env("AGENT"),
         "DEMO_TOOL_LATENCY": _number("DEMO_TOOL_LATENCY", float, 0, 600),
+        "LLM_BASE_URL": env("LLM_BASE_URL"),
+        "LLM_API_KEY": env("LLM_API_KEY"),
+        "LLM_MODEL": env("LLM_MODEL"),
+        "LLM_SYSTEM_PROMPT": env("LLM_SYSTEM_PROMPT"),
+        "LLM_MAX_ROUNDS": _number("LLM_MAX_ROUNDS", int, 1, 20),
+        "LLM_TIMEOUT": _number("LLM_TIMEOUT", float, 1, 600),
+        "LLM_TOOL_TIMEOUT": _number("LLM_TOOL_TIMEOUT", float, 0.1, 600),
         "JOB_RUNNER": env("JOB_RUNNER").lower() not in ("off", "0", "false", "no"),
         "JOB_CONCURRENCY": _number("JOB_CONCURRENCY", int, 1, 1000),
         "JOB_MAX_ATTEMPTS": _number("JOB_MAX_ATTEMPTS", int, 1, 100),
