@@ -117,9 +117,38 @@ class Server:
 
 
 @contextlib.contextmanager
-def gunicorn(workers, env, database_url=None, keep_dir=False):
+def source_tree(rev=None):
+    """The directory to serve from: the working tree, or ``rev`` exported with ``git archive``
+    to a temporary directory (others may be editing the working tree during a benchmark)."""
+    if rev is None:
+        yield ROOT
+        return
+    tree = Path(tempfile.mkdtemp(prefix="agentphone-src-"))
+    try:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        yield tree
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+def describe_source(rev):
+    """``rev`` as a short commit id, or the working tree's HEAD plus '+dirty' when edited."""
+    def git(*a):
+        return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True,
+                              check=False).stdout.strip()
+    if rev is not None:
+        return git("rev-parse", "--short", rev)
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "app", "wsgi.py",
+                "gunicorn.conf.py")
+    return git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
+
+
+@contextlib.contextmanager
+def gunicorn(workers, env, database_url=None, keep_dir=False, cwd=ROOT):
     """Yield a ready Server: ``workers`` gevent workers, ``env`` added to the environment,
-    a fresh SQLite file unless ``database_url`` is given."""
+    a fresh SQLite file unless ``database_url`` is given, the app loaded from ``cwd``."""
     workdir = Path(tempfile.mkdtemp(prefix="agentphone-bench-"))
     port = free_port()
     log_path = workdir / "gunicorn.log"
@@ -130,12 +159,13 @@ def gunicorn(workers, env, database_url=None, keep_dir=False):
         "AGENTPHONE_WEBHOOK_SECRET": SECRET,
         "DATABASE_URL": database_url or "sqlite:///" + str(workdir / "bench.db"),
         "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(cwd),
         **{k: str(v) for k, v in env.items()},
     }
     full_env.pop("AGENTPHONE_DEV", None)
     cmd = [str(GUNICORN), "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "wsgi:app"]
     with log_path.open("w") as log_file:
-        process = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log_file,
+        process = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=log_file,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(process, port, log_path, workers)
     server.workdir = workdir
@@ -149,6 +179,36 @@ def gunicorn(workers, env, database_url=None, keep_dir=False):
         server.stop()
         if not (keep_dir and ok):
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def py_spy(pids, out_dir, label, rate=200, native=False):
+    """Sample ``pids`` with py-spy (collapsed stacks, one file per pid) while the block runs;
+    a no-op when ``out_dir`` is None. py-spy must be installed (``pip install py-spy``)."""
+    if out_dir is None:
+        yield
+        return
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for pid in pids:
+        cmd = [exe, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
+               "--nonblocking", "--output", str(out_dir / f"{label}-{pid}.txt")]
+        if native:
+            cmd.append("--native")
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(0.5)  # py-spy attaches
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
 
 
 def percentile(sorted_values, q):

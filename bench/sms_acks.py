@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _server import SECRET, gunicorn, median, percentile
+from _server import SECRET, describe_source, gunicorn, median, percentile, py_spy, source_tree
 
 from app.simulator import payload, signed_request
 
@@ -182,7 +182,7 @@ def one_run(args, runner, run_index, client):
     tmp = Path(tempfile.mkdtemp(prefix="agentphone-sms-"))
     server = None
     try:
-        with gunicorn(2, env, args.database_url, keep_dir=True) as server:
+        with gunicorn(2, env, args.database_url, keep_dir=True, cwd=args.tree) as server:
             warm_n = int(args.max_rate * args.warmup)
             main_n = int(args.max_rate * args.duration)
             generated = time.time()
@@ -201,13 +201,14 @@ def one_run(args, runner, run_index, client):
             workers_cpu0 = sum(cpu_seconds(p) for p in server.workers)
             client_cpu0 = children_cpu()
             proc_cpu0 = time.process_time()
-            if client == "wrk":
-                result = run_wrk(server.url, str(tmp / "main-"), args.threads,
-                                 args.connections, args.duration)
-                client_cpu = children_cpu() - client_cpu0
-            else:
-                result = run_python(server.port, reqs, args.connections, args.duration)
-                client_cpu = time.process_time() - proc_cpu0
+            with py_spy(server.workers, args.profile, f"sms-{runner}-{run_index}"):
+                if client == "wrk":
+                    result = run_wrk(server.url, str(tmp / "main-"), args.threads,
+                                     args.connections, args.duration)
+                    client_cpu = children_cpu() - client_cpu0
+                else:
+                    result = run_python(server.port, reqs, args.connections, args.duration)
+                    client_cpu = time.process_time() - proc_cpu0
             workers_cpu = sum(cpu_seconds(p) for p in server.workers) - workers_cpu0
             after_db = db_counts(server.database_url)
         final_db = db_counts(server.database_url)  # after the workers stopped
@@ -292,8 +293,13 @@ def main(argv=None):
     parser.add_argument("--log-level", default="INFO", help="LOG_LEVEL of the server")
     parser.add_argument("--quiet", action="store_true",
                         help="turn gunicorn's access log off (GUNICORN_ACCESS_LOG=)")
+    parser.add_argument("--rev", help="serve this git revision (exported with git archive) "
+                        "instead of the working tree, e.g. HEAD")
     parser.add_argument("--database-url", help="e.g. postgresql://... (default: fresh SQLite)")
     parser.add_argument("--json", type=Path, help="write every run and the summary here")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="record both workers with py-spy during the measured seconds "
+                             "(collapsed stacks in DIR; the sampling itself costs CPU)")
     args = parser.parse_args(argv)
     client = args.client or ("wrk" if shutil.which("wrk") else "python")
     if client == "python" and not args.client:
@@ -301,14 +307,17 @@ def main(argv=None):
     if client == "python":
         args.threads = 1
 
+    source = describe_source(args.rev)
+    print(f"serving {source} ({'git archive of ' + args.rev if args.rev else 'working tree'})")
     rows = []
     print_header()
-    for runner in args.job_runner:
-        for i in range(args.runs):
-            row = one_run(args, runner, i + 1, client)
-            rows.append(row)
-            print_row(row)
-            sys.stdout.flush()
+    with source_tree(args.rev) as args.tree:
+        for runner in args.job_runner:
+            for i in range(args.runs):
+                row = one_run(args, runner, i + 1, client)
+                rows.append(row)
+                print_row(row)
+                sys.stdout.flush()
     summary = summarize(rows)
     print_summary(summary)
     if args.json:
@@ -316,6 +325,7 @@ def main(argv=None):
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         config["client"] = client
         config["database_url"] = "postgresql" if args.database_url else "sqlite (fresh file)"
+        config["source"] = source
         args.json.write_text(json.dumps({"config": config, "runs": rows, "summary": summary},
                                         indent=2))
     return 1 if any(r["errors"] for r in rows) else 0

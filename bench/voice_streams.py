@@ -34,7 +34,17 @@ import sys
 import time
 from pathlib import Path
 
-from _server import SECRET, gunicorn, median, percentile, raise_fd_limit, rss_kib
+from _server import (
+    SECRET,
+    describe_source,
+    gunicorn,
+    median,
+    percentile,
+    py_spy,
+    raise_fd_limit,
+    rss_kib,
+    source_tree,
+)
 
 from app.simulator import payload, signed_request
 
@@ -238,7 +248,7 @@ async def one_run(args, n, run_index, database_url):
     env = {"DEMO_TOOL_LATENCY": args.tool_latency, "LOG_LEVEL": args.log_level}
     if args.quiet:
         env["GUNICORN_ACCESS_LOG"] = ""
-    with gunicorn(1, env, database_url) as server:
+    with gunicorn(1, env, database_url, cwd=args.tree) as server:
         pid = server.workers[0]
         # Warm-up: the same path (claim, stream, store reply), then quiet.
         warm = [build_request(server.port, i, tag + "_w") for i in range(args.warmup)]
@@ -254,7 +264,8 @@ async def one_run(args, n, run_index, database_url):
         lag, stop = [], asyncio.Event()
         sampler = asyncio.get_running_loop().create_task(loop_lag_sampler(lag, stop))
         t0 = time.perf_counter()
-        run, streams = await fire(server.port, requests, offsets, pid, STREAM_TIMEOUT)
+        with py_spy([pid], args.profile, f"voice-{n}-{run_index}"):
+            run, streams = await fire(server.port, requests, offsets, pid, STREAM_TIMEOUT)
         wall = time.perf_counter() - t0
         stop.set()
         await sampler
@@ -342,32 +353,41 @@ def main(argv=None):
     parser.add_argument("--log-level", default="INFO", help="LOG_LEVEL of the server")
     parser.add_argument("--quiet", action="store_true",
                         help="turn gunicorn's access log off (GUNICORN_ACCESS_LOG=)")
+    parser.add_argument("--rev", help="serve this git revision (exported with git archive) "
+                        "instead of the working tree, e.g. HEAD")
     parser.add_argument("--database-url", help="e.g. postgresql://... (default: fresh SQLite)")
     parser.add_argument("--json", type=Path, help="write every run and the summary here")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="record the worker with py-spy during the N turns (collapsed "
+                             "stacks in DIR; the sampling itself adds latency)")
     args = parser.parse_args(argv)
     if args.ramp >= args.tool_latency:
         parser.error("--ramp must be shorter than --tool-latency, or the N turns are not held "
                      "at the same time")
     raise_fd_limit(max(args.n) * 2 + 512)
 
+    source = describe_source(args.rev)
+    print(f"serving {source} ({'git archive of ' + args.rev if args.rev else 'working tree'})")
     rows = []
     print_header()
     deadline = time.monotonic() + 1800  # hard bound on the whole benchmark
-    for n in args.n:
-        for i in range(args.runs):
-            if time.monotonic() > deadline:
-                print("time budget exhausted, stopping", file=sys.stderr)
-                break
-            row = asyncio.run(one_run(args, n, i + 1, args.database_url))
-            rows.append(row)
-            print_runs([row])
-            sys.stdout.flush()
+    with source_tree(args.rev) as args.tree:
+        for n in args.n:
+            for i in range(args.runs):
+                if time.monotonic() > deadline:
+                    print("time budget exhausted, stopping", file=sys.stderr)
+                    break
+                row = asyncio.run(one_run(args, n, i + 1, args.database_url))
+                rows.append(row)
+                print_runs([row])
+                sys.stdout.flush()
     summary = summarize(rows)
     print_summary(summary)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         config["database_url"] = "postgresql" if args.database_url else "sqlite (fresh file)"
+        config["source"] = source
         args.json.write_text(json.dumps({"config": config, "runs": rows, "summary": summary},
                                         indent=2))
     return 1 if any(r["errors"] for r in rows) else 0
