@@ -1,10 +1,27 @@
-"""What each background job does. A handler gets the job and raises to ask for a retry."""
+"""What each background job does. A handler gets the job and raises to ask for a retry.
+
+Replies to texts are sent at most once per delivery. An outbox row keyed by the delivery id
+is written as ``sending`` before ``POST /v1/messages`` and set to ``sent`` after it. A
+retried job (a crash, a lost lease, a later failure) finds the row and does not send again:
+
+* ``sent``: done before;
+* ``sending``: the previous attempt died between the two writes, so the text may or may
+  not have gone out; ``unknown``: the request failed after it may have reached the API
+  (a read timeout, a dropped connection, a 5xx other than 503). Both are skipped and
+  logged: a rare lost reply is better than a duplicate text, and the API has no
+  idempotency key that would let us ask;
+* ``failed``: the API answered with a rejection (4xx, 503) or the connection was never
+  made, so nothing went out; the job raises and the next attempt sends.
+"""
 
 import logging
 
+import requests
 from flask import current_app
+from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from app.agent.base import Reply, Turn
+from app.store import get_store
 from app.webhook import events
 
 log = logging.getLogger(__name__)
@@ -27,22 +44,133 @@ def text_message(job):
     if event.data.get("direction") != "inbound":
         log.info("job %s: %s message is not inbound, no reply", job.id, event.channel)
         return
+    store = get_store()
+    key = job.delivery_id or f"job:{job.id}"
+    earlier = store.outbox_entry(key)
+    if earlier is not None and earlier["status"] != "failed":
+        log.warning("job %s: reply for delivery %s already %s, not sending again", job.id, key,
+                    earlier["status"])
+        return
     turn = Turn.from_event(event, job.delivery_id)
     reply = collect_text(current_app.extensions["agent"], turn)
-    log.info("job %s: reply to %s on %s: %r", job.id, turn.caller, event.channel, reply)
+    if not reply:
+        log.info("job %s: the agent had nothing to say to %s", job.id, turn.caller)
+        return
+    if turn.test:
+        log.info("job %s: test delivery, reply not sent to %s: %r", job.id, turn.caller, reply)
+        return
+    if not turn.caller:
+        log.warning("job %s: no sender number, reply not sent: %r", job.id, reply)
+        return
+    if not current_app.config.get("AGENTPHONE_API_KEY"):
+        log.info("job %s: AGENTPHONE_API_KEY not set, reply to %s on %s not sent: %r", job.id,
+                 turn.caller, event.channel, reply)
+        return
+    send_once(store, key, event, turn, reply, job)
+
+
+def send_once(store, key, event, turn, reply, job):
+    """POST /v1/messages for this delivery unless the outbox says it may have gone already."""
+    from app.agentphone import AgentPhoneError, APIConnectionError, client_from_app
+
+    status, go = store.outbox_begin(key, turn.caller, reply)
+    if not go:
+        log.warning("job %s: reply for delivery %s is %s, not sending again", job.id, key,
+                    status)
+        return
+    try:
+        with client_from_app(current_app) as client:
+            message = client.send_message(
+                agent_id=turn.agent_id, to_number=turn.caller, body=reply,
+                number_id=event.data.get("numberId") or None,
+            )
+    except APIConnectionError as exc:
+        if _never_connected(exc):
+            store.outbox_finish(key, "failed", error=str(exc)[:500])
+            raise
+        store.outbox_finish(key, "unknown", error=str(exc)[:500])
+        log.error("job %s: sending the reply to %s may or may not have worked, not retrying: "
+                  "%s", job.id, turn.caller, exc)
+        return
+    except AgentPhoneError as exc:
+        if exc.status is not None and 200 <= exc.status < 300:
+            store.outbox_finish(key, "sent", error=str(exc)[:500])
+            log.warning("job %s: reply sent to %s, unreadable answer: %s", job.id, turn.caller,
+                        exc)
+            return
+        if exc.status is not None and (exc.status < 500 or exc.status == 503):
+            store.outbox_finish(key, "failed", error=str(exc)[:500])
+            raise
+        store.outbox_finish(key, "unknown", error=str(exc)[:500])
+        log.error("job %s: the API failed while sending to %s, not retrying: %s", job.id,
+                  turn.caller, exc)
+        return
+    store.outbox_finish(key, "sent", message_id=message.id)
+    log.info("job %s: reply %s sent to %s on %s", job.id, message.id, turn.caller,
+             message.channel or event.channel)
+
+
+def _never_connected(exc):
+    """True when the request certainly did not reach the API (refused, DNS, connect timeout)."""
+    cause = exc.__cause__
+    if isinstance(cause, requests.ConnectTimeout):
+        return True
+    if isinstance(cause, requests.ConnectionError) and cause.args:
+        reason = cause.args[0]
+        if isinstance(reason, MaxRetryError):
+            reason = reason.reason
+        return isinstance(reason, NewConnectionError)
+    return False
 
 
 def reaction(job):
     event = events.parse(job.payload.encode("utf-8"))
-    log.info("job %s: %s reaction on message %s", job.id, event.data.get("reactionType"),
-             event.data.get("messageId"))
+    data = event.data
+    new = get_store().save_reaction(job.delivery_id or f"job:{job.id}", {
+        "conversation_id": _str(data.get("conversationId")),
+        "message_id": _str(data.get("messageId")),
+        "reaction_type": _str(data.get("reactionType")),
+        "from_number": _str(data.get("fromNumber") or data.get("from")),
+        "direction": _str(data.get("direction")),
+    })
+    log.info("job %s: %s reaction on message %s %s", job.id, data.get("reactionType"),
+             data.get("messageId"), "recorded" if new else "already recorded")
 
 
 def call_ended(job):
     event = events.parse(job.payload.encode("utf-8"))
     data = event.data
-    log.info("job %s: call %s ended after %ss (%s)", job.id, data.get("callId"),
-             data.get("durationSeconds"), data.get("disconnectionReason"))
+    call_id = _str(data.get("callId"))
+    if not call_id:
+        log.warning("job %s: call_ended without a callId, not stored", job.id)
+        return
+    transcript = data.get("transcript")
+    duration = data.get("durationSeconds")
+    successful = data.get("callSuccessful")
+    new = get_store().save_call_record({
+        "call_id": call_id,
+        "agent_id": event.agent_id,
+        "from_number": _str(data.get("from")),
+        "to_number": _str(data.get("to")),
+        "direction": _str(data.get("direction")),
+        "status": _str(data.get("status")),
+        "started_at": _str(data.get("startedAt")),
+        "ended_at": _str(data.get("endedAt")),
+        "duration_seconds": duration if isinstance(duration, int | float)
+        and not isinstance(duration, bool) else None,
+        "disconnection_reason": _str(data.get("disconnectionReason")),
+        "transcript": [t for t in transcript if isinstance(t, dict)]
+        if isinstance(transcript, list) else [],
+        "summary": _str(data.get("summary")),
+        "sentiment": _str(data.get("userSentiment")),
+        "successful": successful if isinstance(successful, bool) else None,
+    }, delivery_id=job.delivery_id)
+    log.info("job %s: call %s ended after %ss (%s), record %s", job.id, call_id, duration,
+             data.get("disconnectionReason"), "stored" if new else "already stored")
+
+
+def _str(value):
+    return value if isinstance(value, str) else None
 
 
 HANDLERS = {"text_message": text_message, "reaction": reaction, "call_ended": call_ended}
