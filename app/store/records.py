@@ -62,11 +62,7 @@ class RecordsMixin:
         )
 
     def outbox_entry(self, delivery_id):
-        return self._row(
-            "SELECT delivery_id, status, to_number, body, message_id, error, created_at, "
-            "updated_at FROM outbox WHERE delivery_id = ?",
-            (delivery_id,),
-        )
+        return self._row(OUTBOX, "FROM outbox WHERE delivery_id = ?", (delivery_id,))
 
     # -- call records and reactions ---------------------------------------------------------
 
@@ -91,25 +87,14 @@ class RecordsMixin:
         )
         return changed == 1
 
-    _CALL_COLUMNS = (
-        "call_id, agent_id, from_number, to_number, direction, status, started_at, ended_at, "
-        "duration_seconds, disconnection_reason, transcript, summary, sentiment, successful, "
-        "created_at"
-    )
-
     def call_records(self, limit=20):
         """Stored call records, newest first."""
-        rows = self._rows(
-            f"SELECT {self._CALL_COLUMNS} FROM call_records "
-            "ORDER BY created_at DESC, call_id LIMIT ?",
-            (limit,),
-        )
+        rows = self._rows(CALL, "FROM call_records ORDER BY created_at DESC, call_id LIMIT ?",
+                          (limit,))
         return [_call(r) for r in rows]
 
     def call_record(self, call_id):
-        row = self._row(
-            f"SELECT {self._CALL_COLUMNS} FROM call_records WHERE call_id = ?", (call_id,)
-        )
+        row = self._row(CALL, "FROM call_records WHERE call_id = ?", (call_id,))
         return _call(row) if row else None
 
     def save_reaction(self, delivery_id, data):
@@ -127,11 +112,8 @@ class RecordsMixin:
         return changed == 1
 
     def reactions(self, limit=50):
-        return self._rows(
-            "SELECT delivery_id, conversation_id, message_id, reaction_type, from_number, "
-            "direction, created_at FROM reactions ORDER BY created_at DESC LIMIT ?",
-            (limit,),
-        )
+        return self._rows(REACTION, "FROM reactions ORDER BY created_at DESC LIMIT ?",
+                          (limit,))
 
     # -- demo business: customers and orders ------------------------------------------------
 
@@ -145,25 +127,14 @@ class RecordsMixin:
             where.append("phone = ?")
             params.append(phone)
         clause = " WHERE " + " AND ".join(where) if where else ""
-        return self._rows(
-            f"SELECT id, name, phone, email, notes FROM demo_customers{clause} "
-            "ORDER BY name LIMIT ?",
-            (*params, limit),
-        )
+        return self._rows(("id", "name", "phone", "email", "notes"),
+                          f"FROM demo_customers{clause} ORDER BY name LIMIT ?", (*params, limit))
 
     def demo_order(self, order_id):
-        return self._row(
-            "SELECT o.id, o.item, o.status, o.detail, c.name, c.phone FROM demo_orders o "
-            "JOIN demo_customers c ON c.id = o.customer_id WHERE o.id = ?",
-            (order_id,),
-        )
+        return self._row(ORDER, ORDER_FROM + "WHERE o.id = ?", (order_id,))
 
     def demo_orders_for_phone(self, phone):
-        return self._rows(
-            "SELECT o.id, o.item, o.status, o.detail, c.name, c.phone FROM demo_orders o "
-            "JOIN demo_customers c ON c.id = o.customer_id WHERE c.phone = ? ORDER BY o.id",
-            (phone,),
-        )
+        return self._rows(ORDER, ORDER_FROM + "WHERE c.phone = ? ORDER BY o.id", (phone,))
 
     # -- demo business: calendar ------------------------------------------------------------
 
@@ -171,19 +142,17 @@ class RecordsMixin:
         """Free (day, time) slots in calendar order, optionally for one day."""
         clause, params = ("AND s.day = ? ", (day,)) if day else ("", ())
         return self._rows(
-            "SELECT s.day, s.slot_time FROM demo_slots s LEFT JOIN demo_appointments a "
-            "ON a.day = s.day AND a.slot_time = s.slot_time AND a.status = 'booked' "
+            ("s.day", "s.slot_time"),
+            "FROM demo_slots s LEFT JOIN demo_appointments a ON a.day = s.day "
+            "AND a.slot_time = s.slot_time AND a.status = 'booked' "
             f"WHERE a.id IS NULL {clause}ORDER BY s.day_index, s.slot_time",
             params,
         )
 
     def demo_appointments(self, phone=None, status="booked"):
         clause, params = ("AND phone = ? ", (status, phone)) if phone else ("", (status,))
-        return self._rows(
-            f"SELECT id, day, slot_time, name, phone, status FROM demo_appointments "
-            f"WHERE status = ? {clause}ORDER BY id",
-            params,
-        )
+        return self._rows(APPOINTMENT, f"FROM demo_appointments WHERE status = ? {clause}"
+                          "ORDER BY id", params)
 
     def demo_book(self, day, slot_time, name, phone=None, delivery_id=None):
         """Book a slot. Returns (outcome, appointment): ``booked``; ``repeated`` when this
@@ -193,7 +162,7 @@ class RecordsMixin:
 
         def book(cur):
             if delivery_id is not None:
-                earlier = _fetch_dict(cur, _APPOINTMENT_BY_DELIVERY, (delivery_id,))
+                earlier = _select_one(cur, APPOINTMENT, BY_DELIVERY, (delivery_id,))
                 if earlier:
                     return "repeated", earlier
             cur.execute(
@@ -209,15 +178,14 @@ class RecordsMixin:
                 (day, slot_time, name, phone, delivery_id, now, now),
             )
             if cur.rowcount == 1:
-                return "booked", _fetch_dict(
-                    cur,
-                    "SELECT id, day, slot_time, name, phone, status FROM demo_appointments "
-                    "WHERE day = ? AND slot_time = ? AND status = 'booked'",
+                return "booked", _select_one(
+                    cur, APPOINTMENT,
+                    "FROM demo_appointments WHERE day = ? AND slot_time = ? AND status = 'booked'",
                     (day, slot_time),
                 )
             if delivery_id is not None:
                 # Lost a race against another attempt of the same turn.
-                earlier = _fetch_dict(cur, _APPOINTMENT_BY_DELIVERY, (delivery_id,))
+                earlier = _select_one(cur, APPOINTMENT, BY_DELIVERY, (delivery_id,))
                 if earlier:
                     return "repeated", earlier
             return "taken", None
@@ -229,12 +197,8 @@ class RecordsMixin:
         ``repeated`` when this delivery already cancelled it; ``not_found``."""
 
         def cancel(cur):
-            row = _fetch_dict(
-                cur,
-                "SELECT id, day, slot_time, name, phone, status, cancel_delivery_id "
-                "FROM demo_appointments WHERE id = ?",
-                (appointment_id,),
-            )
+            row = _select_one(cur, (*APPOINTMENT, "cancel_delivery_id"),
+                              "FROM demo_appointments WHERE id = ?", (appointment_id,))
             if row is None:
                 return "not_found", None
             by = row.pop("cancel_delivery_id")
@@ -254,37 +218,43 @@ class RecordsMixin:
 
     def demo_cancelled_by(self, delivery_id):
         """The appointment a delivery cancelled, if any (for retried turns)."""
-        return self._row(
-            "SELECT id, day, slot_time, name, phone, status FROM demo_appointments "
-            "WHERE cancel_delivery_id = ?",
-            (delivery_id,),
-        )
+        return self._row(APPOINTMENT, "FROM demo_appointments WHERE cancel_delivery_id = ?",
+                         (delivery_id,))
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _row(self, sql, params=()):
-        return self._run(lambda cur: _fetch_dict(cur, sql, params), transaction=False)
+    def _row(self, columns, rest, params=()):
+        """The first row of ``SELECT columns rest`` as a dict (None when there is none)."""
+        return self._run(lambda cur: _select_one(cur, columns, rest, params), transaction=False)
 
-    def _rows(self, sql, params=()):
-        def fetch(cur):
-            cur.execute(sql, params)
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-        return self._run(fetch, transaction=False)
+    def _rows(self, columns, rest, params=()):
+        """Every row of ``SELECT columns rest`` as dicts keyed by column name."""
+        return self._run(lambda cur: _select(cur, columns, rest, params), transaction=False)
 
 
-_APPOINTMENT_BY_DELIVERY = (
-    "SELECT id, day, slot_time, name, phone, status FROM demo_appointments WHERE delivery_id = ?"
-)
+BY_DELIVERY = "FROM demo_appointments WHERE delivery_id = ?"
+APPOINTMENT = ("id", "day", "slot_time", "name", "phone", "status")
+ORDER = ("o.id", "o.item", "o.status", "o.detail", "c.name", "c.phone")
+ORDER_FROM = "FROM demo_orders o JOIN demo_customers c ON c.id = o.customer_id "
+OUTBOX = ("delivery_id", "status", "to_number", "body", "message_id", "error", "created_at",
+          "updated_at")
+CALL = ("call_id", "agent_id", "from_number", "to_number", "direction", "status", "started_at",
+        "ended_at", "duration_seconds", "disconnection_reason", "transcript", "summary",
+        "sentiment", "successful", "created_at")
+REACTION = ("delivery_id", "conversation_id", "message_id", "reaction_type", "from_number",
+            "direction", "created_at")
 
 
-def _fetch_dict(cur, sql, params):
-    cur.execute(sql, params)
-    row = cur.fetchone()
-    if row is None:
-        return None
-    return dict(zip([d[0] for d in cur.description], row, strict=True))
+def _select(cur, columns, rest, params=()):
+    # Names come from the column list: not every driver wrapper exposes cursor.description.
+    cur.execute(f"SELECT {', '.join(columns)} {rest}", params)
+    names = [c.rsplit(".", 1)[-1] for c in columns]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def _select_one(cur, columns, rest, params=()):
+    rows = _select(cur, columns, rest, params)
+    return rows[0] if rows else None
 
 
 def _call(row):
