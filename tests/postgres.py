@@ -4,7 +4,10 @@ pg_ctl on a free loopback port, trust authentication, removed afterwards.
 The server runs as the ``postgres`` OS user (initdb refuses root). Missing binaries make the
 fixtures fail rather than skip: PostgreSQL support is tested on every run.
 
-Import the fixtures into a test module: ``from tests.postgres import pg_server, pg_url``.
+Test modules load the fixtures with ``pytest_plugins = ["tests.postgres"]`` and use only
+fixtures (importing this module directly would defeat pytest's assertion rewriting):
+``pg_server`` (the shared server), ``pg_url`` (a fresh database on it) and
+``pg_own_server`` (a server of the test's own, which it may stop and start).
 """
 
 import contextlib
@@ -14,7 +17,6 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -135,9 +137,8 @@ _shared = {}
 
 @pytest.fixture(scope="session")
 def pg_server(request):
-    """The session's PostgreSQL server (one per session, even when several modules import
-    this fixture); stopped when the session ends. Tests must not stop it: use
-    ``running_server()`` for a server of their own."""
+    """The session's PostgreSQL server, stopped when the session ends. Tests must not stop
+    it: ``pg_own_server`` gives a server of their own."""
     if "server" not in _shared:
         server = PostgresServer()
         request.config.add_cleanup(server.destroy)
@@ -150,18 +151,16 @@ def pg_server(request):
 
 
 @pytest.fixture
+def pg_own_server():
+    """A started server for this test alone (it may stop and start it); removed after."""
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture
 def pg_url(pg_server):
     """A fresh, empty database on the session server; dropped after the test."""
     name = pg_server.create_database()
     yield pg_server.url(name)
     pg_server.drop_database(name)
 
-
-def wait_until(predicate, timeout, interval=0.1):
-    """Poll ``predicate`` until it returns a truthy value; that value, or None on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)

@@ -8,8 +8,9 @@ import pytest
 from app.store import StoreUnavailable, open_store
 from app.store.base import DAY, Retention
 from app.store.schema import MIGRATIONS
-from tests.postgres import pg_server, pg_url  # noqa: F401  (fixtures)
 from tests.servers import free_port
+
+pytest_plugins = ["tests.postgres"]  # pg_server, pg_url
 
 NOW = 1_736_942_400.0
 
@@ -140,6 +141,7 @@ def test_claim_job_leases_and_reclaims_after_expiry(store):
 
 def test_claim_job_order_and_due_time(store):
     first = store.enqueue("reaction", "1")
+    assert store.claim_job("w", 60).id == first
     second = store.enqueue("reaction", "2")
     store.fail_job(first, "boom", retry_at=NOW + 30)
     assert store.claim_job("w", 60).id == second
@@ -158,6 +160,7 @@ def test_extend_lease_and_release(store):
     assert store.claim_job("w2", lease=10) is None  # still leased to w1
     assert store.release_job(job_id, "w2") is False
     assert store.release_job(job_id, "w1") is True
+    store.finish_job(job_id)  # w1's thread finishing after the hand-back changes nothing
     job = store.claim_job("w2", lease=10)
     assert (job.id, job.attempts) == (job_id, 1)  # the released attempt did not count
 
@@ -210,6 +213,7 @@ def test_prune_retention(store):
     old_done = store.claim_job("w", 60).id
     store.finish_job(old_done)
     old_pending = store.enqueue("reaction", "{}")
+    assert store.claim_job("w", 60).id == old_pending
     store.fail_job(old_pending, "boom", retry_at=NOW + 30 * DAY)
     store.clock.advance(7 * DAY + 1)
     store.claim_delivery("whd_new", "agent.message")

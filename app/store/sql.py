@@ -205,10 +205,13 @@ class SQLStore(RecordsMixin):
         self._set_job(job_id, status, str(error)[:2000], retry_at)
 
     def _set_job(self, job_id, status, error, run_at):
+        # Only a running job has an outcome to record: one handed back to the queue by a
+        # worker shutting down (its thread finishing late) stays queued.
         now = self.clock()
         self._exec(
             "UPDATE jobs SET status = ?, last_error = COALESCE(?, last_error), "
-            "run_at = COALESCE(?, run_at), lease_until = NULL, updated_at = ? WHERE id = ?",
+            "run_at = COALESCE(?, run_at), lease_until = NULL, updated_at = ? "
+            "WHERE id = ? AND status = 'running'",
             (status, error, run_at, now, job_id),
         )
 
