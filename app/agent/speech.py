@@ -129,9 +129,8 @@ def _boundary(text, final):
         rest = text[end:safe]
         nxt = rest.lstrip()
         if not nxt:
-            if final:
-                return end
-            return None  # wait for the next visible character
+            # Only markup (or nothing yet) follows: complete if markup or the end follows.
+            return end if final or safe < len(text) else None
         if _ends_sentence(text[:i], text[i:run_end], nxt[0]):
             return end
         i = end
@@ -187,6 +186,7 @@ _CODE = re.compile(r"`([^`]*)`")
 _LINE_MARKERS = re.compile(r"^\s*(#{1,6}\s+|>\s?|[-*+•]\s+|\d{1,3}[.)]\s+)", re.M)
 _RULE = re.compile(r"^\s*([-*_=|:]\s*){3,}$", re.M)
 _TABLE_PIPES = re.compile(r"\s*\|\s*")
+_REPEATED_COMMAS = re.compile(r",(\s*,)+")
 _STRAY = re.compile(r"[*_#`~<>{}\[\]|\\^]")
 _SPACES = re.compile(r"\s+")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.!?;:])")
@@ -209,7 +209,8 @@ def speakable(text):
     text = _BOLD.sub(r"\2", text)
     text = _ITALIC.sub(r"\2", text)
     text = _CODE.sub(r"\1", text)
-    text = _TABLE_PIPES.sub(", ", text) if "|" in text else text
+    if "|" in text:
+        text = _REPEATED_COMMAS.sub(",", _TABLE_PIPES.sub(", ", text))
     text = _STRAY.sub(" ", text)
     text = "".join(ch for ch in text if _speakable_char(ch))
     text = _SPACES.sub(" ", text)

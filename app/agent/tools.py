@@ -139,7 +139,7 @@ _ARG_LINE = re.compile(r"^\s*(\*{0,2}\w+)\s*(\([^)]*\))?\s*:\s*(.*)$")
 
 def parse_docstring(doc):
     """(summary, {arg: description}) from a Google-style docstring."""
-    summary_lines, args, current, in_args = [], {}, None, False
+    summary_lines, args, current, in_args, summary_done = [], {}, None, False, False
     for raw in doc.splitlines():
         line = raw.rstrip()
         if _ARGS_HEADER.match(line.strip()):
@@ -159,18 +159,18 @@ def parse_docstring(doc):
                 elif current is not None:
                     args[current][0] = (args[current][0] + " " + line.strip()).strip()
                 continue
-        if not in_args and not args:
-            if not line.strip() and summary_lines:
-                break
+        if not summary_done:
             if line.strip():
                 summary_lines.append(line.strip())
+            elif summary_lines:
+                summary_done = True  # the summary is the first paragraph
     return " ".join(summary_lines), {k: v[0] for k, v in args.items()}
 
 
 def schema_for(params, arg_docs, fn):
     """A JSON schema (type object) for a function's parameters."""
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)
     except Exception:  # forward references we cannot resolve: fall back to no types
         hints = {}
     properties, required = {}, []
