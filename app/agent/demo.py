@@ -163,13 +163,13 @@ class Receptionist(Agent):
     # -- tools (also offered to the LLM agent) ----------------------------------------------
 
     @tool(timeout=8)
-    def check_availability(self, day: Day | None = None) -> dict:
+    def check_availability(self, day: Day | None = None, turn=None) -> dict:
         """List free appointment times, for one day or the next openings of the week.
 
         Args:
             day: Day of the week in lower case; omit for the next free slots on any day.
         """
-        self._upstream("check_availability")
+        self._upstream("check_availability", turn)
         day = parse_day(day) if day else None
         slots = self.store.demo_open_slots(day)
         if day:
@@ -244,7 +244,8 @@ class Receptionist(Agent):
                 "searched": "caller's phone number"}
 
     @tool(timeout=8)
-    def search_customers(self, name: str | None = None, phone: str | None = None) -> dict:
+    def search_customers(self, name: str | None = None, phone: str | None = None,
+                         turn=None) -> dict:
         """Search the customer list by (part of a) name and/or phone number.
 
         Args:
@@ -253,7 +254,7 @@ class Receptionist(Agent):
         """
         if not name and not phone:
             raise ToolError("give a name or a phone number")
-        self._upstream("search_customers")
+        self._upstream("search_customers", turn)
         return {"customers": self.store.demo_customers(name=name, phone=normalize_phone(phone))}
 
     @tool
@@ -337,7 +338,7 @@ class Receptionist(Agent):
         name = parse_name(text) or (text if _looks_like_name(text, state) else None)
         details["name"] = name or details.get("name") or state.get("name")
         if intent == "availability" and not details.get("time"):
-            found = self.check_availability(day=details["day"])
+            found = self.check_availability(day=details["day"], turn=turn)
             if "next_openings" in found:
                 openings = [f"{o['day'].title()} at {say_time(o['time'])}"
                             for o in found["next_openings"]]
@@ -354,7 +355,7 @@ class Receptionist(Agent):
             return Reply("Sure. Which day would you like? We take appointments Monday to "
                          "Saturday.")
         if not details["time"]:
-            found = self.check_availability(day=details["day"])
+            found = self.check_availability(day=details["day"], turn=turn)
             return self._times_reply(state, details["day"], found["open_times"])
         if not details["name"]:
             yield "Let me pull up your details."
@@ -441,7 +442,7 @@ class Receptionist(Agent):
     def _caller_record(self, turn):
         if not turn.caller:
             return None
-        customers = self.search_customers(phone=turn.caller)["customers"]
+        customers = self.search_customers(phone=turn.caller, turn=turn)["customers"]
         return customers[0] if customers else None
 
 

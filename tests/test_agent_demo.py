@@ -1,0 +1,204 @@
+"""The demo receptionist in-process: each intent, follow-up questions, context kept in the
+database, and side effects that a retried turn or a race cannot repeat."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from app.agent import Reply, Turn
+from app.agent.demo import Receptionist, detect_intent, parse_day, parse_name, parse_time
+from app.store import open_store
+from tests.postgres import pg_server, pg_url  # noqa: F401
+
+JANE = "+15559876543"  # a customer in the demo data, with orders 4521 and 4524
+STRANGER = "+15550009999"
+
+
+@pytest.fixture
+def agent(app):
+    return app.extensions["agent"]
+
+
+def say(agent, text, call="call_1", caller=JANE, delivery=None, channel="voice"):
+    turn = Turn(text=text, channel=channel, caller=caller,
+                call_id=call if channel == "voice" else None,
+                conversation_id=call if channel != "voice" else None, delivery_id=delivery)
+    chunks = list(agent.respond(turn))
+    *interim, final = chunks
+    assert isinstance(final, Reply) and all(isinstance(c, str) for c in interim)
+    return interim, final
+
+
+def booked(store):
+    return [(a["day"], a["slot_time"], a["name"]) for a in store.demo_appointments()]
+
+
+def test_it_is_the_default_agent(agent):
+    assert isinstance(agent, Receptionist)
+
+
+def test_order_status_by_caller_number_and_by_order_number(agent):
+    interim, final = say(agent, "Hi, where is my order?")
+    assert interim == ["I found order 4521, a pair of running shoes."]
+    assert final.text.startswith("It shipped yesterday by FedEx, due Thursday.")
+    assert "order 4524" in final.text
+    _, final = say(agent, "What about order number 4523?", caller=STRANGER)
+    assert "being packed" in final.text
+
+
+def test_unknown_caller_is_asked_for_the_order_number(agent):
+    _, final = say(agent, "I want to track my package", call="c2", caller=STRANGER)
+    assert final.text.endswith("What's your order number?")
+    interim, final = say(agent, "It's 4522", call="c2", caller=STRANGER)
+    assert interim == ["I found order 4522, a gift card."]
+    assert "delivered by email" in final.text
+
+
+def test_hours_transfer_and_goodbye(agent):
+    _, final = say(agent, "What are your opening hours?")
+    assert "Monday to Friday from 9 AM to 5 PM" in final.text
+    _, final = say(agent, "Can I speak to a real person please")
+    assert final == Reply("Let me connect you with someone from our team.", action="transfer")
+    _, final = say(agent, "No that's all, bye")
+    assert final.hangup and final.text == "Thanks for calling. Goodbye!"
+    # Texts cannot be transferred or hung up.
+    _, final = say(agent, "talk to a human", channel="sms")
+    assert final.action is None and "get back to you" in final.text
+    _, final = say(agent, "bye", channel="sms")
+    assert not final.hangup
+
+
+def test_booking_over_several_turns_with_the_name_from_the_customer_list(app, agent):
+    store = app.extensions["store"]
+    _, final = say(agent, "I'd like to make an appointment", delivery="d1")
+    assert final.text.startswith("Sure. Which day would you like?")
+    _, final = say(agent, "Wednesday please", delivery="d2")
+    assert final.text == ("On Wednesday I have 9 AM, 10 AM, 11 AM, 2 PM, 3 PM and 4 PM. "
+                          "Which time would you like?")
+    interim, final = say(agent, "11 am", delivery="d3")
+    assert interim == ["Let me pull up your details."]
+    assert final.text.startswith("You're booked for Wednesday at 11 AM, Jane Doe.")
+    assert ("wednesday", "11:00", "Jane Doe") in booked(store)
+
+
+def test_new_caller_is_asked_for_a_name(app, agent):
+    _, final = say(agent, "book friday at 3pm", call="c3", caller=STRANGER, delivery="d1")
+    assert final.text == "And what name should I put the appointment under?"
+    _, final = say(agent, "Bob Jones", call="c3", caller=STRANGER, delivery="d2")
+    assert final.text.startswith("You're booked for Friday at 3 PM, Bob Jones.")
+    assert ("friday", "15:00", "Bob Jones") in booked(app.extensions["store"])
+
+
+def test_taken_slot_offers_the_remaining_times(agent):
+    # Monday 9:00 is booked in the demo data.
+    _, final = say(agent, "Book Monday at 9 am for Sam Patel", delivery="d1")
+    assert final.text == ("Sorry, that time is already taken. On Monday I still have 10 AM, "
+                          "11 AM, 2 PM, 3 PM and 4 PM. Would one of those work?")
+    _, final = say(agent, "10 then", delivery="d2")
+    assert final.text.startswith("You're booked for Monday at 10 AM, Sam Patel.")
+    _, final = say(agent, "Can I come in on Sunday?", call="c9")
+    assert final.text == "We're closed on Sundays. Which other day works for you?"
+
+
+def test_availability_and_cancel(app, agent):
+    _, final = say(agent, "Any availability?")
+    assert final.text.startswith("The next openings are Monday at 10 AM, Monday at 11 AM")
+    say(agent, "book tuesday at 2pm", call="c5", delivery="b1")
+    assert ("tuesday", "14:00", "Jane Doe") in booked(app.extensions["store"])
+    _, final = say(agent, "Please cancel my appointment", call="c5", delivery="x1")
+    assert final.text.startswith("Your appointment on Tuesday at 2 PM is cancelled.")
+    assert ("tuesday", "14:00", "Jane Doe") not in booked(app.extensions["store"])
+    _, final = say(agent, "cancel my appointment", call="c5", caller=STRANGER, delivery="x2")
+    assert final.text.startswith("I couldn't find an appointment under this number.")
+
+
+def test_a_retried_turn_repeats_its_answer_without_booking_again(app, tmp_path):
+    store = app.extensions["store"]
+    first = Receptionist(store, 0)
+    say(first, "book thursday", call="c7", delivery="t1")
+    interim, final = say(first, "at 10", call="c7", delivery="t2")
+    assert final.text.startswith("You're booked for Thursday at 10 AM")
+    # Another worker (its own store on the same file) gets the same delivery again.
+    other = Receptionist(open_store(app.config["DATABASE_URL"]), 0)
+    assert say(other, "at 10", call="c7", delivery="t2") == (interim, final)
+    assert booked(store).count(("thursday", "10:00", "Jane Doe")) == 1
+    # Even with the call's context lost, the booking is keyed by the delivery id.
+    other.store.save_session_state("c7", {})
+    _, again = say(other, "book thursday at 11", call="c7", delivery="t2")
+    assert again.text.startswith("You're booked for Thursday at 10 AM")
+    assert [a for a in booked(store) if a[0] == "thursday"] == [("thursday", "10:00", "Jane Doe")]
+
+
+def test_context_is_shared_between_workers(app):
+    a = Receptionist(open_store(app.config["DATABASE_URL"]), 0)
+    b = Receptionist(open_store(app.config["DATABASE_URL"]), 0)
+    say(a, "I need an appointment", call="shared")
+    _, final = say(b, "Saturday", call="shared")
+    assert final.text.startswith("On Saturday I have 10 AM, 11 AM and noon.")
+
+
+@pytest.mark.parametrize(("text", "intent"), [
+    ("where's my parcel", "order"), ("are you open tomorrow", "hours"),
+    ("I want to cancel", "cancel"), ("any free slots on monday", "availability"),
+    ("put me through to an operator", "transfer"), ("good bye", "goodbye"),
+    ("what's on file for me under my account", "account"), ("hmm", None),
+])
+def test_detect_intent(text, intent):
+    assert detect_intent(text) == intent
+
+
+def test_parsers():
+    assert [parse_time(t) for t in ["10am", "2 pm", "14:00", "at two", "9", "10:30", "noon",
+                                    "order 4521", "one of them"]] == [
+        "10:00", "14:00", "14:00", "14:00", "09:00", "10:30", "12:00", None, None]
+    assert [parse_day(t) for t in ["Tues", "on wed", "FRIDAY", "today"]] == [
+        "tuesday", "wednesday", "friday", None]
+    assert parse_name("book tuesday for Sam Patel") == "Sam Patel"
+    assert parse_name("This is Lee.") == "Lee"
+    assert parse_name("for Tuesday please") is None
+
+
+# -- the calendar's guarantees on both databases ----------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        url = "sqlite:///" + str(tmp_path / "records.db")
+    else:
+        url = request.getfixturevalue("pg_url")
+    store = open_store(url)
+    store.migrate()
+    store.migrate()  # the seed is idempotent
+    yield store
+    store.close()
+
+
+def test_racing_callers_cannot_double_book_a_slot(store):
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(
+            lambda i: store.demo_book("friday", "10:00", f"Caller {i}", f"+1555000{i:04d}",
+                                      f"whd_{i}")[0],
+            range(8)))
+    assert sorted(outcomes) == ["booked"] + ["taken"] * 7
+    assert len([a for a in store.demo_appointments() if a["day"] == "friday"]) == 1
+
+
+def test_concurrent_retries_of_one_turn_book_once(store):
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(
+            lambda slot: store.demo_book("friday", slot, "Jane Doe", JANE, "whd_same"),
+            ["11:00"] * 4 + ["14:00"] * 4))
+    assert sorted(r[0] for r in results).count("booked") == 1
+    assert {r[0] for r in results} <= {"booked", "repeated"}
+    assert len({r[1]["id"] for r in results}) == 1
+    assert len(store.demo_appointments(phone=JANE)) == 1
+
+
+def test_cancel_is_idempotent_per_delivery_and_frees_the_slot(store):
+    _, appointment = store.demo_book("monday", "14:00", "Jane Doe", JANE, "b1")
+    assert store.demo_cancel(appointment["id"], "c1")[0] == "cancelled"
+    assert store.demo_cancel(appointment["id"], "c1")[0] == "repeated"
+    assert store.demo_cancel(appointment["id"], "c2")[0] == "not_found"
+    assert store.demo_book("monday", "14:00", "Sam Patel", None, "b2")[0] == "booked"
+    assert store.demo_book("sunday", "10:00", "Sam Patel", None, "b3") == ("no_such_slot", None)
