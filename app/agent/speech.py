@@ -21,7 +21,7 @@ ABBREVIATIONS = frozenset(_ABBREVIATIONS.split())
 SOFT_ABBREVIATIONS = frozenset({"etc", "a.m", "p.m", "inc", "ltd", "co", "corp", "no"})
 TERMINATORS = ".!?…"
 OPENERS = "(\"'\u201c\u2018"
-CLOSERS = "\"')]}\u201d\u2019\u00bb"
+CLOSERS = "\"')]}\u201d\u2019\u00bb*_`"  # quotes, brackets, closing emphasis
 SOFT_LIMIT = 240  # a sentence longer than this is cut at a comma/semicolon for TTS
 
 MASK = "\x01"
@@ -149,7 +149,7 @@ def _ends_sentence(before, run, nxt):
         return nxt.isupper() or nxt.isdigit() or nxt in OPENERS
     if before.split("\n")[-1].strip().isdigit():
         return False  # a numbered list item: "1. Monday"
-    word = re.split(r"\s", before)[-1].lstrip(OPENERS).lower()
+    word = re.split(r"\s", before)[-1].lstrip(OPENERS + "[*_`").lower()
     if len(word) == 1 and word.isalpha():
         return False  # an initial: "J. Smith"
     if word in SOFT_ABBREVIATIONS:
