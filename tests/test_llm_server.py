@@ -1,0 +1,61 @@
+"""The LLM agent inside the real gunicorn gevent worker, checked on the wire: sentences
+arrive as the model completes them, the demo tools of one round run concurrently as
+greenlets, and a provider failure still ends the turn with one spoken final line."""
+
+import json
+
+import pytest
+
+from app.agent.llm import APOLOGY
+from app.simulator import payload, signed_request
+from tests.conftest import SECRET
+from tests.fake_llm import drop, fake_llm_fixture, pause, text, tool_call  # noqa: F401
+from tests.servers import post_stream
+
+pytestmark = pytest.mark.slow
+
+LATENCY = 0.6
+
+
+def test_llm_turn_on_the_wire(gunicorn, fake_llm):
+    server = gunicorn(workers=1, DEMO_TOOL_LATENCY=LATENCY, LLM_BASE_URL=fake_llm.url,
+                      LLM_API_KEY="sk-test", LLM_MODEL="fake-model")
+    fake_llm.script(
+        pause(0.3), text("Let me check"), text(" both for you."),
+        tool_call(0, "check_availability", {"day": "monday"}),
+        tool_call(1, "lookup_order", {"order_id": "4521"}),
+    )
+    fake_llm.script(
+        text("Monday has 10 AM free."), text(" Your order"), pause(0.8),
+        text(" shipped yesterday by FedEx."),
+    )
+    fake_llm.script(text("Half a sen"), drop())
+
+    raw, headers = signed_request(SECRET, payload("voice", "Is Monday free, and my order?"))
+    response, lines = post_stream(server.webhook, raw, headers)
+    assert response.status_code == 200
+    assert [obj for _, obj in lines] == [
+        {"text": "One moment.", "interim": True},
+        {"text": "Let me check both for you.", "interim": True},
+        {"text": "Monday has 10 AM free.", "interim": True},
+        {"text": "Your order shipped yesterday by FedEx."},
+    ]
+    times = [t for t, _ in lines]
+    assert times[0] < 0.3  # before the model's first token
+    # Both tools (LATENCY each) ran at once: the second model call came ~LATENCY later.
+    gap = fake_llm.started_at[1] - fake_llm.started_at[0]
+    assert LATENCY <= gap < 2 * LATENCY - 0.1, gap
+    assert times[1] < gap  # spoken while the tools were running
+    assert times[3] - times[2] >= 0.7  # the first sentence did not wait for the second
+    results = [m for m in fake_llm.requests[1]["messages"] if m["role"] == "tool"]
+    assert json.loads(results[0]["content"])["open_times"][0] == "10:00"
+    assert "FedEx" in json.loads(results[1]["content"])["orders"][0]["detail"]
+    log = server.log()
+    assert log.count("demo tool check_availability ran") == 1
+    assert log.count("demo tool lookup_order ran") == 1
+
+    raw, headers = signed_request(SECRET, payload("voice", "And tomorrow?"))
+    _, lines = post_stream(server.webhook, raw, headers)
+    assert [obj for _, obj in lines] == [{"text": "One moment.", "interim": True},
+                                         {"text": APOLOGY}]
+    assert "LLM turn " + headers["X-Webhook-ID"] + " failed" in server.log()
