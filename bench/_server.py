@@ -123,6 +123,9 @@ def source_tree(rev=None):
     if rev is None:
         yield ROOT
         return
+    if Path(rev).is_dir():  # a copy with a change to measure, outside the working tree
+        yield Path(rev).resolve()
+        return
     tree = Path(tempfile.mkdtemp(prefix="agentphone-src-"))
     try:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev],
@@ -138,6 +141,8 @@ def describe_source(rev):
     def git(*a):
         return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True,
                               check=False).stdout.strip()
+    if rev is not None and Path(rev).is_dir():
+        return f"directory {Path(rev).resolve()}"
     if rev is not None:
         return git("rev-parse", "--short", rev)
     dirty = git("status", "--porcelain", "--untracked-files=no", "--", "app", "wsgi.py",

@@ -293,8 +293,9 @@ def main(argv=None):
     parser.add_argument("--log-level", default="INFO", help="LOG_LEVEL of the server")
     parser.add_argument("--quiet", action="store_true",
                         help="turn gunicorn's access log off (GUNICORN_ACCESS_LOG=)")
-    parser.add_argument("--rev", help="serve this git revision (exported with git archive) "
-                        "instead of the working tree, e.g. HEAD")
+    parser.add_argument("--rev", help="serve this git revision (exported with git archive), "
+                        "e.g. HEAD, or this directory (a copy with a change), instead of the "
+                        "working tree")
     parser.add_argument("--database-url", help="e.g. postgresql://... (default: fresh SQLite)")
     parser.add_argument("--json", type=Path, help="write every run and the summary here")
     parser.add_argument("--profile", type=Path, metavar="DIR",
