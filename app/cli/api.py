@@ -53,9 +53,28 @@ def echo_json(value):
               help="Only calls with this status.")
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True,
               help="How many calls to show (newest first).")
+@click.option("--local", is_flag=True,
+              help="List the call records this server stored from agent.call_ended events "
+                   "instead of asking the API.")
 @json_option
-def calls(status, limit, as_json):
-    """List calls from the AgentPhone API."""
+def calls(status, limit, local, as_json):
+    """List calls from the AgentPhone API (or, with --local, from this server's database)."""
+    if local:
+        from app.store import get_store
+
+        records = get_store().call_records(limit=limit, status=status)
+        if as_json:
+            echo_json(records)
+            return
+        click.echo(format_table(
+            ["ID", "STATUS", "FROM", "TO", "ENDED", "SECONDS", "SENTIMENT", "SUCCESS", "SUMMARY"],
+            [[r["call_id"], r["status"], r["from_number"], r["to_number"], r["ended_at"],
+              None if r["duration_seconds"] is None else f"{r['duration_seconds']:g}",
+              r["sentiment"], {True: "yes", False: "no"}.get(r["successful"]),
+              (r["summary"] or "")[:60] or None] for r in records],
+        ))
+        click.echo(f"{len(records)} stored call(s)")
+        return
     with api_client() as client:
         found = list(client.paginate(client.list_calls, status=status, limit=min(limit, 100),
                                      max_items=limit))

@@ -87,10 +87,11 @@ class RecordsMixin:
         )
         return changed == 1
 
-    def call_records(self, limit=20):
-        """Stored call records, newest first."""
-        rows = self._rows(CALL, "FROM call_records ORDER BY created_at DESC, call_id LIMIT ?",
-                          (limit,))
+    def call_records(self, limit=20, status=None):
+        """Stored call records, newest first (only those with ``status`` if given)."""
+        where, params = ("WHERE status = ? ", (status,)) if status else ("", ())
+        rows = self._rows(CALL, f"FROM call_records {where}ORDER BY created_at DESC, call_id "
+                          "LIMIT ?", (*params, limit))
         return [_call(r) for r in rows]
 
     def call_record(self, call_id):

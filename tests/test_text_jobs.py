@@ -1,0 +1,208 @@
+"""Background jobs for texts, reactions and call ends, against a fake AgentPhone API on
+127.0.0.1: each inbound text is answered with at most one POST /v1/messages."""
+
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from app.simulator import payload, signed_request
+from tests.conftest import NOW, SECRET
+from tests.fake_agentphone import API_KEY, fake_api_fixture, json_reply  # noqa: F401
+from tests.servers import free_port
+
+JANE = "+15559876543"
+SENT = {"id": "msg_1", "status": "sent", "channel": "sms", "from_number": "+15551234567",
+        "to_number": JANE, "media_urls": [], "reply_to_message_id": None,
+        "reply_parent_unresolved": False}
+REACTION = {
+    "event": "agent.reaction", "channel": "imessage", "agentId": "agt_demo",
+    "data": {"conversationId": "conv_def", "numberId": "num_xyz", "reactionType": "love",
+             "fromNumber": JANE, "direction": "inbound", "messageId": "msg_003",
+             "messageBody": "Hey", "messageMediaUrl": None, "messageMediaUrls": [],
+             "createdAt": "2025-06-01T10:04:00Z"},
+}
+
+
+@pytest.fixture
+def api_app(make_app, fake_api):
+    fake_api.on("POST", "/v1/messages", SENT)
+    return make_app(AGENTPHONE_API_KEY=API_KEY, AGENTPHONE_API_URL=fake_api.url)
+
+
+def deliver(app, body, delivery_id=None):
+    raw, headers = signed_request(SECRET, body, delivery_id, NOW)
+    response = app.test_client().post("/webhook", data=raw, headers=headers)
+    assert response.status_code == 200 and response.get_json() == {"ok": True}
+    return headers["X-Webhook-ID"]
+
+
+def run_jobs(app):
+    return app.extensions["job_runner"].run_pending()
+
+
+def sms(text="Where is my order?", **data):
+    return payload("sms", text, **data)
+
+
+def job_for(app, delivery_id):
+    store = app.extensions["store"]
+    return next(j for j in store.jobs(limit=500) if j.delivery_id == delivery_id)
+
+
+def test_inbound_text_is_answered_once(api_app, fake_api):
+    delivery = deliver(api_app, sms())
+    assert run_jobs(api_app) == 1
+    assert fake_api.count("POST", "/v1/messages") == 1
+    sent = fake_api.last("POST", "/v1/messages").body
+    assert sent == {
+        "agent_id": "agt_demo", "to_number": JANE, "number_id": "num_demo",
+        "body": "I found order 4521, a pair of running shoes. It shipped yesterday by FedEx, "
+                "due Thursday. You also have order 4524; just ask if you'd like an update on "
+                "it. Is there anything else I can help with?",
+    }
+    store = api_app.extensions["store"]
+    assert store.outbox_entry(delivery)["status"] == "sent"
+    assert store.outbox_entry(delivery)["message_id"] == "msg_1"
+    # The platform retries the delivery; an operator replays the finished job: no new text.
+    deliver(api_app, sms(), delivery)
+    assert store.retry_job(job_for(api_app, delivery).id)
+    assert run_jobs(api_app) == 1
+    assert fake_api.count("POST", "/v1/messages") == 1
+    assert job_for(api_app, delivery).status == "done"
+
+
+def test_a_send_that_may_have_happened_is_not_repeated(api_app, fake_api, caplog):
+    store = api_app.extensions["store"]
+    # A worker died between recording "sending" and recording the outcome.
+    delivery = deliver(api_app, sms())
+    assert store.outbox_begin(delivery, JANE, "an earlier attempt") == ("sending", True)
+    with caplog.at_level(logging.WARNING, logger="app.jobs.handlers"):
+        run_jobs(api_app)
+    assert fake_api.count("POST", "/v1/messages") == 0
+    assert "already sending, not sending again" in caplog.text
+    # The API failed in a way that does not say whether the text went out (a 500).
+    fake_api.on("POST", "/v1/messages", json_reply({"detail": "boom"}, 500))
+    delivery = deliver(api_app, sms("What are your hours?"))
+    run_jobs(api_app)
+    assert fake_api.count("POST", "/v1/messages") == 1
+    assert store.outbox_entry(delivery)["status"] == "unknown"
+    store.retry_job(job_for(api_app, delivery).id)
+    run_jobs(api_app)
+    assert fake_api.count("POST", "/v1/messages") == 1
+
+
+def test_a_rejected_or_unconnected_send_is_retried(api_app, fake_api):
+    store = api_app.extensions["store"]
+    fake_api.on("POST", "/v1/messages",
+                json_reply({"error": {"message": "to_number is invalid"}}, 400), SENT)
+    delivery = deliver(api_app, sms("What are your hours?"))
+    run_jobs(api_app)
+    job = job_for(api_app, delivery)
+    assert (job.status, store.outbox_entry(delivery)["status"]) == ("pending", "failed")
+    assert "to_number is invalid" in job.last_error
+    store.retry_job(job.id)
+    run_jobs(api_app)
+    assert fake_api.count("POST", "/v1/messages") == 2
+    assert store.outbox_entry(delivery)["status"] == "sent"
+    # Connection refused: the request never left, so the next attempt sends.
+    api_app.config["AGENTPHONE_API_URL"] = f"http://127.0.0.1:{free_port()}"
+    delivery = deliver(api_app, sms("bye"))
+    run_jobs(api_app)
+    assert store.outbox_entry(delivery)["status"] == "failed"
+    api_app.config["AGENTPHONE_API_URL"] = fake_api.url
+    store.retry_job(job_for(api_app, delivery).id)
+    run_jobs(api_app)
+    assert store.outbox_entry(delivery)["status"] == "sent"
+    assert fake_api.last("POST", "/v1/messages").body["body"] == "Thanks for getting in touch. " \
+                                                                 "Bye for now!"
+
+
+def test_test_and_outbound_deliveries_get_no_text(api_app, fake_api, caplog):
+    with caplog.at_level(logging.INFO, logger="app.jobs.handlers"):
+        deliver(api_app, {**sms(), "test": True})
+        deliver(api_app, sms(direction="outbound"))
+        assert run_jobs(api_app) == 2
+    assert fake_api.count("POST", "/v1/messages") == 0
+    assert 'test delivery, reply not sent to +15559876543: "I found order 4521' in caplog.text
+    assert "sms message is not inbound, no reply" in caplog.text
+
+
+def test_without_an_api_key_the_reply_is_logged(make_app, caplog):
+    app = make_app()
+    with caplog.at_level(logging.INFO, logger="app.jobs.handlers"):
+        delivery = deliver(app, sms("what are your hours"))
+        run_jobs(app)
+    assert "AGENTPHONE_API_KEY not set, reply to +15559876543 on sms not sent: \"We're open" \
+           in caplog.text
+    assert app.extensions["store"].outbox_entry(delivery) is None
+    assert job_for(app, delivery).status == "done"
+
+
+def test_call_records_are_stored_once_and_listed(make_app):
+    app = make_app()
+    ended = payload("call_ended")
+    deliver(app, ended)
+    deliver(app, ended)  # a second delivery of the same call (new delivery id)
+    deliver(app, payload("call_ended", callId="call_two", durationSeconds=12.5,
+                         callSuccessful=None, summary=None, userSentiment=None))
+    assert run_jobs(app) == 3
+    store = app.extensions["store"]
+    record = store.call_record("call_sim")
+    assert {k: record[k] for k in ("call_id", "from_number", "to_number", "duration_seconds",
+                                   "summary", "sentiment", "successful")} == {
+        "call_id": "call_sim", "from_number": JANE, "to_number": "+15551234567",
+        "duration_seconds": 330, "summary": "Caller asked about an order.",
+        "sentiment": "Neutral", "successful": True}
+    assert record["transcript"] == [{"role": "agent", "content": "Hello"},
+                                    {"role": "user", "content": "Where is my order?"}]
+    assert len(store.call_records()) == 2
+
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["agentphone", "calls", "--local"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["ID", "STATUS", "FROM", "TO", "ENDED", "SECONDS", "SENTIMENT",
+                                "SUCCESS", "SUMMARY"]
+    assert any(line.startswith("call_sim ") and "330" in line and "yes" in line
+               and "Caller asked about an order." in line for line in lines)
+    assert any(line.startswith("call_two ") and "12.5" in line for line in lines)
+    assert lines[-1] == "2 stored call(s)"
+    result = runner.invoke(args=["agentphone", "calls", "--local", "--json", "--limit", "1"])
+    assert result.exit_code == 0
+    assert [r["call_id"] for r in json.loads(result.output)] in (["call_sim"], ["call_two"])
+
+
+def test_reactions_are_recorded_without_a_reply(make_app):
+    app = make_app()
+    delivery = deliver(app, REACTION)
+    deliver(app, REACTION, delivery)
+    assert run_jobs(app) == 1
+    [stored] = app.extensions["store"].reactions()
+    assert stored["delivery_id"] == delivery
+    assert (stored["reaction_type"], stored["message_id"], stored["from_number"]) == (
+        "love", "msg_003", JANE)
+
+
+@pytest.mark.slow
+def test_concurrent_copies_through_gunicorn_send_one_text(gunicorn, fake_api):
+    fake_api.on("POST", "/v1/messages", SENT)
+    server = gunicorn(workers=2, DEMO_TOOL_LATENCY=0.2, AGENTPHONE_API_KEY=API_KEY,
+                      AGENTPHONE_API_URL=fake_api.url)
+    raw, headers = signed_request(SECRET, sms("book saturday at 11 for Sam Patel"))
+    with ThreadPoolExecutor(10) as pool:
+        statuses = list(pool.map(
+            lambda _: requests.post(server.webhook, data=raw, headers=headers,
+                                    timeout=10).status_code, range(10)))
+    assert statuses == [200] * 10
+    deadline = time.monotonic() + 15
+    while fake_api.count("POST", "/v1/messages") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server.wait_for_log(f"reply msg_1 sent to {JANE}")
+    time.sleep(0.5)
+    assert fake_api.count("POST", "/v1/messages") == 1
+    assert fake_api.last("POST", "/v1/messages").body["body"].startswith(
+        "You're booked for Saturday at 11 AM, Sam Patel.")
