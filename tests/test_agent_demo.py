@@ -8,7 +8,8 @@ import pytest
 from app.agent import Reply, Turn
 from app.agent.demo import Receptionist, detect_intent, parse_day, parse_name, parse_time
 from app.store import open_store
-from tests.postgres import pg_server, pg_url  # noqa: F401
+
+pytest_plugins = ["tests.postgres"]  # pg_server, pg_url
 
 JANE = "+15559876543"  # a customer in the demo data, with orders 4521 and 4524
 STRANGER = "+15550009999"

@@ -291,7 +291,12 @@ class Receptionist(Agent):
         state["last_turn"] = {"delivery_id": turn.delivery_id, "interim": interim,
                               "reply": dataclasses.asdict(reply)}
         if key:
-            self.store.save_session_state(key, state)
+            try:
+                self.store.save_session_state(key, state)
+            except Exception:
+                # The answer matters more than the context: say it, lose the memory.
+                log.exception("demo turn %s: could not save the call's context",
+                              turn.delivery_id)
         yield reply
 
     def answer(self, turn, state):
