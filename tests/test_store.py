@@ -3,10 +3,12 @@
 import threading
 import time
 
+import psycopg
 import pytest
 
 from app.store import StoreUnavailable, open_store
 from app.store.base import DAY, Retention
+from app.store.postgres import PostgresStore
 from app.store.schema import MIGRATIONS
 from tests.servers import free_port
 
@@ -258,3 +260,37 @@ def test_broken_database_raises_store_unavailable(store_url, tmp_path, opened):
     assert time.monotonic() - started < 5
     assert info.value.status == 503
     assert info.value.to_dict()["error"]["code"] == "STORE_UNAVAILABLE"
+
+
+def test_migration_deferred_while_the_database_is_missing(pg_server):
+    name = "t_created_later"
+    store = PostgresStore(pg_server.url(name), timeout=0.5)
+    try:
+        with pytest.raises(StoreUnavailable):
+            store.migrate()
+        store.migrate_on_first_use()
+        with pytest.raises(StoreUnavailable):
+            store.claim_delivery("whd_1", "agent.message")
+
+        def refused(i):
+            with pytest.raises(StoreUnavailable):
+                store.claim_delivery(f"whd_{i}", "agent.message")
+
+        started = time.monotonic()
+        in_threads(6, refused)  # one attempt for all of them, not six in a row
+        assert time.monotonic() - started < 1.5
+        with psycopg.connect(pg_server.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        deadline = time.monotonic() + 10
+        while True:  # the pool reconnects in the background, with backoff
+            try:
+                store.ping()  # migrates first
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert store.claim_delivery("whd_1", "agent.message") is True
+        assert store.schema_version() == len(MIGRATIONS)
+    finally:
+        store.close()
+        pg_server.drop_database(name)

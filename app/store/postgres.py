@@ -163,11 +163,13 @@ class PostgresStore(SQLStore):
     errors = (psycopg.Error,)
 
     def __init__(self, url, clock=time.time, min_size=1, max_size=10, timeout=3.0,
-                 reconnect_timeout=5.0):
+                 reconnect_timeout=1.0):
         """``timeout``: longest wait for a connection (pool busy or server down) before the
-        operation fails with StoreUnavailable. ``reconnect_timeout``: how long one background
-        reconnection keeps retrying before it gives up (the next request starts another), so
-        a server that comes back is used again within seconds."""
+        operation fails with StoreUnavailable. ``reconnect_timeout``: how long the pool keeps
+        retrying one lost connection in the background (with backoff from 1 s) before giving
+        it up. Kept short: a request that finds the pool short of connections starts a fresh
+        attempt at once, so a server that comes back is used by the next request instead of
+        after the pool's backoff."""
         super().__init__(clock)
         params = conninfo.conninfo_to_dict(url)  # accepts postgres:// and postgresql://
         for key, value in CONNECTION_DEFAULTS.items():

@@ -16,6 +16,7 @@ from app.store.schema import MIGRATIONS, statements
 log = logging.getLogger(__name__)
 
 DEFAULT_RETENTION = Retention()
+MIGRATE_WAIT_SECONDS = 5.0  # longest wait for another caller's deferred migration
 
 JOB_COLUMNS = (
     "id, kind, payload, attempts, status, delivery_id, run_at, last_error, created_at, updated_at"
@@ -35,6 +36,7 @@ class SQLStore(RecordsMixin):
         self.clock = clock
         self._migrate_pending = False
         self._migrate_lock = threading.Lock()
+        self._migrate_attempt = threading.Event()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -92,10 +94,23 @@ class SQLStore(RecordsMixin):
         self._migrate_pending = True
 
     def _migrate_now(self):
-        with self._migrate_lock:
-            if self._migrate_pending:
-                self.migrate()
-                log.info("%s store: schema migrated on first use", self.backend)
+        # One caller attempts; the others wait for its outcome instead of queueing attempts of
+        # their own, each of which could wait out a connection timeout in turn.
+        if self._migrate_lock.acquire(blocking=False):
+            attempt = self._migrate_attempt = threading.Event()
+            try:
+                if self._migrate_pending:
+                    self.migrate()
+                    log.info("%s store: schema migrated on first use", self.backend)
+            finally:
+                self._migrate_lock.release()
+                attempt.set()
+            return
+        # Wait for the attempt in progress only (the lock could be taken again before a
+        # waiter gets it).
+        self._migrate_attempt.wait(MIGRATE_WAIT_SECONDS)
+        if self._migrate_pending:
+            raise StoreUnavailable(f"{self.backend} store: schema not migrated yet")
 
     def _lock_migrations(self, cur):
         """Serialize concurrent migrations; the backend's transaction may already do it."""
