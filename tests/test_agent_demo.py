@@ -55,6 +55,16 @@ def test_unknown_caller_is_asked_for_the_order_number(agent):
     assert "delivered by email" in final.text
 
 
+def test_cancelling_an_order_is_offered_to_a_person(agent):
+    _, final = say(agent, "Please cancel my order", call="c8")
+    assert final.text.endswith("Would you like me to put you through?")
+    _, final = say(agent, "Yes please", call="c8")
+    assert final.action == "transfer"
+    say(agent, "cancel order 4521", call="c8")
+    _, final = say(agent, "no", call="c8")
+    assert final.text == "Okay. Is there anything else I can help with?"
+
+
 def test_hours_transfer_and_goodbye(agent):
     _, final = say(agent, "What are your opening hours?")
     assert "Monday to Friday from 9 AM to 5 PM" in final.text

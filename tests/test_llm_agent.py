@@ -10,7 +10,7 @@ import time
 import pytest
 
 from app.agent import Receptionist, Turn, tool
-from app.agent.llm import APOLOGY, TOO_MANY_ROUNDS, LLMAgent
+from app.agent.llm import APOLOGY, NOTHING_SAID, TOO_MANY_ROUNDS, LLMAgent
 from app.voice.streamer import LATE_TEXT, stream_turn
 from tests.fake_llm import drop, fake_llm_fixture, pause, status, text, tool_call  # noqa: F401
 from tests.servers import free_port
@@ -164,6 +164,11 @@ def test_history_system_prompt_and_earlier_turns_are_sent(app, fake_llm):
         ("user", "Tuesday"),
     ]
     assert "customerName" in fake_llm.requests[0]["messages"][0]["content"]
+
+
+def test_an_empty_answer_is_not_silence(fake_llm):
+    fake_llm.script(text("<think>nothing to say</think> 🙂"))
+    assert texts(run_turn(make_agent(fake_llm)))[-1] == NOTHING_SAID
 
 
 def test_failure_mid_stream_ends_with_an_apology(fake_llm):

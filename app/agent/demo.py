@@ -310,6 +310,16 @@ class Receptionist(Agent):
                 return Reply("Thanks for calling. Goodbye!", hangup=True)
             return Reply("Thanks for getting in touch. Bye for now!")
         state.pop("offered", None)
+        if state.pop("offered_transfer", False) and intent is None:
+            if _is_yes(text):
+                intent = "transfer"
+            elif _is_no(text):
+                return self._offer(state, "Okay.")
+        if intent == "cancel" and re.search(r"\border\b", text.lower()):
+            state["offered_transfer"] = True
+            state.pop("pending", None)
+            return Reply("I can't cancel an order myself, but someone from our team can. "
+                         "Would you like me to put you through?")
         if intent == "transfer":
             state.pop("pending", None)
             if voice:
@@ -422,6 +432,7 @@ class Receptionist(Agent):
         if not orders:
             if number or state.get("pending") == "order":
                 state.pop("pending", None)
+                state["offered_transfer"] = True
                 return Reply("I couldn't find that order. Could you check the number, or "
                              "would you like me to connect you with our team?")
             state["pending"] = "order"
@@ -449,6 +460,12 @@ class Receptionist(Agent):
             return None
         customers = self.search_customers(phone=turn.caller, turn=turn)["customers"]
         return customers[0] if customers else None
+
+
+def _is_yes(text):
+    words = _WORDS.findall(text.lower())
+    return bool(words) and words[0] in ("yes", "yeah", "yep", "sure", "ok", "okay",
+                                        "please") and len(words) <= 5
 
 
 def _is_no(text):

@@ -29,6 +29,7 @@ DEFAULT_SYSTEM_PROMPT = (
     "transfer_call; when the caller is done, say goodbye and use end_call."
 )
 APOLOGY = "Sorry, I'm having trouble right now. Could you say that again in a moment?"
+NOTHING_SAID = "Sorry, I didn't quite get that. Could you say it again?"
 TOO_MANY_ROUNDS = "Sorry, I couldn't work that out. Could you put it another way?"
 HISTORY_LIMIT = 20  # messages of this call kept for the next turn
 
@@ -173,7 +174,7 @@ class LLMAgent(Agent):
             log.info("LLM round %d for %s: %.0f ms, %d tool call(s)", round_number,
                      turn.delivery_id, (time.monotonic() - started) * 1000, len(calls))
             if not calls:
-                return Reply(rest)
+                return Reply(rest or ("" if spoken else NOTHING_SAID))
             requested = [ToolCall(c["name"], c["arguments"] or "{}", c["id"] or f"call_{i}")
                          for i, c in sorted(calls.items())]
             control = next((c.name for c in requested if c.name in CONTROL_DEFAULTS), None)
