@@ -31,8 +31,9 @@ SETTINGS = {
                                 "receptionist prompt."),
     "LLM_MAX_ROUNDS": ("4", "Model calls per turn (tool rounds included) before giving up."),
     "LLM_TIMEOUT": ("20", "Seconds to wait for the LLM endpoint (connect and between chunks)."),
-    "LLM_TOOL_TIMEOUT": ("8", "Seconds one tool call may take before it is reported as timed "
-                              "out to the model."),
+    "LLM_TOOL_TIMEOUT": ("8", "At most this many seconds per tool call (a tool's own timeout "
+                              "may be shorter); a late call is reported to the model as timed "
+                              "out."),
     "JOB_RUNNER": ("on", "on = run background jobs in each web worker; off = leave them to "
                          "`flask agentphone worker`."),
     "JOB_CONCURRENCY": ("4", "Jobs one process runs at the same time."),

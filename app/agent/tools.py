@@ -309,8 +309,8 @@ class Toolbox:
 def run_tools(calls, tools, turn=None, timeout=None):
     """Run ``calls`` (ToolCall, or (name, arguments) pairs) concurrently; results in order.
 
-    ``tools`` is a Toolbox or an iterable of Tools. Each call gets its tool's timeout
-    (``timeout`` overrides it); a call still running then is cancelled (killed under gevent,
+    ``tools`` is a Toolbox or an iterable of Tools. Each call gets its tool's timeout, capped
+    by ``timeout`` when given; a call still running then is cancelled (killed under gevent,
     abandoned as a daemon thread otherwise) and reported as timed out.
     """
     box = tools if isinstance(tools, Toolbox) else Toolbox(tools)
@@ -328,7 +328,7 @@ def run_tools(calls, tools, turn=None, timeout=None):
         if t is None:
             results.append(ToolResult(call, error=f"unknown tool {call.name!r}"))
             continue
-        limit = t.timeout if timeout is None else timeout
+        limit = t.timeout if timeout is None else min(t.timeout, timeout)
         remaining = max(0.0, started + limit - time.monotonic())
         if not task.join(remaining):
             task.cancel()
