@@ -187,9 +187,10 @@ def gunicorn(workers, env, database_url=None, keep_dir=False, cwd=ROOT):
 
 
 @contextlib.contextmanager
-def py_spy(pids, out_dir, label, rate=200, native=False):
+def py_spy(pids, out_dir, label, rate=200, idle=False):
     """Sample ``pids`` with py-spy (collapsed stacks, one file per pid) while the block runs;
-    a no-op when ``out_dir`` is None. py-spy must be installed (``pip install py-spy``)."""
+    a no-op when ``out_dir`` is None. py-spy must be installed (``pip install py-spy``).
+    ``idle``: also the samples where the process waits (wall-clock view: lock and I/O waits)."""
     if out_dir is None:
         yield
         return
@@ -199,8 +200,8 @@ def py_spy(pids, out_dir, label, rate=200, native=False):
     for pid in pids:
         cmd = [exe, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
                "--nonblocking", "--output", str(out_dir / f"{label}-{pid}.txt")]
-        if native:
-            cmd.append("--native")
+        if idle:
+            cmd.append("--idle")
         procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     time.sleep(0.5)  # py-spy attaches
     try:

@@ -201,7 +201,7 @@ def one_run(args, runner, run_index, client):
             workers_cpu0 = sum(cpu_seconds(p) for p in server.workers)
             client_cpu0 = children_cpu()
             proc_cpu0 = time.process_time()
-            with py_spy(server.workers, args.profile, f"sms-{runner}-{run_index}"):
+            with py_spy(server.workers, args.profile, f"sms-{runner}-{run_index}", idle=True):
                 if client == "wrk":
                     result = run_wrk(server.url, str(tmp / "main-"), args.threads,
                                      args.connections, args.duration)
@@ -299,8 +299,8 @@ def main(argv=None):
     parser.add_argument("--database-url", help="e.g. postgresql://... (default: fresh SQLite)")
     parser.add_argument("--json", type=Path, help="write every run and the summary here")
     parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="record both workers with py-spy during the measured seconds "
-                             "(collapsed stacks in DIR; the sampling itself costs CPU)")
+                        help="record both workers with py-spy during the measured seconds, "
+                             "waits included (collapsed stacks in DIR; sampling costs CPU)")
     args = parser.parse_args(argv)
     client = args.client or ("wrk" if shutil.which("wrk") else "python")
     if client == "python" and not args.client:
