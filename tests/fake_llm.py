@@ -66,6 +66,7 @@ class FakeLLM:
         self.scripts = []
         self.requests = []  # decoded JSON bodies, in arrival order
         self.started_at = []  # monotonic time each request arrived
+        self.finished_at = []  # monotonic time each stream sent its last byte
         self._lock = threading.Lock()
         self._server = None
 
@@ -139,6 +140,8 @@ class FakeLLM:
                 # Leave the body unfinished and close the socket under the client.
                 raise _Dropped()
         yield chunk({}, finish)
+        with self._lock:
+            self.finished_at.append(time.monotonic())
         yield b"data: [DONE]\n\n"
 
 

@@ -13,7 +13,7 @@ from tests.servers import post_stream
 
 pytestmark = pytest.mark.slow
 
-LATENCY = 0.4
+LATENCY = 0.5
 JANE = "+15559876543"
 
 

@@ -39,9 +39,9 @@ def texts(lines):
 
 def test_sentences_are_spoken_as_they_complete(fake_llm):
     fake_llm.script(
-        pause(0.6),  # a slow first token
-        text("Sure, I can"), text(" help."), text(" Your order"), pause(0.6),
-        text(" 4521 shipped yesterday."), text(" It arrives"), pause(0.6), text(" Thursday."),
+        pause(0.8),  # a slow first token
+        text("Sure, I can"), text(" help."), text(" Your order"), pause(0.8),
+        text(" 4521 shipped yesterday."), text(" It arrives"), pause(0.8), text(" Thursday."),
     )
     lines = run_turn(make_agent(fake_llm))
     assert [obj for _, obj in lines] == [
@@ -51,10 +51,10 @@ def test_sentences_are_spoken_as_they_complete(fake_llm):
         {"text": "It arrives Thursday."},
     ]
     (ack, _), (first, _), (second, _), (final, _) = lines
-    assert ack < 0.3  # the acknowledgement does not wait for the model
-    assert 0.6 <= first < 1.1  # spoken before the model wrote the next sentence
-    assert 1.2 <= second < 1.7
-    assert final >= 1.8
+    assert ack < 0.5  # the acknowledgement does not wait for the model
+    assert 0.8 <= first < 1.5  # spoken before the model wrote the next sentence
+    assert 1.6 <= second < 2.3
+    assert final >= 2.4
     request = fake_llm.requests[0]
     assert request["stream"] is True and request["model"] == "fake-model"
 

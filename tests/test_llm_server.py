@@ -3,6 +3,7 @@ arrive as the model completes them, the demo tools of one round run concurrently
 greenlets, and a provider failure still ends the turn with one spoken final line."""
 
 import json
+import time
 
 import pytest
 
@@ -21,7 +22,7 @@ def test_llm_turn_on_the_wire(gunicorn, fake_llm):
     server = gunicorn(workers=1, DEMO_TOOL_LATENCY=LATENCY, LLM_BASE_URL=fake_llm.url,
                       LLM_API_KEY="sk-test", LLM_MODEL="fake-model")
     fake_llm.script(
-        pause(0.3), text("Let me check"), text(" both for you."),
+        pause(0.8), text("Let me check"), text(" both for you."),
         tool_call(0, "check_availability", {"day": "monday"}),
         tool_call(1, "lookup_order", {"order_id": "4521"}),
     )
@@ -32,6 +33,7 @@ def test_llm_turn_on_the_wire(gunicorn, fake_llm):
     fake_llm.script(text("Half a sen"), drop())
 
     raw, headers = signed_request(SECRET, payload("voice", "Is Monday free, and my order?"))
+    sent_at = time.monotonic()  # the fake runs in this process: one clock for both sides
     response, lines = post_stream(server.webhook, raw, headers)
     assert response.status_code == 200
     assert [obj for _, obj in lines] == [
@@ -41,11 +43,13 @@ def test_llm_turn_on_the_wire(gunicorn, fake_llm):
         {"text": "Your order shipped yesterday by FedEx."},
     ]
     times = [t for t, _ in lines]
-    assert times[0] < 0.3  # before the model's first token
-    # Both tools (LATENCY each) ran at once: the second model call came ~LATENCY later.
-    gap = fake_llm.started_at[1] - fake_llm.started_at[0]
+    assert times[0] < 0.6  # before the model's first token
+    # Both tools (LATENCY each) ran at once: the second model call came ~LATENCY after the
+    # first stream ended, not 2 * LATENCY.
+    gap = fake_llm.started_at[1] - fake_llm.finished_at[0]
     assert LATENCY <= gap < 2 * LATENCY - 0.1, gap
-    assert times[1] < gap  # spoken while the tools were running
+    # "Let me check both for you." reached the caller before the tools had finished.
+    assert sent_at + times[1] < fake_llm.started_at[1]
     assert times[3] - times[2] >= 0.7  # the first sentence did not wait for the second
     results = [m for m in fake_llm.requests[1]["messages"] if m["role"] == "tool"]
     assert json.loads(results[0]["content"])["open_times"][0] == "10:00"

@@ -79,6 +79,9 @@ class LLMAgent(Agent):
         self.tool_timeout = tool_timeout
         self.extra_params = dict(extra_params or {})
         self._client = client
+        if client is None:
+            _import_openai()  # at start-up: fail fast, and spare the first caller the import
+
 
     @classmethod
     def from_config(cls, config, tools=(), store=None):
@@ -98,9 +101,7 @@ class LLMAgent(Agent):
     @property
     def client(self):
         if self._client is None:
-            import openai  # the optional `llm` extra
-
-            self._client = openai.OpenAI(
+            self._client = _import_openai().OpenAI(
                 base_url=self.base_url, api_key=self.api_key or "not-needed",
                 timeout=self.timeout, max_retries=0,
             )
@@ -222,6 +223,15 @@ class LLMAgent(Agent):
             close = getattr(response, "close", None)
             if close is not None:
                 close()
+
+
+def _import_openai():
+    try:
+        import openai  # the optional `llm` extra
+    except ImportError as exc:
+        raise ImportError("the LLM agent needs the openai package: pip install -e '.[llm]'"
+                          ) from exc
+    return openai
 
 
 def _merge_tool_delta(calls, delta):
