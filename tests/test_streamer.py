@@ -1,12 +1,14 @@
 """The voice streamer's guarantees, whatever the agent does: interim first, one final line."""
 
 import json
+import socket
 import threading
 import time
 
 import pytest
 
 from app.agent.base import TRANSFER, Agent, Reply, Turn
+from app.voice.hangup import peer_closed
 from app.voice.streamer import ERROR_TEXT, LATE_TEXT, deadline_for, stream_turn
 
 TURN = Turn(text="hello", channel="voice", delivery_id="whd_1")
@@ -96,11 +98,14 @@ def test_interim_line_comes_before_any_agent_work():
     assert json.loads(list(lines)[-1]) == {"text": "ok"}
 
 
-def test_disconnect_ends_the_stream_without_a_final_line():
+def test_hang_up_ends_the_stream_without_a_final_line():
     recorded = []
+    ours, callers = socket.socketpair()
+    callers.close()
     started = time.monotonic()
-    lines = list(stream_turn(ScriptedAgent(5, Reply("x")), TURN, 10.0, recorded.append,
-                             peer_closed=lambda: True))
+    with ours:
+        lines = list(stream_turn(ScriptedAgent(5, Reply("x")), TURN, 10.0, recorded.append,
+                                 sock=ours))
     assert len(lines) == 1
     assert time.monotonic() - started < 1
     assert recorded == [{"text": LATE_TEXT}]
@@ -114,6 +119,18 @@ def test_closing_the_stream_records_a_reply_for_retries(after_lines):
         next(lines)
     lines.close()
     assert recorded == [{"text": LATE_TEXT}]
+
+
+def test_open_connection_is_not_mistaken_for_a_hang_up():
+    ours, callers = socket.socketpair()
+    with ours, callers:
+        callers.sendall(b"pipelined bytes are not a hang-up")
+        assert run(ScriptedAgent(0.6, Reply("ok")), sock=ours)[-1] == {"text": "ok"}
+        assert not peer_closed(ours)
+        callers.shutdown(socket.SHUT_WR)
+        time.sleep(0.05)
+        ours.recv(100)
+        assert peer_closed(ours)
 
 
 @pytest.mark.parametrize(("timeout", "deadline"), [(5, 4.0), (30, 25.0), (120, 115.0)])

@@ -323,24 +323,28 @@ def run_tools(calls, tools, turn=None, timeout=None):
             tasks.append((call, None, None))
             continue
         tasks.append((call, t, spawn(_timed, t, call, turn)))
-    results = []
-    for call, t, task in tasks:
-        if t is None:
-            results.append(ToolResult(call, error=f"unknown tool {call.name!r}"))
-            continue
-        limit = t.timeout if timeout is None else min(t.timeout, timeout)
-        remaining = max(0.0, started + limit - time.monotonic())
-        if not task.join(remaining):
-            task.cancel()
-            log.warning("tool %s timed out after %.1fs", t.name, limit)
-            results.append(ToolResult(call, error=f"{t.name} timed out after {limit:g}s",
-                                      elapsed=time.monotonic() - started))
-        elif task.error is not None:
-            results.append(_failed(call, t, task.error))
-        else:
-            value, elapsed = task.value
-            results.append(ToolResult(call, value=value, elapsed=elapsed))
-    return results
+    try:
+        return [_result(call, t, task, timeout, started) for call, t, task in tasks]
+    finally:
+        # Also when the turn itself is interrupted (deadline, hang-up) while waiting here.
+        for _, _, task in tasks:
+            if task is not None:
+                task.cancel()
+
+
+def _result(call, t, task, timeout, started):
+    if t is None:
+        return ToolResult(call, error=f"unknown tool {call.name!r}")
+    limit = t.timeout if timeout is None else min(t.timeout, timeout)
+    remaining = max(0.0, started + limit - time.monotonic())
+    if not task.join(remaining):
+        log.warning("tool %s timed out after %.1fs", t.name, limit)
+        return ToolResult(call, error=f"{t.name} timed out after {limit:g}s",
+                          elapsed=time.monotonic() - started)
+    if task.error is not None:
+        return _failed(call, t, task.error)
+    value, elapsed = task.value
+    return ToolResult(call, value=value, elapsed=elapsed)
 
 
 def _timed(t, call, turn):

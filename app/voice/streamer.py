@@ -6,7 +6,8 @@ import queue
 import time
 
 from app.agent.base import Agent, Reply
-from app.tasks import spawn
+from app.tasks import gevent_active, spawn
+from app.voice.hangup import peer_closed
 from app.voice.ndjson import interim, line
 
 log = logging.getLogger(__name__)
@@ -14,8 +15,13 @@ log = logging.getLogger(__name__)
 LATE_TEXT = "Sorry, that is taking longer than it should. Could you say that again in a moment?"
 ERROR_TEXT = "Sorry, something went wrong on my side. Could you say that again?"
 POLL_SECONDS = 0.25
-_FAILED = object()
-_ENDED = object()
+
+# What a chunk source reports besides a chunk (kind None).
+_WAIT = "wait"  # nothing yet; look at the deadline again
+_LATE = "late"
+_GONE = "gone"  # the caller hung up
+_ENDED = "ended"  # the agent stopped without a final Reply
+_FAILED = "failed"
 
 
 def deadline_for(voice_timeout):
@@ -23,31 +29,27 @@ def deadline_for(voice_timeout):
     return max(voice_timeout - 5.0, voice_timeout * 0.8)
 
 
-def stream_turn(agent, turn, deadline, on_final=None, peer_closed=None, clock=time.monotonic):
+def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.monotonic):
     """Yield the NDJSON lines of one turn. ``on_final(line_dict)`` records the final line;
-    ``peer_closed()`` tells whether the caller's connection has gone."""
+    ``sock`` is the caller's connection, watched so that a hang-up cancels the work."""
     started = clock()
-    task = final = None
+    source = final = None
     try:
         yield interim(_acknowledgement(agent, turn))
-        chunks = queue.Queue()
-        task = spawn(_pump, agent, turn, chunks)
+        source = (InlineSource if gevent_active() else PumpedSource)(agent, turn, sock)
         while final is None:
             remaining = started + deadline - clock()
-            if remaining <= 0:
+            kind, chunk = source.next(remaining) if remaining > 0 else (_LATE, None)
+            if kind is _WAIT:
+                continue
+            if kind is _LATE:
                 log.warning("voice turn %s: no reply after %.1fs, sending fallback",
                             turn.delivery_id, deadline)
                 final = Reply(LATE_TEXT)
-                break
-            try:
-                kind, chunk = chunks.get(timeout=min(remaining, POLL_SECONDS))
-            except queue.Empty:
-                if peer_closed is not None and peer_closed():
-                    log.info("voice turn %s: caller disconnected, work cancelled",
-                             turn.delivery_id)
-                    return
-                continue
-            if kind is _FAILED:
+            elif kind is _GONE:
+                log.info("voice turn %s: caller disconnected, work cancelled", turn.delivery_id)
+                return
+            elif kind is _FAILED:
                 log.error("voice turn %s: agent failed", turn.delivery_id, exc_info=chunk)
                 final = Reply(ERROR_TEXT)
             elif kind is _ENDED:
@@ -58,12 +60,90 @@ def stream_turn(agent, turn, deadline, on_final=None, peer_closed=None, clock=ti
             elif isinstance(chunk, str) and chunk.strip():
                 yield interim(chunk.strip())
     finally:
-        if task is not None:
-            task.cancel()
+        if source is not None:
+            source.close()
         # Also when the stream is closed early, so that a retry replays at once.
         _record(on_final, final or Reply(LATE_TEXT), turn)
     log.info("voice turn %s answered in %.0f ms", turn.delivery_id, (clock() - started) * 1000)
     yield line(final.to_line())
+
+
+class InlineSource:
+    """gevent: the agent runs in the request's own greenlet, interrupted by a timer at the
+    deadline or by a watcher on the caller's socket. No second greenlet, task or queue per
+    held call: those were most of a held stream's memory."""
+
+    def __init__(self, agent, turn, sock):
+        import gevent
+
+        self._gevent = gevent
+        self._chunks = agent.respond(turn)
+        self._sock = sock
+        self._watcher = None
+
+    def next(self, timeout):
+        timer = self._gevent.Timeout(timeout, _Interrupt(_LATE))
+        timer.start()
+        self._watch_hangup()
+        try:
+            return None, next(self._chunks)
+        except StopIteration:
+            return _ENDED, None
+        except _Interrupt as interrupt:
+            return interrupt.kind, None
+        except Exception as exc:
+            return _FAILED, exc
+        finally:
+            timer.close()
+            if self._watcher is not None:
+                self._watcher.stop()
+
+    def _watch_hangup(self):
+        if self._sock is None:
+            return
+        if self._watcher is None:
+            self._watcher = self._gevent.get_hub().loop.io(self._sock.fileno(), 1)
+        me = self._gevent.getcurrent()
+
+        def readable():
+            self._watcher.stop()  # level-triggered: a pipelined request would spin otherwise
+            if peer_closed(self._sock):
+                me.throw(_Interrupt(_GONE))
+
+        self._watcher.start(readable)
+
+    def close(self):
+        self._chunks.close()
+        if self._watcher is not None:
+            self._watcher.close()
+
+
+class PumpedSource:
+    """Threads (the dev server): a thread cannot be interrupted, so the agent runs in a task
+    of its own and hands chunks over a queue; the socket is polled while waiting."""
+
+    def __init__(self, agent, turn, sock):
+        self._queue = queue.Queue()
+        self._sock = sock
+        self._task = spawn(_pump, agent, turn, self._queue)
+
+    def next(self, timeout):
+        try:
+            return self._queue.get(timeout=min(timeout, POLL_SECONDS))
+        except queue.Empty:
+            return (_GONE if self._sock is not None and peer_closed(self._sock) else _WAIT), None
+
+    def close(self):
+        self._task.cancel()
+
+
+class _Interrupt(BaseException):
+    """Thrown into the agent's frames (BaseException: agents catching Exception don't stop
+    it)."""
+
+    def __init__(self, kind):
+        super().__init__(kind)
+        self.kind = kind
 
 
 def _acknowledgement(agent, turn):

@@ -8,11 +8,11 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from app.agent.base import Turn
 from app.errors import PayloadTooLarge
 from app.store import get_store
+from app.voice.hangup import caller_socket
 from app.voice.ndjson import line
 from app.voice.replay import ReplayAgent
 from app.voice.streamer import deadline_for, stream_turn
 from app.webhook import events, signing
-from app.webhook.disconnect import peer_closed_check
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhook", __name__)
@@ -77,7 +77,7 @@ def _voice_turn(event, delivery_id):
     store = get_store()
     turn = Turn.from_event(event, delivery_id)
     deadline = deadline_for(current_app.config["VOICE_TIMEOUT"])
-    peer_closed = peer_closed_check(request.environ)
+    sock = caller_socket(request.environ)
     # Claimed here, in the view: Flask tears down the request context before the stream runs.
     if store.claim_delivery(delivery_id, event.event):
         agent = current_app.extensions["agent"]
@@ -85,7 +85,7 @@ def _voice_turn(event, delivery_id):
         def on_final(final):
             store.save_voice_reply(delivery_id, final)
 
-        lines = stream_turn(agent, turn, deadline, on_final, peer_closed)
+        lines = stream_turn(agent, turn, deadline, on_final, sock)
     else:
         stored = store.voice_reply(delivery_id)
         if stored is not None:
@@ -94,5 +94,5 @@ def _voice_turn(event, delivery_id):
         else:
             log.info("delivery %s: duplicate voice turn still running, waiting", delivery_id)
             agent = ReplayAgent(store, delivery_id, deadline)
-            lines = stream_turn(agent, turn, deadline, None, peer_closed)
+            lines = stream_turn(agent, turn, deadline, None, sock)
     return Response(lines, mimetype="application/x-ndjson", headers={"X-Accel-Buffering": "no"})
