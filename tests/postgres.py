@@ -67,8 +67,12 @@ class PostgresServer:
             user = pwd.getpwnam(RUN_AS)
             for path in (self.root, self.sockets):
                 os.chown(path, user.pw_uid, user.pw_gid)
-        self._run([self.bin / "initdb", "-D", self.data, "-U", "postgres", "-A", "trust",
-                   "-E", "UTF8", "--no-locale", "--no-sync"])
+        try:
+            self._run([self.bin / "initdb", "-D", self.data, "-U", "postgres", "-A", "trust",
+                       "-E", "UTF8", "--no-locale", "--no-sync"])
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
 
     def _run(self, cmd, check=True):
         result = subprocess.run(_as_server_user([str(c) for c in cmd]), capture_output=True,

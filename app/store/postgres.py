@@ -154,6 +154,10 @@ class _Cursor:
     def rowcount(self):
         return self._cur.rowcount
 
+    @property
+    def description(self):
+        return self._cur.description
+
 
 class PostgresStore(SQLStore):
     backend = "postgresql"
@@ -180,6 +184,7 @@ class PostgresStore(SQLStore):
         self._pool = None
         self._pid = None
         self._lock = threading.Lock()
+        self._checking = False
         _cooperate_with_gevent()
 
     def _get_pool(self):
@@ -202,14 +207,39 @@ class PostgresStore(SQLStore):
 
     @contextlib.contextmanager
     def _cursor(self, transaction):
-        with self._get_pool().connection() as conn:
-            # A broken connection (server restarted) is discarded by the pool on return.
-            if transaction:
-                with conn.transaction(), conn.cursor() as cur:
-                    yield _Cursor(cur)
-            else:
-                with conn.cursor() as cur:
-                    yield _Cursor(cur)
+        pool = self._get_pool()
+        with pool.connection() as conn:
+            try:
+                if transaction:
+                    with conn.transaction(), conn.cursor() as cur:
+                        yield _Cursor(cur)
+                else:
+                    with conn.cursor() as cur:
+                        yield _Cursor(cur)
+            except psycopg.OperationalError:
+                # The pool discards this connection on return. Its idle siblings are most
+                # likely dead too (server restarted, failover): check them now rather than
+                # let each fail one more request after the server is back.
+                if conn.broken:
+                    self._check_idle_connections(pool)
+                raise
+
+    def _check_idle_connections(self, pool):
+        with self._lock:
+            if self._checking:
+                return
+            self._checking = True
+
+        def check():
+            try:
+                pool.check()
+            except Exception as exc:
+                log.warning("checking pooled connections failed: %s", exc)
+            finally:
+                self._checking = False
+
+        # A greenlet under gevent (threading is patched), a thread otherwise.
+        threading.Thread(target=check, name="store-pool-check", daemon=True).start()
 
     def _lock_migrations(self, cur):
         # Held until the migration transaction ends: concurrent starts run it one at a time.
