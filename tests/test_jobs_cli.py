@@ -5,8 +5,6 @@ import time
 
 import pytest
 
-from app.cli.jobs import JobWorker
-
 pytest_plugins = ["tests.postgres"]  # pg_server, pg_url
 
 
@@ -75,13 +73,15 @@ def test_jobs_when_the_store_is_down(app, monkeypatch):
 
 @pytest.fixture
 def worker(app):
-    """``worker(handlers, lease=..., grace=...)`` -> a JobWorker running in a thread."""
+    """``worker(handlers, lease=..., grace=...)`` -> the job runner running in a thread, as in
+    `flask agentphone worker`."""
     started = []
 
     def start(handlers, lease=60.0, grace=5.0, concurrency=4):
         runner = app.extensions["job_runner"]
-        runner.handlers, runner.lease = handlers, lease
-        job_worker = JobWorker(runner, concurrency, grace=grace, poll=0.05)
+        runner.handlers, runner.lease, runner.grace = handlers, lease, grace
+        runner.concurrency, runner.poll = concurrency, 0.05
+        job_worker = runner
         job_worker.result = None
 
         def main():

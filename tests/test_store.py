@@ -217,11 +217,18 @@ def test_prune_retention(store):
     old_pending = store.enqueue("reaction", "{}")
     assert store.claim_job("w", 60).id == old_pending
     store.fail_job(old_pending, "boom", retry_at=NOW + 30 * DAY)
+    store.outbox_begin("whd_old", "+15550001111", "hi")
+    store.save_session_state("call_old", {"step": "done"})
     store.clock.advance(7 * DAY + 1)
     store.claim_delivery("whd_new", "agent.message")
+    store.save_session_state("call_new", {"step": "booking"})
 
-    assert store.prune(Retention()) == 2  # the old delivery id and the finished job
+    # The old delivery id, its voice reply and outbox row, the finished job, the old session.
+    assert store.prune(Retention()) == 5
     assert store.voice_reply("whd_old") is None
+    assert store.outbox_entry("whd_old") is None
+    assert store.session_state("call_old") == {}
+    assert store.session_state("call_new") == {"step": "booking"}
     assert store.claim_delivery("whd_new", "agent.message") is False
     assert store.claim_delivery("whd_old", "agent.message") is True
     assert store.job(old_done) is None
@@ -240,9 +247,8 @@ def test_migrate_twice_is_a_no_op(store):
 
 def test_concurrent_migrate(opened):
     stores = [opened(migrate=False) for _ in range(6)]
-    # One connection first: SQLite's switch to WAL on a brand-new file does not wait for
-    # other connections (sqlite.py race, reported separately); the schema race is the test.
-    stores[0].ping()
+    # On SQLite this also opens six connections on a brand-new file at once: each switches
+    # it to WAL, a switch that does not wait on the busy timeout by itself.
     assert in_threads(6, lambda i: stores[i].migrate()) == [len(MIGRATIONS)] * 6
     assert stores[0]._one("SELECT COUNT(*) FROM schema_version")[0] == len(MIGRATIONS)
 

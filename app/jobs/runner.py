@@ -1,7 +1,10 @@
 """The background job runner: claims due jobs from the store and runs them with retries.
 
-One runner per process (a greenlet under gevent, a thread under the dev server). Jobs are
-leased, so a job whose worker died is taken up by another once the lease runs out.
+The same runner serves the web workers (``start()``: a greenlet under gevent, a thread under
+the dev server) and the dedicated ``flask agentphone worker`` process (``run()`` in the
+foreground). Jobs are leased, and the lease of every running job is renewed, so a slow job is
+never taken by a second worker while a job whose worker died is taken up by another once its
+lease runs out.
 """
 
 import logging
@@ -12,7 +15,6 @@ import threading
 import time
 
 from app.store import StoreUnavailable
-from app.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -26,66 +28,70 @@ def retry_delay(attempt, base=2.0, cap=600.0, rand=random.random):
 
 
 class JobRunner:
-    def __init__(self, app, handlers, concurrency=4, max_attempts=5, lease=60.0):
+    """Runs up to ``concurrency`` jobs at once. On stop it claims nothing more, lets running
+    jobs finish for up to ``grace`` seconds, then hands the rest back to the queue (their
+    interrupted attempt not counted)."""
+
+    def __init__(self, app, handlers, concurrency=4, max_attempts=5, lease=60.0, grace=25.0,
+                 poll=IDLE_POLL_SECONDS, prune_every=PRUNE_EVERY_SECONDS):
         self.app = app
         self.handlers = handlers
+        self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.lease = lease
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
-        self._slots = threading.BoundedSemaphore(concurrency)
+        self.grace = grace
+        self.poll = poll
+        self.prune_every = prune_every
+        self.worker = _worker_name()
+        self.running = {}  # job id -> Job
+        self.stop_requests = 0  # a plain counter: safe to bump from a signal handler
+        self._changed = threading.Condition()
         self._wake = threading.Event()
-        self._stop = threading.Event()
         self._pid = None
-        self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
 
     @property
     def store(self):
         return self.app.extensions["store"]
 
+    # -- control ----------------------------------------------------------------------------
+
     def start(self):
-        """Start the loop in this process (once; again after a fork)."""
-        with self._lock:
+        """Run in the background of this process (once; again after a fork)."""
+        with self._start_lock:
             if self._pid == os.getpid():
                 return
             self._pid = os.getpid()
-            self.worker = f"{socket.gethostname()}:{self._pid}"
-        log.info("job runner %s started", self.worker)
-        spawn(self._loop)
+            self.worker = _worker_name()
+        threading.Thread(target=self.run, name="job-runner", daemon=True).start()
 
-    def stop(self):
-        self._stop.set()
+    def request_stop(self, *_):
+        """First call: stop claiming and finish. Second call: do not wait for running jobs."""
+        self.stop_requests += 1
         self._wake.set()
+
+    @property
+    def stopping(self):
+        return self.stop_requests > 0
 
     def wake(self):
         """A job was queued in this process: look for it now rather than at the next poll."""
         self._wake.set()
 
-    def _loop(self):
-        next_prune = 0.0
-        while not self._stop.is_set():
-            if time.monotonic() >= next_prune:
-                next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
-                self._prune()
-            self._slots.acquire()
-            try:
-                job = self.store.claim_job(self.worker, self.lease)
-            except StoreUnavailable as exc:
-                self._slots.release()
-                log.warning("job runner: store unavailable (%s), retrying", exc)
-                self._stop.wait(IDLE_POLL_SECONDS)
-                continue
-            if job is None:
-                self._slots.release()
-                self._wake.wait(IDLE_POLL_SECONDS)
-                self._wake.clear()
-                continue
-            spawn(self._run_and_release, job)
-
-    def _run_and_release(self, job):
+    def run(self):
+        """Run until asked to stop; returns the number of jobs handed back at shutdown."""
+        log.info("job runner %s started: %d at a time, lease %gs", self.worker,
+                 self.concurrency, self.lease)
+        finished = threading.Event()
+        heartbeat = threading.Thread(target=self._heartbeat, args=(finished,),
+                                     name="lease-heartbeat", daemon=True)
+        heartbeat.start()
         try:
-            self.execute(job)
+            self._claim_loop()
+            return self._shutdown()
         finally:
-            self._slots.release()
+            finished.set()
+            heartbeat.join(5)
 
     def run_pending(self):
         """Run every due job in this thread, one after another; returns how many ran."""
@@ -94,6 +100,87 @@ class JobRunner:
             self.execute(job)
             count += 1
         return count
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _idle(self, seconds):
+        self._wake.wait(seconds)
+        self._wake.clear()
+
+    def _claim_loop(self):
+        next_prune = time.monotonic()
+        while not self.stopping:
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + self.prune_every
+                self._prune()
+            with self._changed:
+                if len(self.running) >= self.concurrency:
+                    self._changed.wait(self.poll)
+                    continue
+            try:
+                job = self.store.claim_job(self.worker, self.lease)
+            except StoreUnavailable as exc:
+                log.warning("job runner: store unavailable (%s), retrying", exc)
+                self._idle(self.poll)
+                continue
+            if job is None:
+                self._idle(self.poll)
+                continue
+            with self._changed:
+                self.running[job.id] = job
+            threading.Thread(target=self._execute_tracked, args=(job,), name=f"job-{job.id}",
+                             daemon=True).start()
+
+    def _execute_tracked(self, job):
+        try:
+            self.execute(job)
+        except Exception as exc:
+            # The outcome could not be recorded (store down): the job stays leased and runs
+            # again once the lease runs out.
+            log.error("job %s (%s): outcome not recorded, it will run again: %s", job.id,
+                      job.kind, exc)
+        finally:
+            with self._changed:
+                self.running.pop(job.id, None)
+                self._changed.notify_all()
+
+    def _shutdown(self):
+        with self._changed:
+            count = len(self.running)
+        log.info("job runner %s stopping: claiming no more jobs; %d running, waiting up to "
+                 "%gs", self.worker, count, self.grace)
+        deadline = time.monotonic() + self.grace
+        with self._changed:
+            while self.running and self.stop_requests < 2 and time.monotonic() < deadline:
+                self._changed.wait(0.2)
+            left = list(self.running.values())
+        for job in left:
+            try:
+                released = self.store.release_job(job.id, self.worker)
+            except StoreUnavailable as exc:
+                log.warning("job %s (%s): could not hand back (%s); it runs again after its "
+                            "lease", job.id, job.kind, exc)
+                continue
+            log.warning("job %s (%s) still running at shutdown: %s", job.id, job.kind,
+                        "handed back to the queue" if released else "no longer ours")
+        log.info("job runner %s stopped", self.worker)
+        return len(left)
+
+    def _heartbeat(self, finished):
+        """Renew the lease of every running job a few times per lease period."""
+        while not finished.wait(max(self.lease / 3, 0.1)):
+            with self._changed:
+                running = list(self.running)
+            for job_id in running:
+                try:
+                    held = self.store.extend_lease(job_id, self.worker, self.lease)
+                except StoreUnavailable as exc:
+                    log.warning("lease renewal failed: %s", exc)
+                    break
+                if not held and job_id in self.running:
+                    log.warning("job %s: lease lost to another worker", job_id)
+
+    # -- one job ----------------------------------------------------------------------------
 
     def execute(self, job):
         """Run one claimed job and record the outcome; never raises for the job's own errors."""
@@ -137,4 +224,8 @@ class JobRunner:
             log.warning("prune skipped: %s", exc)
             return
         if removed:
-            log.info("pruned %d expired delivery ids and finished jobs", removed)
+            log.info("pruned %d expired rows", removed)
+
+
+def _worker_name():
+    return f"{socket.gethostname()}:{os.getpid()}"

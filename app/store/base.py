@@ -32,3 +32,4 @@ class Job:
 class Retention:
     deliveries: float = 7 * DAY
     finished_jobs: float = 7 * DAY
+    sessions: float = 7 * DAY

@@ -266,19 +266,22 @@ class SQLStore(RecordsMixin):
     # -- retention --------------------------------------------------------------------------
 
     def prune(self, retention=DEFAULT_RETENTION):
-        """Delete delivery ids, voice replies and finished jobs older than the retention."""
+        """Delete what has outlived its use: delivery ids with their voice replies and reply
+        outbox rows, finished jobs, and idle agent sessions. Call records, reactions and dead
+        jobs are kept."""
         now = self.clock()
+        deliveries = now - retention.deliveries
+        expired = [
+            ("DELETE FROM deliveries WHERE received_at < ?", deliveries),
+            ("DELETE FROM voice_replies WHERE created_at < ?", deliveries),
+            ("DELETE FROM outbox WHERE created_at < ?", deliveries),
+            ("DELETE FROM jobs WHERE status = 'done' AND updated_at < ?",
+             now - retention.finished_jobs),
+            ("DELETE FROM agent_sessions WHERE updated_at < ?", now - retention.sessions),
+        ]
 
         def prune(cur):
-            cutoff = now - retention.deliveries
-            cur.execute("DELETE FROM deliveries WHERE received_at < ?", (cutoff,))
-            deleted = cur.rowcount
-            cur.execute("DELETE FROM voice_replies WHERE created_at < ?", (cutoff,))
-            cur.execute(
-                "DELETE FROM jobs WHERE status = 'done' AND updated_at < ?",
-                (now - retention.finished_jobs,),
-            )
-            return deleted + cur.rowcount
+            return sum(_rowcount(cur, sql, (cutoff,)) for sql, cutoff in expired)
 
         return self._run(prune)
 

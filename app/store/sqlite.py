@@ -40,7 +40,7 @@ class SQLiteStore(SQLStore):
             check_same_thread=False,
         )
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
@@ -84,3 +84,16 @@ class SQLiteStore(SQLStore):
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+def _enable_wal(conn):
+    """Switch the file to WAL once. The switch needs the file to itself and SQLite does not
+    wait on the busy timeout for it, so workers opening a new file together retry here."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
