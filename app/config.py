@@ -16,6 +16,8 @@ SETTINGS = {
     "AGENTPHONE_DEV": ("0", "1 = development mode: a generated secret is used when none is set."),
     "DATABASE_URL": (None, "sqlite:///file.db, sqlite:////abs/path.db or postgresql://...; "
                            "default: agentphone.db in the instance folder."),
+    "DATABASE_POOL_MAX": ("10", "PostgreSQL connections per process at most (web workers x "
+                                "this must fit the database's connection limit)."),
     "AGENTPHONE_API_KEY": (None, "API key for the AgentPhone REST API (sending texts, CLI)."),
     "AGENTPHONE_API_URL": (DEFAULT_API_URL, "Base URL of the AgentPhone REST API."),
     "VOICE_TIMEOUT": ("30", "Seconds the platform waits for a voice reply (5-120); the final line "
@@ -108,6 +110,7 @@ def from_env(instance_path, require_secret=True):
         "WEBHOOK_SECRETS": webhook_secrets,
         "DATABASE_URL": env("DATABASE_URL")
         or "sqlite:///" + str(Path(instance_path) / "agentphone.db"),
+        "DATABASE_POOL_MAX": _number("DATABASE_POOL_MAX", int, 1, 1000),
         "AGENTPHONE_API_KEY": env("AGENTPHONE_API_KEY"),
         "AGENTPHONE_API_URL": env("AGENTPHONE_API_URL").rstrip("/"),
         "VOICE_TIMEOUT": _number("VOICE_TIMEOUT", float, 5, 120),

@@ -8,6 +8,8 @@ from app import config, create_app
 from app.store.sqlite import path_from_url
 from tests.servers import GUNICORN, ROOT, free_port
 
+pytest_plugins = ["tests.postgres"]  # pg_server, pg_url
+
 
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
@@ -77,3 +79,11 @@ def test_readme_lists_every_setting():
     readme = (ROOT / "README.md").read_text()
     missing = [name for name in config.SETTINGS if f"`{name}`" not in readme]
     assert missing == []
+
+
+def test_pool_limit_reaches_the_postgres_pool(make_app, pg_url):
+    app = make_app(DATABASE_URL=pg_url, DATABASE_POOL_MAX=3)
+    store = app.extensions["store"]
+    assert store.max_size == 3
+    with app.test_client() as client:
+        assert client.get("/healthz").get_json() == {"ok": True, "store": "postgresql"}

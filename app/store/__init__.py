@@ -11,8 +11,9 @@ __all__ = ["Job", "Retention", "StoreUnavailable", "get_store", "init_app", "ope
 log = logging.getLogger(__name__)
 
 
-def open_store(url):
-    """A store for ``url``: ``sqlite:///...`` or ``postgres(ql)://...``."""
+def open_store(url, pool_max=10):
+    """A store for ``url``: ``sqlite:///...`` or ``postgres(ql)://...`` (with at most
+    ``pool_max`` connections per process)."""
     if url.startswith("sqlite:///"):
         from app.store.sqlite import SQLiteStore
 
@@ -20,7 +21,7 @@ def open_store(url):
     if url.startswith(("postgres://", "postgresql://")):
         from app.store.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, max_size=pool_max)
     raise ValueError(
         "DATABASE_URL must start with sqlite:///, postgres:// or postgresql:// "
         f"(got {url.split(':', 1)[0]}:...)"
@@ -32,7 +33,7 @@ def get_store():
 
 
 def init_app(app):
-    store = open_store(app.config["DATABASE_URL"])
+    store = open_store(app.config["DATABASE_URL"], app.config.get("DATABASE_POOL_MAX", 10))
     if "CLOCK" in app.config:
         store.clock = app.config["CLOCK"]
     try:
