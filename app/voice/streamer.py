@@ -71,20 +71,33 @@ def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.mono
 class InlineSource:
     """gevent: the agent runs in the request's own greenlet, interrupted by a timer at the
     deadline or by a watcher on the caller's socket. No second greenlet, task or queue per
-    held call: those were most of a held stream's memory."""
+    held call: those were most of a held stream's memory. For the same reason the timer and
+    the watcher are made once per turn, not per chunk, and only interrupt the greenlet while
+    it is inside the agent (never while it writes a line to the caller)."""
+
+    __slots__ = ("_chunks", "_greenlet", "_in_agent", "_late", "_sock", "_timer", "_watcher")
 
     def __init__(self, agent, turn, sock):
-        import gevent
-
-        self._gevent = gevent
         self._chunks = agent.respond(turn)
         self._sock = sock
-        self._watcher = None
+        self._greenlet = self._timer = self._watcher = None
+        self._in_agent = self._late = False
 
     def next(self, timeout):
-        timer = self._gevent.Timeout(timeout, _Interrupt(_LATE))
-        timer.start()
-        self._watch_hangup()
+        if self._timer is None:
+            import gevent
+
+            self._greenlet = gevent.getcurrent()
+            loop = gevent.get_hub().loop
+            self._timer = loop.timer(timeout)  # what is left of the deadline, for the turn
+            self._timer.start(self._deadline)
+            if self._sock is not None:
+                self._watcher = loop.io(self._sock.fileno(), 1)
+        if self._late:  # the timer went off while a line was being written
+            return _LATE, None
+        if self._watcher is not None:
+            self._watcher.start(self._readable)
+        self._in_agent = True
         try:
             return None, next(self._chunks)
         except StopIteration:
@@ -94,28 +107,25 @@ class InlineSource:
         except Exception as exc:
             return _FAILED, exc
         finally:
-            timer.close()
+            self._in_agent = False
             if self._watcher is not None:
                 self._watcher.stop()
 
-    def _watch_hangup(self):
-        if self._sock is None:
-            return
-        if self._watcher is None:
-            self._watcher = self._gevent.get_hub().loop.io(self._sock.fileno(), 1)
-        me = self._gevent.getcurrent()
+    def _deadline(self):
+        self._late = True
+        if self._in_agent:
+            self._greenlet.throw(_Interrupt(_LATE))
 
-        def readable():
-            self._watcher.stop()  # level-triggered: a pipelined request would spin otherwise
-            if peer_closed(self._sock):
-                me.throw(_Interrupt(_GONE))
-
-        self._watcher.start(readable)
+    def _readable(self):
+        self._watcher.stop()  # level-triggered: a pipelined request would spin otherwise
+        if peer_closed(self._sock):
+            self._greenlet.throw(_Interrupt(_GONE))
 
     def close(self):
         self._chunks.close()
-        if self._watcher is not None:
-            self._watcher.close()
+        for watcher in (self._timer, self._watcher):
+            if watcher is not None:
+                watcher.close()
 
 
 class PumpedSource:

@@ -1,5 +1,6 @@
 """POST /webhook: verify, claim the delivery id, then stream a voice reply or queue a job."""
 
+import functools
 import logging
 import time
 
@@ -9,7 +10,7 @@ from app.agent.base import Turn
 from app.errors import PayloadTooLarge
 from app.store import get_store
 from app.voice.hangup import caller_socket
-from app.voice.ndjson import line
+from app.voice.ndjson import Body, line
 from app.voice.replay import ReplayAgent
 from app.voice.streamer import deadline_for, stream_turn
 from app.webhook import events, signing
@@ -81,10 +82,8 @@ def _voice_turn(event, delivery_id):
     # Claimed here, in the view: Flask tears down the request context before the stream runs.
     if store.claim_delivery(delivery_id, event.event):
         agent = current_app.extensions["agent"]
-
-        def on_final(final):
-            store.save_voice_reply(delivery_id, final)
-
+        # A partial rather than a closure: it lives as long as the held stream, and is smaller.
+        on_final = functools.partial(store.save_voice_reply, delivery_id)
         lines = stream_turn(agent, turn, deadline, on_final, sock)
     else:
         stored = store.voice_reply(delivery_id)
@@ -95,4 +94,5 @@ def _voice_turn(event, delivery_id):
             log.info("delivery %s: duplicate voice turn still running, waiting", delivery_id)
             agent = ReplayAgent(store, delivery_id, deadline)
             lines = stream_turn(agent, turn, deadline, None, sock)
-    return Response(lines, mimetype="application/x-ndjson", headers={"X-Accel-Buffering": "no"})
+    return Response(Body(lines), mimetype="application/x-ndjson",
+                    headers={"X-Accel-Buffering": "no"}, direct_passthrough=True)
