@@ -167,3 +167,18 @@ def test_toolbox_refuses_duplicate_names():
         raise AssertionError("duplicate accepted")
     assert "order_pizza" in box and len(box) == 1
     assert box.specs() == [order_pizza.spec()]
+
+
+def test_bound_tool_is_made_once_per_instance():
+    class Shop:
+        @tool
+        def price(self, item: str) -> int:
+            """The price of an item."""
+            return len(item)
+
+    first, second = Shop(), Shop()
+    assert first.price is first.price  # no new Tool per call: a voice call holds it
+    assert first.price is not second.price
+    assert first.price("abc") == 3 and first.price.name == "price"
+    assert Shop.price.parameters == first.price.parameters
+    assert callable(first.price) and first.price.fn.__self__ is first

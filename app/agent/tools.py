@@ -64,17 +64,25 @@ class Tool:
         self.parameters = parameters or schema_for(params, arg_docs, fn)
         self._bound_to = None
 
-    def __call__(self, *args, **kwargs):
-        return self.fn(*args, **kwargs)
+    # Calling a Tool calls `fn` itself: Python resolves `__call__` through this property to
+    # the wrapped function, one interpreter level instead of a forwarding method's two. Under
+    # gevent every C level is stack that each held call's greenlet saves on every switch.
+    __call__ = property(lambda self: self.fn)
+
+    def __set_name__(self, owner, name):
+        self._attr = name
 
     def __get__(self, obj, owner=None):
-        """``@tool`` on a method: ``instance.method`` is a Tool bound to the instance."""
+        """``@tool`` on a method: ``instance.method`` is a Tool bound to the instance, made
+        once and kept in the instance (which then shadows this descriptor)."""
         if obj is None:
             return self
         bound = object.__new__(Tool)
         bound.__dict__.update(self.__dict__)
         bound.fn = self.fn.__get__(obj, owner)
         bound._bound_to = obj
+        if getattr(self, "_attr", None) and hasattr(obj, "__dict__"):
+            obj.__dict__[self._attr] = bound
         return bound
 
     def __repr__(self):
