@@ -206,3 +206,11 @@ def test_concurrent_copies_through_gunicorn_send_one_text(gunicorn, fake_api):
     assert fake_api.count("POST", "/v1/messages") == 1
     assert fake_api.last("POST", "/v1/messages").body["body"].startswith(
         "You're booked for Saturday at 11 AM, Sam Patel.")
+
+
+def test_one_message_under_two_delivery_ids_is_answered_once(api_app, fake_api):
+    deliver(api_app, sms(messageId="msg_777"), delivery_id="whd_first")
+    deliver(api_app, sms(messageId="msg_777"), delivery_id="whd_second")
+    deliver(api_app, sms(messageId="msg_778"), delivery_id="whd_third")
+    assert run_jobs(api_app) == 3
+    assert fake_api.count("POST", "/v1/messages") == 2

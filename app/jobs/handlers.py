@@ -1,8 +1,9 @@
 """What each background job does. A handler gets the job and raises to ask for a retry.
 
-Replies to texts are sent at most once per delivery. An outbox row keyed by the delivery id
-is written as ``sending`` before ``POST /v1/messages`` and set to ``sent`` after it. A
-retried job (a crash, a lost lease, a later failure) finds the row and does not send again:
+Replies to texts are sent at most once per message. An outbox row keyed by the message id
+(else the delivery id) is written as ``sending`` before ``POST /v1/messages`` and set to
+``sent`` after it. A retried job (a crash, a lost lease, a later failure) finds the row and
+does not send again:
 
 * ``sent``: done before;
 * ``sending``: the previous attempt died between the two writes, so the text may or may
@@ -45,7 +46,7 @@ def text_message(job):
         log.info("job %s: %s message is not inbound, no reply", job.id, event.channel)
         return
     store = get_store()
-    key = job.delivery_id or f"job:{job.id}"
+    key = reply_key(event, job)
     earlier = store.outbox_entry(key)
     if earlier is not None and earlier["status"] != "failed":
         log.warning("job %s: reply for delivery %s already %s, not sending again", job.id, key,
@@ -67,6 +68,15 @@ def text_message(job):
                  turn.caller, event.channel, reply)
         return
     send_once(store, key, event, turn, reply, job)
+
+
+def reply_key(event, job):
+    """What one reply is sent for: the platform's message id when it gives one (the same
+    message delivered under two delivery ids is answered once, SPEC Q37), else the delivery."""
+    message_id = event.data.get("messageId")
+    if isinstance(message_id, str) and message_id:
+        return f"message:{message_id}"
+    return job.delivery_id or f"job:{job.id}"
 
 
 def send_once(store, key, event, turn, reply, job):
