@@ -217,6 +217,19 @@ def py_spy(pids, out_dir, label, rate=200, idle=False):
                 proc.wait(5)
 
 
+def add_common_options(parser):
+    """The options both benchmarks take: which code to serve, on which store, what to log,
+    where to write the results."""
+    parser.add_argument("--log-level", default="INFO", help="LOG_LEVEL of the server")
+    parser.add_argument("--quiet", action="store_true",
+                        help="turn gunicorn's access log off (GUNICORN_ACCESS_LOG=)")
+    parser.add_argument("--rev", help="serve this git revision (exported with git archive), "
+                        "e.g. HEAD, or this directory (a copy with a change), instead of the "
+                        "working tree")
+    parser.add_argument("--database-url", help="e.g. postgresql://... (default: fresh SQLite)")
+    parser.add_argument("--json", type=Path, help="write every run and the summary here")
+
+
 def percentile(sorted_values, q):
     """Nearest-rank percentile of an already sorted list (None when empty)."""
     if not sorted_values:

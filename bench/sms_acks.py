@@ -41,7 +41,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from _server import SECRET, describe_source, gunicorn, median, percentile, py_spy, source_tree
+from _server import (
+    SECRET,
+    add_common_options,
+    describe_source,
+    gunicorn,
+    median,
+    percentile,
+    py_spy,
+    source_tree,
+)
 
 from app.simulator import payload, signed_request
 
@@ -290,14 +299,7 @@ def main(argv=None):
     parser.add_argument("--client", choices=["wrk", "python"],
                         help="load generator (default: wrk when installed)")
     parser.add_argument("--tool-latency", type=float, default=0.5, help="DEMO_TOOL_LATENCY")
-    parser.add_argument("--log-level", default="INFO", help="LOG_LEVEL of the server")
-    parser.add_argument("--quiet", action="store_true",
-                        help="turn gunicorn's access log off (GUNICORN_ACCESS_LOG=)")
-    parser.add_argument("--rev", help="serve this git revision (exported with git archive), "
-                        "e.g. HEAD, or this directory (a copy with a change), instead of the "
-                        "working tree")
-    parser.add_argument("--database-url", help="e.g. postgresql://... (default: fresh SQLite)")
-    parser.add_argument("--json", type=Path, help="write every run and the summary here")
+    add_common_options(parser)
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="record both workers with py-spy during the measured seconds, "
                              "waits included (collapsed stacks in DIR; sampling costs CPU)")

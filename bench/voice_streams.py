@@ -36,6 +36,7 @@ from pathlib import Path
 
 from _server import (
     SECRET,
+    add_common_options,
     describe_source,
     gunicorn,
     median,
@@ -350,14 +351,7 @@ def main(argv=None):
                         help="seconds over which the N turns start (0 = all at once)")
     parser.add_argument("--tool-latency", type=float, default=2.0, help="DEMO_TOOL_LATENCY")
     parser.add_argument("--warmup", type=int, default=50, help="warm-up turns per server")
-    parser.add_argument("--log-level", default="INFO", help="LOG_LEVEL of the server")
-    parser.add_argument("--quiet", action="store_true",
-                        help="turn gunicorn's access log off (GUNICORN_ACCESS_LOG=)")
-    parser.add_argument("--rev", help="serve this git revision (exported with git archive), "
-                        "e.g. HEAD, or this directory (a copy with a change), instead of the "
-                        "working tree")
-    parser.add_argument("--database-url", help="e.g. postgresql://... (default: fresh SQLite)")
-    parser.add_argument("--json", type=Path, help="write every run and the summary here")
+    add_common_options(parser)
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="record the worker with py-spy during the N turns (collapsed "
                              "stacks in DIR; the sampling itself adds latency)")
