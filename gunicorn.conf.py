@@ -35,3 +35,12 @@ def post_worker_init(worker):
     if app.config.get("JOB_RUNNER"):
         app.extensions["job_runner"].start()
 
+
+
+def worker_exit(server, worker):
+    """On a graceful stop (a deploy, SIGTERM) let this worker's running jobs finish for up to
+    JOB_GRACE seconds and hand the rest back to the queue, rather than leave them to wait out
+    their lease."""
+    app = getattr(worker, "wsgi", None)
+    if app is not None and app.config.get("JOB_RUNNER"):
+        app.extensions["job_runner"].stop()

@@ -42,6 +42,8 @@ SETTINGS = {
     "JOB_MAX_ATTEMPTS": ("5", "Attempts before a job is dead-lettered."),
     "JOB_LEASE": ("60", "Seconds a claimed job is reserved for its worker before another may "
                         "take it."),
+    "JOB_GRACE": ("20", "Seconds running jobs get to finish when a process stops, before they "
+                        "are handed back to the queue."),
     "PORT": ("8000", "Port gunicorn binds (0.0.0.0:$PORT)."),
     "WEB_CONCURRENCY": ("2", "gunicorn worker processes."),
     "WORKER_CONNECTIONS": ("4000", "Open connections (held voice streams) per gevent worker."),
@@ -127,5 +129,6 @@ def from_env(instance_path, require_secret=True):
         "JOB_CONCURRENCY": _number("JOB_CONCURRENCY", int, 1, 1000),
         "JOB_MAX_ATTEMPTS": _number("JOB_MAX_ATTEMPTS", int, 1, 100),
         "JOB_LEASE": _number("JOB_LEASE", float, 1, 86400),
+        "JOB_GRACE": _number("JOB_GRACE", float, 0, 3600),
         "LOG_LEVEL": env("LOG_LEVEL").upper(),
     }

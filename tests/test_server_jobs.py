@@ -1,6 +1,7 @@
 """Background jobs through the real gunicorn gevent workers: once-only, durable across crashes."""
 
 import os
+import re
 import signal
 import sqlite3
 import time
@@ -72,3 +73,19 @@ def test_jobs_left_by_a_stopped_server_run_on_the_next_start(gunicorn, tmp_path)
     gunicorn(workers=1)
     wait_until(lambda: jobs(tmp_path) == [(headers["X-Webhook-ID"], "done", 1)])
 
+
+
+@pytest.mark.parametrize(("tool_seconds", "outcome"), [(1.5, ("done", 1)), (30, ("pending", 0))])
+def test_graceful_stop_finishes_or_hands_back_running_jobs(gunicorn, tmp_path, effects_agent,
+                                                           tool_seconds, outcome):
+    server = gunicorn(workers=1, JOB_GRACE=2, TEST_TOOL_SECONDS=tool_seconds,
+                      **effects_agent.env)
+    raw, headers = signed_request(SECRET, payload("sms"))
+    assert requests.post(server.webhook, data=raw, headers=headers, timeout=5).status_code == 200
+    server.wait_for_log(f"test tool started for {headers['X-Webhook-ID']}")
+    server.process.send_signal(signal.SIGTERM)  # a deploy: gunicorn stops gracefully
+    server.process.wait(30)
+    # Finished within the grace, or back in the queue at once with the attempt uncounted;
+    # either way not left "running" to wait out its 60 s lease.
+    assert jobs(tmp_path) == [(headers["X-Webhook-ID"], *outcome)]
+    assert re.search(r"job runner \S+ stopped", server.log())

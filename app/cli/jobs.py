@@ -47,14 +47,16 @@ def retry(job_id):
 
 
 @agentphone.command("worker")
-@click.option("--grace", default=25.0, show_default=True, type=float,
+@click.option("--grace", default=None, type=float,
               help="Seconds running jobs may take to finish after SIGTERM before they are "
-                   "handed back to the queue (Heroku kills 30 s after SIGTERM).")
+                   "handed back to the queue (default: JOB_GRACE, 20; Heroku kills 30 s "
+                   "after SIGTERM).")
 def worker(grace):
     """Run background jobs only (the Procfile's worker process; set JOB_RUNNER=off on the web
     processes). SIGTERM or Ctrl-C: stop claiming, finish or hand back running jobs, exit."""
     runner = current_app.extensions["job_runner"]
-    runner.grace = grace
+    if grace is not None:
+        runner.grace = grace
     previous = {sig: signal.signal(sig, runner.request_stop)
                 for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -10,6 +10,7 @@ def init_app(app):
         concurrency=app.config["JOB_CONCURRENCY"],
         max_attempts=app.config["JOB_MAX_ATTEMPTS"],
         lease=app.config["JOB_LEASE"],
+        grace=app.config["JOB_GRACE"],
     )
     app.extensions["job_runner"] = runner
     if app.config["JOB_RUNNER"]:

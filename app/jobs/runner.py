@@ -49,6 +49,7 @@ class JobRunner:
         self._wake = threading.Event()
         self._pid = None
         self._start_lock = threading.Lock()
+        self._stopped = threading.Event()
 
     @property
     def store(self):
@@ -78,8 +79,17 @@ class JobRunner:
         """A job was queued in this process: look for it now rather than at the next poll."""
         self._wake.set()
 
+    def stop(self):
+        """Stop the loop that ``start()`` began in this process and wait for its shutdown
+        (running jobs finish within ``grace`` or are handed back); False if it overran."""
+        if self._pid != os.getpid():
+            return True
+        self.request_stop()
+        return self._stopped.wait(self.grace + 5)
+
     def run(self):
         """Run until asked to stop; returns the number of jobs handed back at shutdown."""
+        self._stopped.clear()
         log.info("job runner %s started: %d at a time, lease %gs", self.worker,
                  self.concurrency, self.lease)
         finished = threading.Event()
@@ -92,6 +102,7 @@ class JobRunner:
         finally:
             finished.set()
             heartbeat.join(5)
+            self._stopped.set()
 
     def run_pending(self):
         """Run every due job in this thread, one after another; returns how many ran."""
