@@ -230,6 +230,15 @@ def add_common_options(parser):
     parser.add_argument("--json", type=Path, help="write every run and the summary here")
 
 
+def fmt(value, spec=".1f"):
+    return "-" if value is None else format(value, spec)
+
+
+def range_cell(stats, spec=".1f"):
+    """A summary cell: median [min-max] of one figure over the runs."""
+    return f"{fmt(stats['median'], spec)} [{fmt(stats['min'], spec)}-{fmt(stats['max'], spec)}]"
+
+
 def percentile(sorted_values, q):
     """Nearest-rank percentile of an already sorted list (None when empty)."""
     if not sorted_values:

@@ -45,10 +45,12 @@ from _server import (
     SECRET,
     add_common_options,
     describe_source,
+    fmt,
     gunicorn,
     median,
     percentile,
     py_spy,
+    range_cell,
     source_tree,
 )
 
@@ -242,10 +244,6 @@ def one_run(args, runner, run_index, client):
     return row
 
 
-def fmt(value, spec=".1f"):
-    return "-" if value is None else format(value, spec)
-
-
 def print_header():
     print(f"{'runner':>6} {'run':>3} {'acks/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
           f"{'errors':>6} {'dups':>5} {'rows':>7} {'wrk CPU':>7} {'srv CPU':>7} "
@@ -279,8 +277,7 @@ def print_summary(summary):
           f"{'errors':>6}")
     for s in summary:
         def cell(key, spec, s=s):
-            v = s[key]
-            return f"{fmt(v['median'], spec)} [{fmt(v['min'], spec)}-{fmt(v['max'], spec)}]"
+            return range_cell(s[key], spec)
         print(f"{s['job_runner']:>6} {s['runs']:>4}  {cell('acks_per_s', '.0f'):>20}  "
               f"{cell('p50_ms', '.2f'):>18}  {cell('p99_ms', '.2f'):>18}  "
               f"{s['errors']['max']:>6}")

@@ -38,11 +38,13 @@ from _server import (
     SECRET,
     add_common_options,
     describe_source,
+    fmt,
     gunicorn,
     median,
     percentile,
     py_spy,
     raise_fd_limit,
+    range_cell,
     rss_kib,
     source_tree,
 )
@@ -291,10 +293,6 @@ async def one_run(args, n, run_index, database_url):
     }
 
 
-def fmt(value, spec=".1f"):
-    return "-" if value is None else format(value, spec)
-
-
 def print_header():
     print(f"{'N':>5} {'run':>3} {'first p50':>9} {'first p99':>9} {'first max':>9} "
           f"{'final p50':>9} {'final p99':>9} {'err':>4} {'idle MiB':>8} {'held MiB':>8} "
@@ -335,8 +333,7 @@ def print_summary(summary):
           f"{'final p50 ms':>18}  {'final p99 ms':>18}  {'errors':>6}  {'KiB/stream':>18}")
     for s in summary:
         def cell(key, spec=".1f", s=s):
-            v = s[key]
-            return f"{fmt(v['median'], spec)} [{fmt(v['min'], spec)}-{fmt(v['max'], spec)}]"
+            return range_cell(s[key], spec)
         print(f"{s['n']:>5} {s['runs']:>4}  {cell('first_p50_ms'):>18}  {cell('first_p99_ms'):>18}"
               f"  {cell('final_p50_ms', '.0f'):>18}  {cell('final_p99_ms', '.0f'):>18}  "
               f"{s['errors']['max']:>6}  {cell('rss_per_stream_kib'):>18}")
