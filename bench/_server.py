@@ -230,6 +230,18 @@ def add_common_options(parser):
     parser.add_argument("--json", type=Path, help="write every run and the summary here")
 
 
+def write_results(args, source, rows, summary, **config):
+    """With --json: every run, the summary and the settings that produced them."""
+    if not args.json:
+        return
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings.update(config, source=source,
+                    database_url="postgresql" if args.database_url else "sqlite (fresh file)")
+    args.json.write_text(json.dumps({"config": settings, "runs": rows, "summary": summary},
+                                    indent=2))
+
+
 def fmt(value, spec=".1f"):
     return "-" if value is None else format(value, spec)
 

@@ -47,6 +47,7 @@ from _server import (
     range_cell,
     rss_kib,
     source_tree,
+    write_results,
 )
 
 from app.simulator import payload, signed_request
@@ -375,13 +376,7 @@ def main(argv=None):
                 sys.stdout.flush()
     summary = summarize(rows)
     print_summary(summary)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        config["database_url"] = "postgresql" if args.database_url else "sqlite (fresh file)"
-        config["source"] = source
-        args.json.write_text(json.dumps({"config": config, "runs": rows, "summary": summary},
-                                        indent=2))
+    write_results(args, source, rows, summary)
     return 1 if any(r["errors"] for r in rows) else 0
 
 
