@@ -7,7 +7,7 @@ from app import create_app
 from app.simulator import signed_request
 from tests.servers import start_gunicorn
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "agentphone"
+DATA = Path(__file__).resolve().parent / "data"  # platform facts copied as test data
 SECRET = "whsec_test_secret_123"
 NOW = 1_736_942_400
 
@@ -94,9 +94,9 @@ def effects_agent(tmp_path):
 
 @pytest.fixture(scope="session")
 def signature_vectors():
-    return json.loads((SHARED / "signature-vectors.json").read_text())
+    return json.loads((DATA / "signature-vectors.json").read_text())
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir():
-    return SHARED / "fixtures"
+    return DATA / "fixtures"

@@ -14,7 +14,7 @@ from werkzeug.wrappers import Request, Response
 
 from app.agentphone import AgentPhoneClient
 
-SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "agentphone" / "openapi.json"
+SPEC_PATH = Path(__file__).resolve().parent / "data" / "openapi.json"
 API_KEY = "sk_test"
 
 # SPEC 4.2/4.7 document `limit` (default 20, max 100) on these lists, and the official SDKs
