@@ -50,8 +50,10 @@ def build_agent(app):
 
 def init_app(app):
     agent = app.config.get("AGENT")
-    if agent is None and app.config.get("AGENT_FACTORY"):
-        agent = load_factory(app.config["AGENT_FACTORY"])(app)
+    factory = app.config.get("AGENT_FACTORY")
+    if agent is None and factory:
+        # A callable (embedding, tests) or the AGENT setting's module:callable path.
+        agent = (load_factory(factory) if isinstance(factory, str) else factory)(app)
     if agent is None:
         agent = build_agent(app)
     app.extensions["agent"] = agent

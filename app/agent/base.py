@@ -91,6 +91,21 @@ class Agent:
         """Yield ``str`` chunks to speak now, then one ``Reply`` that ends the turn."""
         raise NotImplementedError
 
+    def observe_tools(self, callback):
+        """Report every tool call this agent makes to ``callback(name, arguments, value,
+        error)``: how scenario runs and the ``phone`` test fixture see tool calls.
+
+        Covers the agent's ``@tool`` methods and, when it has one, its ``toolbox``. An agent
+        that calls tools some other way overrides this.
+        """
+        from app.agent.tools import Toolbox, observed, tools_of
+
+        for t in tools_of(self):
+            setattr(self, t._attr, observed(t, callback))
+        box = getattr(self, "toolbox", None)
+        if isinstance(box, Toolbox):
+            box.tools = {name: observed(t, callback) for name, t in box.tools.items()}
+
 
 def _str(value):
     return value if isinstance(value, str) else None

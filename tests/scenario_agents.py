@@ -1,0 +1,44 @@
+"""Agents for the scenario and ``phone`` fixture tests."""
+
+import itertools
+
+from app.agent import Agent, Reply, tool
+
+
+class Flaky(Agent):
+    """Answers "yes" and "no" in turn, process-wide: a scenario run twice passes once."""
+
+    answers = itertools.cycle(["yes", "no"])
+
+    def respond(self, turn):
+        yield Reply(next(self.answers))
+
+
+class Weather(Agent):
+    """Looks up the weather with a tool; says "digits" presses keys."""
+
+    acknowledgement = "Let me look."
+
+    @tool
+    def forecast(self, city: str) -> str:
+        """Tomorrow's weather.
+
+        Args:
+            city: Where.
+        """
+        return f"sunny in {city}"
+
+    def respond(self, turn):
+        if "digits" in turn.text:
+            yield Reply("Pressing one.", digits="1")
+            return
+        yield "Checking the forecast."
+        yield Reply(f"Tomorrow it is {self.forecast(city='Paris')}.")
+
+
+def flaky(app):
+    return Flaky()
+
+
+def weather(app):
+    return Weather()
