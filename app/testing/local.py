@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from app.testing.call import Call, ToolUse
@@ -58,11 +58,17 @@ class MessagesStandIn:
             return list(self.sent.get(number, ()))
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, *args: Any) -> None:  # the conversation or the report says it all
+        pass
+
+
 class _Serving:
     """One WSGI app served on 127.0.0.1 by a background thread."""
 
     def __init__(self, wsgi_app: Callable) -> None:
-        self.server = make_server("127.0.0.1", 0, wsgi_app, threaded=True)
+        self.server = make_server("127.0.0.1", 0, wsgi_app, threaded=True,
+                                  request_handler=_QuietHandler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
                                        daemon=True)
