@@ -151,3 +151,13 @@ turns:
 def test_similarity_is_word_based():
     assert similarity("We open at 9 AM", "we open at 9 am!") == 1.0
     assert similarity("We open at 9 AM", "Closed on Sundays") < 0.3
+
+
+def test_the_readme_scenario_runs(tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Testing an agent the way a caller meets it", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "example.yaml").write_text(example)
+    (tmp_path / "checks.py").write_text((DEMO / "checks.py").read_text())
+    result = invoke(tmp_path / "example.yaml")
+    assert result.exit_code == 0, result.output
