@@ -42,3 +42,24 @@ def flaky(app):
 
 def weather(app):
     return Weather()
+
+
+class Memo(Agent):
+    """Says who it is and what this caller told it last time (kept in the store)."""
+
+    def __init__(self, name, store):
+        self.name, self.store = name, store
+
+    def respond(self, turn):
+        state = self.store.session_state(turn.session_id)
+        heard = state.get("heard")
+        self.store.save_session_state(turn.session_id, {"heard": turn.text})
+        yield Reply(f"{self.name} here; last time you said {heard or 'nothing'}.")
+
+
+def memo_sales(app):
+    return Memo("Sales", app.extensions["store"])
+
+
+def memo_support(app):
+    return Memo("Support", app.extensions["store"])

@@ -44,8 +44,11 @@ class Turn:
 
     @property
     def session_id(self):
-        """What ties turns of one conversation together: the call, else the conversation."""
-        return self.call_id or self.conversation_id or self.caller
+        """What ties turns of one conversation together: the call, else the conversation,
+        else the caller; scoped to the AgentPhone agent, so that agents behind one server
+        never share memory."""
+        base = self.call_id or self.conversation_id or self.caller
+        return f"{self.agent_id}/{base}" if base and self.agent_id else base
 
 
 TRANSFER = "transfer"

@@ -1,5 +1,6 @@
 """`agentphone call` and `agentphone test`: talk to an agent, or play scenario files, through
-the real webhook path (a server started in this process, or a running one with --url)."""
+the real webhook path (a server started in this process, or a running one with --url);
+`agentphone call NUMBER` places a real outbound call through the API instead."""
 
 import os
 import sys
@@ -15,9 +16,9 @@ url_option = click.option(
 secret_option = click.option(
     "--secret", default=None,
     help="Signing secret for --url (default: AGENTPHONE_WEBHOOK_SECRET).")
-agent_option = click.option(
-    "--agent", "agent", default=None,
-    help="module:factory of the agent to serve (default: the AGENT setting, else the "
+factory_option = click.option(
+    "--factory", default=None,
+    help="module:callable making the agent to serve (default: the AGENT setting, else the "
          "built-in one). Ignored with --url.")
 
 
@@ -34,14 +35,14 @@ def _secret(url, secret):
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @url_option
 @secret_option
-@agent_option
+@factory_option
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Also write a JUnit XML report here (for CI).")
 @click.option("--repeat", default=1, show_default=True, type=click.IntRange(1, 1000),
               help="Run each scenario this many times: flakiness and latency percentiles.")
 @click.option("--parallel", default=4, show_default=True, type=click.IntRange(1, 64),
               help="Scenarios run at the same time.")
-def test(paths, url, secret, agent, junit_path, repeat, parallel):
+def test(paths, url, secret, factory, junit_path, repeat, parallel):
     """Play scenario files (YAML) and report every expectation that failed; exit 1 then.
 
     PATHS are files or directories (searched for *.yaml); default: ./scenarios.
@@ -52,7 +53,7 @@ def test(paths, url, secret, agent, junit_path, repeat, parallel):
         scenarios = scenario.discover(list(paths) or [Path("scenarios")])
     except scenario.ScenarioError as exc:
         raise click.UsageError(str(exc)) from exc
-    runs = runner.run_all(scenarios, url=url, secret=_secret(url, secret), agent=agent,
+    runs = runner.run_all(scenarios, url=url, secret=_secret(url, secret), agent=factory,
                           parallel=parallel, repeat=repeat)
     click.echo(report.text(runs, color=sys.stdout.isatty()), nl=False)
     if junit_path is not None:
@@ -66,24 +67,40 @@ HELP = ("Type what the caller says. /sms texts instead, /voice talks again, /ret
 
 
 @agentphone.command("call", with_appcontext=False)
+@click.argument("number", required=False)
 @url_option
 @secret_option
-@agent_option
+@factory_option
+@click.option("--agent", "--agent-id", "agent_id", default="agt_demo", show_default=True,
+              help="The AgentPhone agent id: it picks the agent behind a server with AGENTS, "
+                   "and places the call with NUMBER.")
 @click.option("--caller", default="+15559876543", show_default=True,
-              help="The caller's number.")
+              help="The caller's number (an interactive call).")
 @click.option("--sms", "start_texting", is_flag=True, help="Start by texting instead.")
-def call(url, secret, agent, caller, start_texting):
-    """An interactive call in the terminal: every reply line with its time in ms."""
+@click.option("--greeting", default=None, help="With NUMBER: what the agent says on answer.")
+@click.option("--from-number-id", default=None, help="With NUMBER: the agent's number to use.")
+@click.pass_context
+def call(ctx, number, url, secret, factory, agent_id, caller, start_texting, greeting,
+         from_number_id):
+    """An interactive call in the terminal: every reply line with its time in ms.
+
+    With NUMBER (E.164), place a real outbound call from agent --agent instead, for
+    reminders and call-backs; its turns then come to this server's webhook.
+    """
+    if number is not None:
+        _place_call(ctx, number, agent_id, greeting, from_number_id)
+        return
     from app.testing.call import Call
     from app.testing.local import LocalServer
 
     server = None
     if url is None:
-        server = LocalServer(agent=agent)
-        conversation = server.call(caller=caller, on_line=_show_line)
-        where = f"local server ({type(server.agent).__name__})"
+        server = LocalServer(agent=factory)
+        conversation = server.call(caller=caller, agent_id=agent_id, on_line=_show_line)
+        where = f"local server ({type(server.agent_for(agent_id)).__name__})"
     else:
-        conversation = Call(url, _secret(url, secret), caller=caller, on_line=_show_line)
+        conversation = Call(url, _secret(url, secret), caller=caller, agent_id=agent_id,
+                            on_line=_show_line)
         where = url
     if start_texting:
         conversation.channel = "sms"
@@ -95,6 +112,23 @@ def call(url, secret, agent, caller, start_texting):
         conversation.close()
         if server is not None:
             server.close()
+
+
+def _place_call(ctx, number, agent_id, greeting, from_number_id):
+    from flask.cli import ScriptInfo
+
+    from app.agentphone import AgentPhoneError, client_from_app
+    from app.cli.api import APICommandError
+
+    app = ctx.ensure_object(ScriptInfo).load_app()
+    try:
+        with client_from_app(app) as client:
+            placed = client.create_call(agent_id, number, initial_greeting=greeting,
+                                        from_number_id=from_number_id)
+    except AgentPhoneError as error:
+        raise APICommandError(error) from error
+    click.echo(f"calling {placed.to_number or number} from {placed.from_number or agent_id}: "
+               f"{placed.id} ({placed.status})")
 
 
 def _converse(conversation):

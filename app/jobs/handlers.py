@@ -21,6 +21,7 @@ import requests
 from flask import current_app
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
+from app.agent import get_agent
 from app.agent.base import Reply, Turn
 from app.store import get_store
 from app.webhook import events
@@ -53,7 +54,7 @@ def text_message(job):
                     earlier["status"])
         return
     turn = Turn.from_event(event, job.delivery_id)
-    reply = collect_text(current_app.extensions["agent"], turn)
+    reply = collect_text(get_agent(turn.agent_id), turn)
     if not reply:
         log.info("job %s: the agent had nothing to say to %s", job.id, turn.caller)
         return

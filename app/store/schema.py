@@ -147,6 +147,19 @@ MIGRATIONS = [
         VALUES ('monday', '09:00', 'Maria Garcia', '+15550002222', 'booked', 0, 0)
         ON CONFLICT DO NOTHING
     """,
+    # 3: webhook signing secrets the CLI stored (`agentphone webhook set|rotate`): several
+    # per account or agent while a rotated one is in its grace period.
+    """
+    CREATE TABLE IF NOT EXISTS webhook_secrets (
+        secret TEXT PRIMARY KEY,
+        scope TEXT NOT NULL,
+        webhook_id TEXT,
+        url TEXT,
+        created_at {real} NOT NULL,
+        expires_at {real}
+    );
+    CREATE INDEX IF NOT EXISTS webhook_secrets_scope ON webhook_secrets (scope)
+    """,
 ]
 
 

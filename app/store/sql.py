@@ -12,6 +12,7 @@ import time
 from app.store.base import Job, Retention, StoreUnavailable
 from app.store.records import RecordsMixin
 from app.store.schema import MIGRATIONS, statements
+from app.store.secrets import SecretsMixin
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ JOB_COLUMNS = (
 )
 
 
-class SQLStore(RecordsMixin):
+class SQLStore(RecordsMixin, SecretsMixin):
     """Shared implementation; subclasses define `backend`, `types`, `lock_clause`, `_connection`,
     `_cursor(transaction)` and `errors` (the driver's base exception classes)."""
 
@@ -267,8 +268,8 @@ class SQLStore(RecordsMixin):
 
     def prune(self, retention=DEFAULT_RETENTION):
         """Delete what has outlived its use: delivery ids with their voice replies and reply
-        outbox rows, finished jobs, and idle agent sessions. Call records, reactions and dead
-        jobs are kept."""
+        outbox rows, finished jobs, idle agent sessions and long-expired webhook secrets.
+        Call records, reactions and dead jobs are kept."""
         now = self.clock()
         deliveries = now - retention.deliveries
         expired = [
@@ -278,6 +279,7 @@ class SQLStore(RecordsMixin):
             ("DELETE FROM jobs WHERE status = 'done' AND updated_at < ?",
              now - retention.finished_jobs),
             ("DELETE FROM agent_sessions WHERE updated_at < ?", now - retention.sessions),
+            ("DELETE FROM webhook_secrets WHERE expires_at < ?", deliveries),
         ]
 
         def prune(cur):

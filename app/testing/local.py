@@ -115,7 +115,8 @@ class LocalServer:
         try:
             self.app = create_app(settings)
             self.agent = self.app.extensions["agent"]
-            self.agent.observe_tools(self._tool_called)
+            for served in (self.agent, *self.app.extensions["agents"].values()):
+                served.observe_tools(self._tool_called)
             self._web = _Serving(self.app)
         except BaseException:
             self._platform.close()
@@ -134,6 +135,10 @@ class LocalServer:
         call.server = self
         self._calls.append(call)
         return call
+
+    def agent_for(self, agent_id: str | None) -> Any:
+        """The agent that answers deliveries for ``agent_id`` on this server."""
+        return self.app.extensions["agents"].get(agent_id) or self.agent
 
     @property
     def store(self) -> Any:

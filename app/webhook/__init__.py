@@ -1,7 +1,32 @@
 """The webhook blueprint: every AgentPhone delivery arrives at POST /webhook."""
 
+import logging
+import time
+
+import click
+
+from app.config import REFUSAL_WITHOUT_KEY, ConfigError
+from app.store import StoreUnavailable
+from app.webhook.secrets import SecretSource
 from app.webhook.views import bp
+
+log = logging.getLogger(__name__)
 
 
 def init_app(app):
+    """Register the blueprint and its secrets; a server refuses to start with no secret."""
+    store = app.extensions["store"]
+    source = SecretSource(app.config["WEBHOOK_SECRETS"], store.webhook_secrets,
+                          clock=app.config.get("CLOCK", time.time))
+    app.extensions["webhook_secrets"] = source
+    # Commands may run without one: `agentphone webhook set` is what stores the first.
+    if not source.static and click.get_current_context(silent=True) is None:
+        try:
+            stored = store.webhook_secrets()
+        except StoreUnavailable as exc:
+            # The database may be restarting: boot, and answer 503 until it is readable.
+            log.error("no configured webhook secret and the store is unavailable: %s", exc)
+        else:
+            if not stored:
+                raise ConfigError(REFUSAL_WITHOUT_KEY)
     app.register_blueprint(bp)

@@ -6,6 +6,7 @@ import time
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from app.agent import get_agent
 from app.agent.base import Turn
 from app.errors import PayloadTooLarge
 from app.store import get_store
@@ -21,17 +22,21 @@ bp = Blueprint("webhook", __name__)
 
 @bp.before_request
 def verify_signature():
-    """Fail closed: nothing below runs unless the body is signed with a configured secret."""
+    """Fail closed: nothing below runs unless the body is signed with a valid secret."""
     body = _raw_body()
     clock = current_app.config.get("CLOCK", time.time)
+    secrets = current_app.extensions["webhook_secrets"]
+    check = functools.partial(
+        signing.verify, signature=request.headers.get("X-Webhook-Signature"),
+        timestamp=request.headers.get("X-Webhook-Timestamp"), body=body, now=clock())
     try:
-        signing.verify(
-            current_app.config["WEBHOOK_SECRETS"],
-            request.headers.get("X-Webhook-Signature"),
-            request.headers.get("X-Webhook-Timestamp"),
-            body,
-            now=clock(),
-        )
+        try:
+            check(secrets.current())
+        except signing.InvalidSignature:
+            # Perhaps signed with a secret stored a moment ago by `webhook set|rotate`.
+            if not secrets.reload_after_miss():
+                raise
+            check(secrets.current())
     except signing.Unauthorized as exc:
         log.warning("rejected delivery from %s: %s", request.remote_addr, exc.code)
         raise
@@ -81,7 +86,7 @@ def _voice_turn(event, delivery_id):
     sock = caller_socket(request.environ)
     # Claimed here, in the view: Flask tears down the request context before the stream runs.
     if store.claim_delivery(delivery_id, event.event):
-        agent = current_app.extensions["agent"]
+        agent = get_agent(turn.agent_id)
         # A partial rather than a closure: it lives as long as the held stream, and is smaller.
         on_final = functools.partial(store.save_voice_reply, delivery_id)
         lines = stream_turn(agent, turn, deadline, on_final, sock)
