@@ -1,11 +1,8 @@
 """Application factory: AgentPhone webhook backend."""
 
-import logging
-import sys
-
 from flask import Flask
 
-from app import config, errors
+from app import config, errors, logs
 
 
 def create_app(test_config=None):
@@ -16,33 +13,23 @@ def create_app(test_config=None):
     config.load_dotenv_file()
     app.config.update(config.from_env(app.instance_path, require_secret=test_config is None))
     app.config.update(test_config or {})
-    _configure_logging(app.config.get("LOG_LEVEL", "INFO"))
+    logs.configure(app.config.get("LOG_LEVEL", "INFO"), app.config.get("LOG_FORMAT", "text"))
     if app.config.get("DEV_MODE"):
         app.logger.warning(
             "development mode: webhook URL http://127.0.0.1:%s/webhook, secret %s",
             config.env("PORT"), app.config["WEBHOOK_SECRETS"][0],
         )
 
-    from app import agent, health, jobs, store, webhook
+    from app import agent, health, jobs, metrics, store, webhook
     from app import cli as cli_commands
 
+    app.before_request(logs.clear)  # a kept-alive connection's next request starts afresh
     errors.init_app(app)
     store.init_app(app)
     agent.init_app(app)
     jobs.init_app(app)
     webhook.init_app(app)
     health.init_app(app)
+    metrics.init_app(app)
     cli_commands.init_app(app)
     return app
-
-
-def _configure_logging(level):
-    root = logging.getLogger()
-    if not any(getattr(h, "_agentphone", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-        )
-        handler._agentphone = True
-        root.addHandler(handler)
-    root.setLevel(level)

@@ -54,6 +54,12 @@ SETTINGS = {
     "WEB_CONCURRENCY": ("2", "gunicorn worker processes."),
     "WORKER_CONNECTIONS": ("4000", "Open connections (held voice streams) per gevent worker."),
     "LOG_LEVEL": ("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR)."),
+    "LOG_FORMAT": ("text", "text (for people) or json (one object per line, for a log "
+                           "pipeline; recommended in production)."),
+    "METRICS_TOKEN": (None, "When set, GET /metrics needs Authorization: Bearer <token>."),
+    "PROMETHEUS_MULTIPROC_DIR": (None, "Where every process writes its metrics for /metrics to "
+                                       "add up; default: prometheus/ in the instance folder, "
+                                       "emptied when gunicorn starts."),
     "SECRET_GRACE": ("86400", "Seconds a webhook secret stays valid after `agentphone webhook "
                               "rotate|set` replaced it (the platform retries for about a day)."),
 }
@@ -121,6 +127,13 @@ def _agents_file(path):
     return dict(table)
 
 
+def _choice(name, allowed):
+    value = env(name).lower()
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} must be one of {', '.join(allowed)}")
+    return value
+
+
 def _number(name, kind, low, high):
     raw = env(name)
     try:
@@ -175,5 +188,7 @@ def from_env(instance_path, require_secret=True):
         "JOB_LEASE": _number("JOB_LEASE", float, 1, 86400),
         "JOB_GRACE": _number("JOB_GRACE", float, 0, 3600),
         "LOG_LEVEL": env("LOG_LEVEL").upper(),
+        "LOG_FORMAT": _choice("LOG_FORMAT", ("text", "json")),
+        "METRICS_TOKEN": env("METRICS_TOKEN"),
         "SECRET_GRACE": _number("SECRET_GRACE", float, 0, 30 * 86400),
     }

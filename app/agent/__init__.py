@@ -12,6 +12,7 @@ import importlib
 
 from flask import current_app
 
+from app import metrics
 from app.agent.base import TRANSFER, Agent, Reply, Turn
 from app.agent.demo import Receptionist
 from app.agent.tools import (
@@ -74,3 +75,5 @@ def init_app(app):
         agent_id: _made(factory, app)
         for agent_id, factory in (app.config.get("AGENT_FACTORIES") or {}).items()
     }
+    for served in (agent, *app.extensions["agents"].values()):
+        served.observe_tools(metrics.tool_called)

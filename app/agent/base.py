@@ -96,7 +96,8 @@ class Agent:
 
     def observe_tools(self, callback):
         """Report every tool call this agent makes to ``callback(name, arguments, value,
-        error)``: how scenario runs and the ``phone`` test fixture see tool calls.
+        error, seconds)``: how the metrics, scenario runs and the ``phone`` test fixture
+        see tool calls.
 
         Covers the agent's ``@tool`` methods and, when it has one, its ``toolbox``. An agent
         that calls tools some other way overrides this.

@@ -131,7 +131,8 @@ def tool(fn=None, *, name=None, description=None, parameters=None, timeout=None)
 
 def observed(t, callback):
     """A copy of Tool ``t`` that reports each call: ``callback(name, arguments, value,
-    error)`` after it returns or raises (``arguments`` without the injected ``turn``)."""
+    error, seconds)`` after it returns or raises (``arguments`` without the injected
+    ``turn``)."""
     fn = t.fn
     signature = inspect.signature(fn)
 
@@ -143,12 +144,13 @@ def observed(t, callback):
             arguments = dict(kwargs)
         for name in INJECTED:
             arguments.pop(name, None)
+        started = time.monotonic()
         try:
             value = fn(*args, **kwargs)
         except BaseException as exc:
-            callback(t.name, arguments, None, exc)
+            callback(t.name, arguments, None, exc, time.monotonic() - started)
             raise
-        callback(t.name, arguments, value, None)
+        callback(t.name, arguments, value, None, time.monotonic() - started)
         return value
 
     copy = object.__new__(Tool)

@@ -39,6 +39,7 @@ from app.agentphone.pagination import (
     walk_offset,
 )
 from app.agentphone.sse import parse_sse, transcript_event
+from app.metrics import API_REQUESTS, endpoint
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +99,16 @@ class AgentPhoneClient:
         """Send one call (retries included) and return the response, or raise AgentPhoneError."""
         url = self.base_url + path
         kwargs.setdefault("timeout", self.timeout)
+        where = endpoint(path)
         try:
             with transport.call_deadline(self.budget):
                 response = self._session.request(
                     method, url, params=_drop_none(params or {}), json=json, **kwargs
                 )
         except requests.RequestException as exc:
+            API_REQUESTS.labels(method, where, "error").inc()
             raise APIConnectionError(f"{method} {path} failed: {exc}") from exc
+        API_REQUESTS.labels(method, where, str(response.status_code)).inc()
         if response.status_code >= 300:
             try:
                 raise error_from_response(response.status_code, response.text, response.headers,

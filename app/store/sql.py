@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 
+from app.metrics import STORE_SECONDS
 from app.store.base import Job, Retention, StoreUnavailable
 from app.store.records import RecordsMixin
 from app.store.schema import MIGRATIONS, statements
@@ -49,11 +50,14 @@ class SQLStore(RecordsMixin, SecretsMixin):
         return self._execute(fn, transaction)
 
     def _execute(self, fn, transaction):
+        started = time.perf_counter()
         try:
             with self._cursor(transaction) as cur:
                 return fn(cur)
         except self.errors as exc:
             raise StoreUnavailable(f"{self.backend} store error: {exc}") from exc
+        finally:
+            STORE_SECONDS.observe(time.perf_counter() - started)
 
     def _one(self, sql, params=()):
         """One autocommit statement; its first row (the statement must return rows)."""
@@ -257,6 +261,19 @@ class SQLStore(RecordsMixin, SecretsMixin):
                 )
             ]
         )
+
+    def open_job_counts(self):
+        """``(kind, status, count)`` of every job not yet done, for the metrics."""
+        return self._run(lambda cur: _fetchall(
+            cur, "SELECT kind, status, COUNT(*) FROM jobs WHERE status <> 'done' "
+            "GROUP BY kind, status"), transaction=False)
+
+    def unsure_reply_count(self, older_than=300.0):
+        """Replies that may or may not have gone out: the API did not answer (``unknown``),
+        or a send began ``older_than`` seconds ago and never finished (``sending``)."""
+        cutoff = self.clock() - older_than
+        return self._one("SELECT COUNT(*) FROM outbox WHERE status = 'unknown' OR "
+                         "(status = 'sending' AND updated_at < ?)", (cutoff,))[0]
 
     def job_counts(self):
         rows = self._run(

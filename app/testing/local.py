@@ -162,7 +162,7 @@ class LocalServer:
         self.close()
 
     def _tool_called(self, name: str, arguments: dict, value: Any,
-                     error: BaseException | None) -> None:
+                     error: BaseException | None, seconds: float) -> None:
         self.tool_log.append(ToolUse(name, _plain(arguments), _plain(value),
                                      None if error is None else f"{type(error).__name__}: {error}"))
 

@@ -6,6 +6,7 @@ import queue
 import time
 
 from app.agent.base import Agent, Reply
+from app.metrics import FINAL_LINE, FIRST_LINE, IN_FLIGHT, VOICE_OUTCOMES
 from app.tasks import gevent_active, spawn
 from app.voice.hangup import peer_closed
 from app.voice.ndjson import interim, line
@@ -29,13 +30,20 @@ def deadline_for(voice_timeout):
     return max(voice_timeout - 5.0, voice_timeout * 0.8)
 
 
-def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.monotonic):
+def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.monotonic,
+                arrived=None):
     """Yield the NDJSON lines of one turn. ``on_final(line_dict)`` records the final line;
-    ``sock`` is the caller's connection, watched so that a hang-up cancels the work."""
+    ``sock`` is the caller's connection, watched so that a hang-up cancels the work;
+    ``arrived`` (``clock()`` when the request came in) starts the latency metrics."""
     started = clock()
+    arrived = started if arrived is None else arrived
     source = final = None
+    outcome = "answered"
+    IN_FLIGHT.inc()
     try:
         yield interim(_acknowledgement(agent, turn))
+        # The generator resumes once the server has handed that line to the socket.
+        FIRST_LINE.observe(clock() - arrived)
         source = (InlineSource if gevent_active() else PumpedSource)(agent, turn, sock)
         while final is None:
             remaining = started + deadline - clock()
@@ -45,16 +53,16 @@ def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.mono
             if kind is _LATE:
                 log.warning("voice turn %s: no reply after %.1fs, sending fallback",
                             turn.delivery_id, deadline)
-                final = Reply(LATE_TEXT)
+                final, outcome = Reply(LATE_TEXT), "deadline"
             elif kind is _GONE:
                 log.info("voice turn %s: caller disconnected, work cancelled", turn.delivery_id)
                 return
             elif kind is _FAILED:
                 log.error("voice turn %s: agent failed", turn.delivery_id, exc_info=chunk)
-                final = Reply(ERROR_TEXT)
+                final, outcome = Reply(ERROR_TEXT), "agent_error"
             elif kind is _ENDED:
                 log.error("voice turn %s: agent ended without a final Reply", turn.delivery_id)
-                final = Reply(ERROR_TEXT)
+                final, outcome = Reply(ERROR_TEXT), "agent_error"
             elif isinstance(chunk, Reply):
                 final = chunk
             elif isinstance(chunk, str) and chunk.strip():
@@ -64,8 +72,16 @@ def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.mono
             source.close()
         # Also when the stream is closed early, so that a retry replays at once.
         _record(on_final, final or Reply(LATE_TEXT), turn)
+        if final is None:  # the caller hung up, or the connection closed under us
+            IN_FLIGHT.dec()
+            VOICE_OUTCOMES.labels("hangup").inc()
     log.info("voice turn %s answered in %.0f ms", turn.delivery_id, (clock() - started) * 1000)
-    yield line(final.to_line())
+    try:
+        yield line(final.to_line())
+        FINAL_LINE.observe(clock() - arrived)
+    finally:
+        IN_FLIGHT.dec()
+        VOICE_OUTCOMES.labels(outcome).inc()
 
 
 class InlineSource:

@@ -6,9 +6,11 @@ import time
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from app import logs
 from app.agent import get_agent
 from app.agent.base import Turn
 from app.errors import PayloadTooLarge
+from app.metrics import DELIVERIES
 from app.store import get_store
 from app.voice.hangup import caller_socket
 from app.voice.ndjson import Body, line
@@ -23,6 +25,7 @@ bp = Blueprint("webhook", __name__)
 @bp.before_request
 def verify_signature():
     """Fail closed: nothing below runs unless the body is signed with a valid secret."""
+    g.arrived = time.monotonic()
     body = _raw_body()
     clock = current_app.config.get("CLOCK", time.time)
     secrets = current_app.extensions["webhook_secrets"]
@@ -41,7 +44,15 @@ def verify_signature():
         log.warning("rejected delivery from %s: %s", request.remote_addr, exc.code)
         raise
     g.delivery_id = events.delivery_id(request.headers.get("X-Webhook-ID"), body)
+    logs.bind(delivery_id=g.delivery_id)
     g.event = events.parse(body)
+    data = g.event.data
+    logs.bind(event=g.event.event, channel=g.event.channel, agent_id=g.event.agent_id,
+              call_id=_text(data.get("callId")), conversation_id=_text(data.get("conversationId")))
+
+
+def _text(value):
+    return value if isinstance(value, str) else None
 
 
 def _raw_body():
@@ -65,14 +76,27 @@ def receive():
     if kind is None:
         log.info("delivery %s: ignored unknown event %r (channel %r)",
                  delivery_id, event.event, event.channel)
+        g.outcome = "ignored"
         return _ack()
     payload = request.get_data(as_text=True)
     if get_store().claim_with_job(delivery_id, event.event, kind, payload):
         log.info("delivery %s: %s queued as %s job", delivery_id, event.event, kind)
         current_app.extensions["job_runner"].wake()
+        g.outcome = "accepted"
     else:
         log.info("delivery %s: duplicate %s ignored", delivery_id, event.event)
+        g.outcome = "duplicate"
     return _ack()
+
+
+@bp.after_request
+def count_delivery(response):
+    """One count per delivery: its event, channel and outcome (a refusal's HTTP status)."""
+    event = g.get("event")
+    name = event.event if event is not None and event.event in events.KNOWN_EVENTS else "other"
+    channel = event.channel if event is not None and event.channel in events.CHANNELS else "none"
+    DELIVERIES.labels(name, channel, g.get("outcome") or str(response.status_code)).inc()
+    return response
 
 
 def _ack():
@@ -86,11 +110,13 @@ def _voice_turn(event, delivery_id):
     sock = caller_socket(request.environ)
     # Claimed here, in the view: Flask tears down the request context before the stream runs.
     if store.claim_delivery(delivery_id, event.event):
+        g.outcome = "accepted"
         agent = get_agent(turn.agent_id)
         # A partial rather than a closure: it lives as long as the held stream, and is smaller.
         on_final = functools.partial(store.save_voice_reply, delivery_id)
-        lines = stream_turn(agent, turn, deadline, on_final, sock)
+        lines = stream_turn(agent, turn, deadline, on_final, sock, arrived=g.arrived)
     else:
+        g.outcome = "duplicate"
         stored = store.voice_reply(delivery_id)
         if stored is not None:
             log.info("delivery %s: duplicate voice turn, replaying stored reply", delivery_id)
