@@ -20,7 +20,7 @@ def create_app(test_config=None):
             config.env("PORT"), app.config["WEBHOOK_SECRETS"][0],
         )
 
-    from app import agent, health, jobs, metrics, store, webhook
+    from app import agent, console, health, jobs, metrics, store, webhook
     from app import cli as cli_commands
 
     app.before_request(logs.clear)  # a kept-alive connection's next request starts afresh
@@ -31,5 +31,6 @@ def create_app(test_config=None):
     webhook.init_app(app)
     health.init_app(app)
     metrics.init_app(app)
+    console.init_app(app)
     cli_commands.init_app(app)
     return app

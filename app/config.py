@@ -56,6 +56,8 @@ SETTINGS = {
     "LOG_LEVEL": ("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR)."),
     "LOG_FORMAT": ("text", "text (for people) or json (one object per line, for a log "
                            "pipeline; recommended in production)."),
+    "CONSOLE_PASSWORD": (None, "Turns the operator console at /console on, behind this "
+                               "password (in development mode it is on without one)."),
     "METRICS_TOKEN": (None, "When set, GET /metrics needs Authorization: Bearer <token>."),
     "PROMETHEUS_MULTIPROC_DIR": (None, "Where every process writes its metrics for /metrics to "
                                        "add up; default: prometheus/ in the instance folder, "
@@ -190,5 +192,6 @@ def from_env(instance_path, require_secret=True):
         "LOG_LEVEL": env("LOG_LEVEL").upper(),
         "LOG_FORMAT": _choice("LOG_FORMAT", ("text", "json")),
         "METRICS_TOKEN": env("METRICS_TOKEN"),
+        "CONSOLE_PASSWORD": env("CONSOLE_PASSWORD"),
         "SECRET_GRACE": _number("SECRET_GRACE", float, 0, 30 * 86400),
     }

@@ -401,14 +401,16 @@ def _arrived_chunks(raw, size=65536):
         yield chunk
 
 
-def from_config(config):
-    """A client from a mapping with AGENTPHONE_API_KEY and (optionally) AGENTPHONE_API_URL."""
+def from_config(config, **options):
+    """A client from a mapping with AGENTPHONE_API_KEY and (optionally) AGENTPHONE_API_URL;
+    ``options`` are AgentPhoneClient's (timeouts, retries)."""
     return AgentPhoneClient(
         config.get("AGENTPHONE_API_KEY"),
         base_url=config.get("AGENTPHONE_API_URL") or DEFAULT_BASE_URL,
+        **options,
     )
 
 
-def client_from_app(app):
+def client_from_app(app, **options):
     """A client configured from a Flask app's config."""
-    return from_config(app.config)
+    return from_config(app.config, **options)

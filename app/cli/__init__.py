@@ -7,6 +7,6 @@ agentphone = AppGroup("agentphone", help="AgentPhone backend tools: simulator, A
 
 def init_app(app):
     # Imported here so each module can register its commands on the group.
-    from app.cli import api, jobs, simulate, testing  # noqa: F401
+    from app.cli import api, jobs, simulate, testing, top  # noqa: F401
 
     app.cli.add_command(agentphone)

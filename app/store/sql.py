@@ -11,6 +11,7 @@ import time
 
 from app.metrics import STORE_SECONDS
 from app.store.base import Job, Retention, StoreUnavailable
+from app.store.console import ConsoleMixin
 from app.store.records import RecordsMixin
 from app.store.schema import MIGRATIONS, statements
 from app.store.secrets import SecretsMixin
@@ -25,7 +26,7 @@ JOB_COLUMNS = (
 )
 
 
-class SQLStore(RecordsMixin, SecretsMixin):
+class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
     """Shared implementation; subclasses define `backend`, `types`, `lock_clause`, `_connection`,
     `_cursor(transaction)` and `errors` (the driver's base exception classes)."""
 
@@ -285,7 +286,7 @@ class SQLStore(RecordsMixin, SecretsMixin):
 
     def prune(self, retention=DEFAULT_RETENTION):
         """Delete what has outlived its use: delivery ids with their voice replies and reply
-        outbox rows, finished jobs, idle agent sessions and long-expired webhook secrets.
+        outbox rows and log, finished jobs, idle agent sessions and expired webhook secrets.
         Call records, reactions and dead jobs are kept."""
         now = self.clock()
         deliveries = now - retention.deliveries
@@ -297,10 +298,16 @@ class SQLStore(RecordsMixin, SecretsMixin):
              now - retention.finished_jobs),
             ("DELETE FROM agent_sessions WHERE updated_at < ?", now - retention.sessions),
             ("DELETE FROM webhook_secrets WHERE expires_at < ?", deliveries),
+            ("DELETE FROM delivery_log WHERE received_at < ?", deliveries),
+            # Bounded by count too: at thousands of deliveries a second a week is too many.
+            ("DELETE FROM delivery_log WHERE received_at < (SELECT received_at FROM "
+             f"delivery_log ORDER BY received_at DESC LIMIT 1 OFFSET {retention.log_rows})",
+             None),
         ]
 
         def prune(cur):
-            return sum(_rowcount(cur, sql, (cutoff,)) for sql, cutoff in expired)
+            return sum(_rowcount(cur, sql, () if cutoff is None else (cutoff,))
+                       for sql, cutoff in expired)
 
         return self._run(prune)
 

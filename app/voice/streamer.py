@@ -31,19 +31,22 @@ def deadline_for(voice_timeout):
 
 
 def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.monotonic,
-                arrived=None):
+                arrived=None, report=None):
     """Yield the NDJSON lines of one turn. ``on_final(line_dict)`` records the final line;
     ``sock`` is the caller's connection, watched so that a hang-up cancels the work;
-    ``arrived`` (``clock()`` when the request came in) starts the latency metrics."""
+    ``arrived`` (``clock()`` when the request came in) starts the latency figures, which
+    ``report(outcome, first_line_seconds, final_line_seconds, final_text)`` receives at the
+    end."""
     started = clock()
     arrived = started if arrived is None else arrived
-    source = final = None
+    source = final = first = None
     outcome = "answered"
     IN_FLIGHT.inc()
     try:
         yield interim(_acknowledgement(agent, turn))
         # The generator resumes once the server has handed that line to the socket.
-        FIRST_LINE.observe(clock() - arrived)
+        first = clock() - arrived
+        FIRST_LINE.observe(first)
         source = (InlineSource if gevent_active() else PumpedSource)(agent, turn, sock)
         while final is None:
             remaining = started + deadline - clock()
@@ -73,15 +76,22 @@ def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.mono
         # Also when the stream is closed early, so that a retry replays at once.
         _record(on_final, final or Reply(LATE_TEXT), turn)
         if final is None:  # the caller hung up, or the connection closed under us
-            IN_FLIGHT.dec()
-            VOICE_OUTCOMES.labels("hangup").inc()
+            _ended(report, "hangup", first, None, None)
     log.info("voice turn %s answered in %.0f ms", turn.delivery_id, (clock() - started) * 1000)
+    done = None
     try:
         yield line(final.to_line())
-        FINAL_LINE.observe(clock() - arrived)
+        done = clock() - arrived
+        FINAL_LINE.observe(done)
     finally:
-        IN_FLIGHT.dec()
-        VOICE_OUTCOMES.labels(outcome).inc()
+        _ended(report, outcome, first, done, final.text)
+
+
+def _ended(report, outcome, first, final, text):
+    IN_FLIGHT.dec()
+    VOICE_OUTCOMES.labels(outcome).inc()
+    if report is not None:
+        report(outcome, first, final, text)
 
 
 class InlineSource:

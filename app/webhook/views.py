@@ -9,9 +9,11 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from app import logs
 from app.agent import get_agent
 from app.agent.base import Turn
+from app.console.journal import JOURNAL
 from app.errors import PayloadTooLarge
 from app.metrics import DELIVERIES
 from app.store import get_store
+from app.store.console import IN_FLIGHT
 from app.voice.hangup import caller_socket
 from app.voice.ndjson import Body, line
 from app.voice.replay import ReplayAgent
@@ -95,8 +97,25 @@ def count_delivery(response):
     event = g.get("event")
     name = event.event if event is not None and event.event in events.KNOWN_EVENTS else "other"
     channel = event.channel if event is not None and event.channel in events.CHANNELS else "none"
-    DELIVERIES.labels(name, channel, g.get("outcome") or str(response.status_code)).inc()
+    outcome = g.get("outcome") or str(response.status_code)
+    DELIVERIES.labels(name, channel, outcome).inc()
+    if "delivery_id" in g and not (outcome == "accepted" and event.is_voice_turn):
+        _journal(outcome, response.status_code)
     return response
+
+
+def _journal(outcome, status):
+    """Log this signed delivery for the console (a voice turn's row is completed later)."""
+    event = g.get("event")
+    data = event.data if event is not None else {}
+    said = data.get("transcript") if event is not None and event.is_voice_turn else None
+    return JOURNAL.record(
+        g.delivery_id, event.event if event is not None else "unparsed", outcome, status,
+        channel=_text(event.channel) if event is not None else None,
+        agent_id=event.agent_id if event is not None else None,
+        call_id=_text(data.get("callId")), conversation_id=_text(data.get("conversationId")),
+        said=_text(said) if said is not None else _text(data.get("message")),
+    )
 
 
 def _ack():
@@ -112,9 +131,11 @@ def _voice_turn(event, delivery_id):
     if store.claim_delivery(delivery_id, event.event):
         g.outcome = "accepted"
         agent = get_agent(turn.agent_id)
-        # A partial rather than a closure: it lives as long as the held stream, and is smaller.
+        # Partials rather than closures: they live as long as the held stream, and are smaller.
         on_final = functools.partial(store.save_voice_reply, delivery_id)
-        lines = stream_turn(agent, turn, deadline, on_final, sock, arrived=g.arrived)
+        report = functools.partial(JOURNAL.voice_finished, _journal(IN_FLIGHT, 200))
+        lines = stream_turn(agent, turn, deadline, on_final, sock, arrived=g.arrived,
+                            report=report)
     else:
         g.outcome = "duplicate"
         stored = store.voice_reply(delivery_id)
