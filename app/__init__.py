@@ -1,5 +1,6 @@
 """Application factory: AgentPhone webhook backend."""
 
+import ipaddress
 import logging
 import sys
 
@@ -47,10 +48,19 @@ def log_dev_banner(app, host, port):
     signs for it. Only the web servers call it, once they know the address they listen on."""
     if not app.config.get("DEV_MODE"):
         return
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    host = _reachable_host(host)
     app.logger.warning("development mode: webhook URL http://%s:%s/webhook, secret %s",
                        f"[{host}]" if ":" in host else host, port,
                        app.config["WEBHOOK_SECRETS"][0])
+
+
+def _reachable_host(host):
+    """The host to send to for a server listening on ``host``: loopback for a wildcard."""
+    try:
+        wildcard = not host or ipaddress.ip_address(host).is_unspecified
+    except ValueError:  # a name, such as localhost
+        return host
+    return "127.0.0.1" if wildcard else host
 
 
 def _flask_run_address():
