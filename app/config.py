@@ -39,7 +39,7 @@ SETTINGS = {
                               "may be shorter); a late call is reported to the model as timed "
                               "out."),
     "JOB_RUNNER": ("on", "on = run background jobs in each web worker; off = leave them to "
-                         "`flask agentphone worker`."),
+                         "`agentphone worker`."),
     "JOB_CONCURRENCY": ("4", "Jobs one process runs at the same time."),
     "JOB_MAX_ATTEMPTS": ("5", "Attempts before a job is dead-lettered."),
     "JOB_LEASE": ("60", "Seconds a claimed job is reserved for its worker before another may "
