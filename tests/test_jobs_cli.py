@@ -94,13 +94,13 @@ def test_jobs_when_the_store_is_down(app, monkeypatch):
     assert "connection refused" in result.output
 
 
-# -- the worker loop (threads, as in `flask agentphone worker`) ----------------------------
+# -- the worker loop (threads, as in `agentphone worker`) ----------------------------------
 
 
 @pytest.fixture
 def worker(app):
     """``worker(handlers, lease=..., grace=...)`` -> the job runner running in a thread, as in
-    `flask agentphone worker`."""
+    `agentphone worker`."""
     started = []
 
     def start(handlers, lease=60.0, grace=5.0, concurrency=4):
