@@ -31,7 +31,7 @@ STATS = {"total": 2, "success": 1, "failed": 1, "pending": 0, "successRate": 50.
 
 @pytest.fixture
 def run(fake_api, tmp_path):
-X
+    """Invoke `flask --app wsgi agentphone ...` against the fake; returns click's Result."""
     app = create_app({
         "TESTING": True, "WEBHOOK_SECRETS": ("whsec_test",),
         "DATABASE_URL": "sqlite:///" + str(tmp_path / "t.db"), "AGENTPHONE_API_KEY": "sk_test",

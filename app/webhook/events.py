@@ -73,8 +73,7 @@ def parse(body):
     history = doc.get("recentHistory")
     if name in KNOWN_EVENTS:
         problems = []
-        # Only a message's channel chooses what happens (a streamed voice reply or a job);
-        # call-ended and reaction events are defined without one.
+        # Only a message's channel chooses what happens (contract D39).
         if name == MESSAGE and (not isinstance(channel, str) or not channel):
             problems.append(field_error("channel", "required string"))
         if not isinstance(data, dict):

@@ -53,8 +53,7 @@ def _raw_body():
     return body
 
 
-# strict_slashes=False: "/webhook/" is served as it is, since the platform would not follow a
-# redirect of its POST reliably.
+# strict_slashes=False: "/webhook/" is served as it is, not redirected (contract D40).
 @bp.post("/webhook", strict_slashes=False)
 def receive():
     event, delivery_id = g.event, g.delivery_id
