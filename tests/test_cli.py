@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from app import config
 from app.cli import agentphone
-from tests.conftest import SECRET
+from app.store import open_store
+from tests.conftest import DATA, SECRET
 from tests.fake_agentphone import API_KEY, fake_api_fixture, offset_list  # noqa: F401
 from tests.servers import ROOT, free_port, start_gunicorn
 
@@ -179,11 +180,18 @@ def test_flask_run_banner_shows_its_port(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", [[AGENTPHONE], [FLASK, "--app", "wsgi", "agentphone"]])
-def test_worker_prints_no_banner_and_needs_no_secret(tmp_path, command):
+def test_worker_runs_jobs_needs_no_secret_and_prints_no_banner(tmp_path, command):
     env = {"AGENTPHONE_DEV": "1", "DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}",
            "PYTHONUNBUFFERED": "1"}
     if command[0] == FLASK:  # the wsgi module builds the web app, which needs its secret
         env["AGENTPHONE_WEBHOOK_SECRET"] = SECRET
+    store = open_store(env["DATABASE_URL"])
+    try:
+        store.migrate()
+        job_id = store.enqueue("reaction", (DATA / "fixtures" / "reaction-imessage.json")
+                               .read_text(), delivery_id="whd_worker")
+    finally:
+        store.close()
     instance = files_under(ROOT / "instance")
     log = tmp_path / "worker.log"
     with log.open("w") as out:
@@ -191,7 +199,8 @@ def test_worker_prints_no_banner_and_needs_no_secret(tmp_path, command):
                                    stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 20
-            while "job runner" not in log.read_text() and time.monotonic() < deadline:
+            while (f"job {job_id} (reaction) done" not in log.read_text()
+                   and time.monotonic() < deadline):
                 assert process.poll() is None, log.read_text()
                 time.sleep(0.05)
             process.send_signal(signal.SIGTERM)
@@ -201,6 +210,6 @@ def test_worker_prints_no_banner_and_needs_no_secret(tmp_path, command):
                 process.kill()
                 process.wait(5)
     output = log.read_text()
-    assert "job runner" in output
+    assert f"job {job_id} (reaction) done" in output
     assert BANNER not in output and "webhook" not in output
     assert files_under(ROOT / "instance") == instance

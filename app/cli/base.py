@@ -1,14 +1,16 @@
 """The `agentphone` command group and what its commands use.
 
 Under `agentphone` nothing is built up front: `--help` needs no configuration, the API commands
-read AGENTPHONE_API_KEY and nothing else is required, and only the commands that read or run
-jobs open the database. Under `flask --app wsgi agentphone` the same commands use that app.
+require AGENTPHONE_API_KEY and nothing else, and only the commands that read the database
+(`jobs`, `calls --local`) or run jobs (`worker`) open it. Under `flask --app wsgi agentphone`
+the same commands use that app.
 """
 
 import click
 from flask.cli import ScriptInfo
 
 from app import config, configure_logging, create_app
+from app.agentphone import from_config
 from app.store import StoreUnavailable, open_store
 
 
@@ -46,8 +48,6 @@ class Resources:
         return self._settings
 
     def api_client(self):
-        from app.agentphone import from_config
-
         return from_config(self.settings)
 
     def store(self):
