@@ -135,7 +135,6 @@ class InlineSource:
                 self._watcher.stop()
             if self._writer is not None:
                 self._writer.join()  # a filler on its way goes out before anything else
-                self._writer = None
         if self._silence is not None:
             self._silence.again(self._silent)  # the agent spoke: silence counts from now
         return None, chunk
@@ -169,8 +168,11 @@ class InlineSource:
                 self._writer = gevent.spawn(self._send, interim(text).encode())
 
     def _send(self, data):
-        with contextlib.suppress(OSError):  # the caller hung up: the watcher ends the turn
-            self._write(data)
+        try:
+            with contextlib.suppress(OSError):  # the caller hung up: the watcher ends the turn
+                self._write(data)
+        finally:
+            self._writer = None
 
     def _readable(self):
         self._watcher.stop()  # level-triggered: a pipelined request would spin otherwise
