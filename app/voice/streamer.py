@@ -162,15 +162,18 @@ class InlineSource:
         if self._in_agent and self._writer is None:
             import gevent
 
+            self._writer = gevent.spawn(self._say_filler)
+
+    def _say_filler(self):
+        """Runs in a greenlet of its own: the agent's filler() is its code, not the hub's."""
+        try:
+            if not self._in_agent:
+                return  # the agent spoke meanwhile: the silence is over
             self.fillers += 1
             text = _filler(self._agent, self._turn, self.fillers)
             if text:
-                self._writer = gevent.spawn(self._send, interim(text).encode())
-
-    def _send(self, data):
-        try:
-            with contextlib.suppress(OSError):  # the caller hung up: the watcher ends the turn
-                self._write(data)
+                with contextlib.suppress(OSError):  # a hang-up: the watcher ends the turn
+                    self._write(interim(text).encode())
         finally:
             self._writer = None
 
