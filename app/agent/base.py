@@ -95,7 +95,7 @@ class Agent:
         """The interim line spoken when the turn has said nothing for ``filler_after`` seconds.
 
         ``count`` is 1 for the turn's first filler, then 2, 3, ...; None says nothing this
-        time. Must return at once (no I/O): it runs while the agent's own work is paused.
+        time. Must return at once (no I/O): it runs while the agent's own work is waiting.
         """
         return self.fillers[(count - 1) % len(self.fillers)] if self.fillers else None
 
