@@ -16,7 +16,7 @@ from app.store.secrets import StoredSecret
 from app.webhook import secrets as secrets_module
 from app.webhook.secrets import SecretSource
 from tests.fake_agentphone import API_KEY, fake_api_fixture, json_reply  # noqa: F401
-from tests.servers import GUNICORN, ROOT
+from tests.servers import GUNICORN
 
 HOOK = {"id": "wh_1", "url": "https://example.test/webhook", "status": "active",
         "contextLimit": 10, "timeout": 30, "createdAt": "2026-12-01T10:00:00Z"}
@@ -189,10 +189,10 @@ def test_rotation_under_load_refuses_nothing_in_the_grace_period(gunicorn, fake_
     old, new = "whsec_old_0123456789abcdef", "whsec_new_0123456789abcdef"
     fake_api.on("POST", "/v1/webhooks", {**HOOK, "secret": old}, {**HOOK, "secret": new})
     fake_api.on("GET", "/v1/webhooks", {**HOOK, "secret": old})
-    flask = [str(GUNICORN.with_name("flask")), "--app", "wsgi", "agentphone", "webhook"]
+    agentphone = [str(GUNICORN.with_name("agentphone")), "webhook"]
 
     def command(*args):
-        done = subprocess.run([*flask, *args], cwd=ROOT, env=dict(os.environ),
+        done = subprocess.run([*agentphone, *args], cwd=tmp_path, env=dict(os.environ),
                               capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
         return done

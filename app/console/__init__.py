@@ -41,9 +41,19 @@ def _password() -> str | None:
     return current_app.config.get("CONSOLE_PASSWORD")
 
 
+def _enabled_by(config: Any) -> str | None:
+    """What the console's keys derive from: its password, else (development mode) the dev
+    secret; None when the console is off."""
+    if config.get("CONSOLE_PASSWORD"):
+        return config["CONSOLE_PASSWORD"]
+    if config.get("DEV_MODE") and config.get("WEBHOOK_SECRETS"):
+        return config["WEBHOOK_SECRETS"][0]
+    return None
+
+
 def _key() -> bytes:
-    secret = _password() or current_app.extensions["webhook_secrets"].current()[0]
-    return hashlib.sha256(b"agentphone-console:" + secret.encode()).digest()
+    return hashlib.sha256(b"agentphone-console:" + _enabled_by(current_app.config).encode()
+                          ).digest()
 
 
 def csrf_token() -> str:
@@ -53,7 +63,7 @@ def csrf_token() -> str:
 def _signed_in() -> bool:
     password = _password()
     if password is None:
-        return bool(current_app.config.get("DEV_MODE"))
+        return True  # development mode (guard() has checked the console is on)
     auth = request.authorization
     if auth is not None and auth.password is not None and hmac.compare_digest(
             auth.password.encode(), password.encode()):
@@ -63,8 +73,8 @@ def _signed_in() -> bool:
 
 @bp.before_request
 def guard() -> Any:
-    if _password() is None and not current_app.config.get("DEV_MODE"):
-        abort(404)  # disabled: no password set
+    if _enabled_by(current_app.config) is None:
+        abort(404)  # off: no password set
     if request.endpoint in ("console.login", "console.static") or _signed_in():
         if request.method == "POST" and request.endpoint != "console.login":
             given = request.form.get("csrf") or request.headers.get("X-CSRF-Token", "")
@@ -215,10 +225,8 @@ def _platform_deliveries() -> tuple[list, Any, str | None]:
 def init_app(app: Any) -> None:
     JOURNAL.attach(app.extensions["store"])
     app.register_blueprint(bp)
-    if app.config.get("CONSOLE_PASSWORD") or app.config.get("DEV_MODE"):
-        app.secret_key = hashlib.sha256(
-            b"agentphone-session:" + (app.config.get("CONSOLE_PASSWORD") or
-                                      app.config["WEBHOOK_SECRETS"][0]).encode()).hexdigest()
+    if (basis := _enabled_by(app.config)) is not None:
+        app.secret_key = hashlib.sha256(b"agentphone-session:" + basis.encode()).hexdigest()
     app.jinja_env.globals.update(csrf_token=csrf_token)
     app.jinja_env.filters["ago"] = figures.ago
     app.jinja_env.filters["ms"] = figures.ms
