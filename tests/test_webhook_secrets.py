@@ -41,15 +41,25 @@ def test_secret_source_refreshes_on_its_interval_and_expires_on_time():
         return list(rows)
 
     source = SecretSource(("whsec_env",), load, refresh=2.0, clock=clock)
+    assert source.current()[0] == "whsec_env"  # the configured secret serves at once
+    settled(source)
     assert source.current() == ("whsec_env", "whsec_a")
     rows[:] = [stored("whsec_a", expires_at=1003.5), stored("whsec_b")]
     clock.now += 1
     assert source.current() == ("whsec_env", "whsec_a")  # cached: no round trip
     clock.now += 1.5
+    source.current()  # due: read in the background
+    settled(source)
     assert source.current() == ("whsec_env", "whsec_a", "whsec_b")
     clock.now += 1.0  # past the expiry, before the next refresh
     assert source.current() == ("whsec_env", "whsec_b")
     assert loads == [1000.0, 1002.5]
+
+
+def settled(source):
+    """Wait for a background refresh to finish."""
+    with source._lock:
+        pass
 
 
 def test_a_miss_reloads_at_once_but_not_more_than_twice_a_second():
@@ -76,9 +86,11 @@ def test_a_failed_refresh_keeps_the_known_secrets():
         return [stored("whsec_a")]
 
     source = SecretSource((), load, refresh=1.0, clock=clock)
-    assert source.current() == ("whsec_a",)
+    assert source.current() == ("whsec_a",)  # nothing configured: the first read waits
     state["fail"] = True
     clock.now += 5
+    assert source.current() == ("whsec_a",)
+    settled(source)
     assert source.current() == ("whsec_a",)
 
 

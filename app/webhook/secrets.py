@@ -1,7 +1,8 @@
 """Which signing secrets are valid now: the configured ones plus those in the store.
 
 ``agentphone webhook set|rotate`` stores the secret the platform returns; every process
-picks it up within ``REFRESH_SECONDS`` without a restart, and at once when a delivery
+picks it up within ``REFRESH_SECONDS`` without a restart (read in the background, never on a
+delivery's path), and at once when a delivery
 arrives that no known secret matches (at most once per ``MISS_RELOAD_SECONDS``, so a flood of
 forgeries costs no more). Between refreshes the secrets are held in memory: verifying a
 delivery costs one HMAC per live secret and no store round trip. An expired secret stops
@@ -17,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 from app.store.base import StoreUnavailable
 from app.store.secrets import StoredSecret
+from app.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +50,11 @@ class SecretSource:
         """
         now = self.clock()
         if now >= self._next_load and self._lock.acquire(blocking=False):
-            try:
-                self._next_load = now + self.refresh
-                self._reload()
-            finally:
-                self._lock.release()
+            self._next_load = now + self.refresh
+            if self._loaded or self.static:  # beside the deliveries, never in their way
+                spawn(self._reload_and_release)
+            else:  # nothing to verify with yet
+                self._reload_and_release()
         stored = tuple(s.secret for s in self._stored if s.live(now))
         if not self.static and not self._loaded:
             raise StoreUnavailable("webhook secrets could not be read from the store")
@@ -71,6 +73,12 @@ class SecretSource:
             before = self._stored
             self._reload()
             return self._stored != before
+        finally:
+            self._lock.release()
+
+    def _reload_and_release(self) -> None:
+        try:
+            self._reload()
         finally:
             self._lock.release()
 
