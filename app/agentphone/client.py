@@ -11,6 +11,7 @@ from app.agentphone import transport
 from app.agentphone.errors import (
     AgentPhoneError,
     APIConnectionError,
+    APITimeoutError,
     MissingAPIKeyError,
     error_from_response,
 )
@@ -60,14 +61,16 @@ class AgentPhoneClient:
     """Client for https://api.agentphone.ai with one connection pool (a requests Session;
     requests does not promise Session thread-safety, so give each thread its own client).
 
-    timeout: (connect, read) seconds for every request. max_retries, backoff_factor, max_wait
-    and budget tune the transport's retries (see transport.py). stream_quiet_timeout: seconds
-    without a byte (heartbeats come every 15 s) before a transcript stream counts as dead;
-    stream_reconnects: reconnects in a row without new turns before giving up.
+    timeout: (connect, read) seconds for every request. budget: seconds one call may take in
+    all (connect, retries and the whole response body); past it APITimeoutError is raised.
+    max_retries, backoff_factor and max_wait tune the transport's retries (see transport.py).
+    stream_quiet_timeout: seconds without a byte (heartbeats come every 15 s) before a
+    transcript stream counts as dead; stream_reconnects: reconnects in a row without new
+    turns before giving up.
     """
 
     def __init__(self, api_key, base_url=DEFAULT_BASE_URL, timeout=(5.0, 30.0), max_retries=2,
-                 backoff_factor=1.0, max_wait=60.0, budget=120.0, stream_quiet_timeout=45.0,
+                 backoff_factor=1.0, max_wait=60.0, budget=30.0, stream_quiet_timeout=45.0,
                  stream_reconnects=3):
         if not api_key:
             raise MissingAPIKeyError(
@@ -94,23 +97,30 @@ class AgentPhoneClient:
 
     # -- HTTP -------------------------------------------------------------------------------
 
-    def _open(self, method, path, *, params=None, json=None, **kwargs):
-        """Send one call (retries included) and return the response, or raise AgentPhoneError."""
+    def _open(self, method, path, *, params=None, json=None, stream=False, **kwargs):
+        """Send one call (retries included) and return the response, or raise AgentPhoneError.
+
+        Everything happens within `budget` seconds, the whole body included, unless
+        ``stream``: then the caller reads the body as it comes, and the read timeout (the
+        longest quiet spell) is left as given."""
         url = self.base_url + path
-        kwargs.setdefault("timeout", self.timeout)
+        timeout = kwargs.pop("timeout", self.timeout)
         try:
-            with transport.call_deadline(self.budget):
+            with transport.call_deadline(self.budget) as deadline:
                 response = self._session.request(
-                    method, url, params=_drop_none(params or {}), json=json, **kwargs
+                    method, url, params=_drop_none(params or {}), json=json, stream=True,
+                    timeout=timeout if stream else transport.within(timeout, deadline),
+                    **kwargs,
                 )
+                if not stream or response.status_code >= 300:
+                    transport.read_body(response, deadline, _read_timeout(timeout))
+        except requests.Timeout as exc:
+            raise APITimeoutError(f"{method} {path} failed: {exc}") from exc
         except requests.RequestException as exc:
             raise APIConnectionError(f"{method} {path} failed: {exc}") from exc
         if response.status_code >= 300:
-            try:
-                raise error_from_response(response.status_code, response.text, response.headers,
-                                          response.reason or "")
-            finally:
-                response.close()
+            raise error_from_response(response.status_code, response.text, response.headers,
+                                      response.reason or "")
         return response
 
     def request(self, method, path, *, params=None, json=None):
@@ -386,6 +396,10 @@ class AgentPhoneClient:
 
     def list_contacts(self, limit=None, offset=0):
         return self._page("/v1/contacts", Contact, limit, offset)
+
+
+def _read_timeout(timeout):
+    return timeout[1] if isinstance(timeout, tuple) else timeout
 
 
 def _arrived_chunks(raw, size=65536):

@@ -6,7 +6,12 @@ Retry policy (SPEC 5.3, Q32, Q33):
   was sent). Never a read timeout or a dropped connection after sending: there is no
   idempotency key, and a retried send could text someone twice.
 * Wait: `Retry-After` (seconds or HTTP-date) when given, else exponential backoff with
-  jitter; every wait capped at `max_wait`; all retries of one call fit in `budget` seconds.
+  jitter; every wait capped at `max_wait`.
+
+Deadline: one call (connects, every attempt, the whole response body) fits in `budget`
+seconds. Each attempt's socket timeouts are cut to the time left, a retry that could not
+start in time is not made, and the body is read in arrived pieces with each wait cut to the
+time left, so a server trickling bytes cannot stretch a call past its deadline.
 """
 
 import contextlib
@@ -16,7 +21,8 @@ from contextvars import ContextVar
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import MaxRetryError, ResponseError
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
+from urllib3.exceptions import MaxRetryError, ReadTimeoutError, ResponseError
 from urllib3.util.retry import Retry
 
 from app.agentphone.errors import parse_retry_after
@@ -30,14 +36,65 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 _deadline = ContextVar("agentphone_call_deadline", default=None)
 
 
+class DeadlineExceeded(requests.Timeout):
+    """The call's deadline passed before its response was complete."""
+
+
 @contextlib.contextmanager
 def call_deadline(budget):
-    """Bound the retries of the requests made inside the block to `budget` seconds in all."""
-    token = _deadline.set(None if budget is None else time.monotonic() + budget)
+    """Bound the retries of the requests made inside the block to `budget` seconds in all;
+    yields the deadline (a `time.monotonic()` value, None without a budget)."""
+    deadline = None if budget is None else time.monotonic() + budget
+    token = _deadline.set(deadline)
     try:
-        yield
+        yield deadline
     finally:
         _deadline.reset(token)
+
+
+def within(timeout, deadline):
+    """`timeout` (seconds, or a (connect, read) pair) cut to the time left before `deadline`."""
+    if deadline is None:
+        return timeout
+    left = max(deadline - time.monotonic(), 0.001)
+    if isinstance(timeout, tuple):
+        return tuple(left if t is None else min(t, left) for t in timeout)
+    return left if timeout is None else min(timeout, left)
+
+
+def read_body(response, deadline, read_timeout=None, size=65536):
+    """Read the whole body of a `stream=True` response by `deadline` and keep it as the
+    response's content. Raises DeadlineExceeded, or requests' ReadTimeout/ConnectionError."""
+    raw = response.raw
+    sock = getattr(raw.connection, "sock", None)
+    chunks = []
+    try:
+        while True:
+            if deadline is not None and deadline <= time.monotonic():
+                raise DeadlineExceeded(f"response not complete within the deadline "
+                                       f"({sum(map(len, chunks))} bytes read)")
+            wait = within(read_timeout, deadline)
+            if sock is not None and wait is not None:
+                sock.settimeout(wait)
+            # read1: whatever has arrived, instead of waiting for `size` bytes.
+            chunk = raw.read1(size, decode_content=True)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except DeadlineExceeded:  # before OSError: requests' exceptions are OSErrors
+        response.close()  # closes the half-read connection instead of pooling it
+        raise
+    except ReadTimeoutError as exc:
+        response.close()
+        raise requests.ReadTimeout(exc, response=response) from exc
+    except (Urllib3HTTPError, OSError) as exc:
+        response.close()
+        raise requests.ConnectionError(exc, response=response) from exc
+    # What Response.content caches: it, .text and .json() keep working.
+    response._content = b"".join(chunks)
+    response._content_consumed = True
+    response.close()
+    return response
 
 
 class AgentPhoneRetry(Retry):
