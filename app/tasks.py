@@ -1,10 +1,16 @@
 """Background tasks that work under both gunicorn's gevent worker and the threaded dev server.
 
 Under gevent (monkey-patched) a task is a greenlet and can be killed; under plain threads it
-is a daemon thread whose work is asked to stop through its `cancelled` event.
+is a daemon thread, stopped by raising Cancelled in it (at its next Python instruction: a
+wait inside C, such as a blocking read, finishes first).
 """
 
+import ctypes
 import threading
+
+
+class Cancelled(BaseException):
+    """Raised inside a cancelled thread (BaseException: `except Exception` does not stop it)."""
 
 
 def gevent_active():
@@ -30,11 +36,14 @@ class Task:
             self._greenlet = gevent.spawn(self._main)
         else:
             self._greenlet = None
-            threading.Thread(target=self._main, daemon=True).start()
+            self._thread = threading.Thread(target=self._main, daemon=True)
+            self._thread.start()
 
     def _main(self):
         try:
             self.value = self._fn(*self._args, **self._kwargs)
+        except Cancelled:
+            pass
         except Exception as exc:
             self.error = exc
         finally:
@@ -46,9 +55,14 @@ class Task:
 
     def cancel(self):
         self.cancelled.set()
-        if self._greenlet is not None and not self.done.is_set():
+        if self.done.is_set():
+            return
+        if self._greenlet is not None:
             # kill raises GreenletExit inside the task; block=False: never wait on a stuck tool.
             self._greenlet.kill(block=False)
+        else:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread.ident),
+                                                       ctypes.py_object(Cancelled))
 
 
 def spawn(fn, *args, **kwargs):
