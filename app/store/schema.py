@@ -147,6 +147,13 @@ MIGRATIONS = [
         VALUES ('monday', '09:00', 'Maria Garcia', '+15550002222', 'booked', 0, 0)
         ON CONFLICT DO NOTHING
     """,
+    # 3: a voice claim names its holder (a process) and the attempt, renewed by a heartbeat
+    # while the turn runs, so that a retry can take over a turn whose worker died.
+    """
+    ALTER TABLE deliveries ADD COLUMN owner TEXT;
+    ALTER TABLE deliveries ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deliveries ADD COLUMN heartbeat_at {real}
+    """,
 ]
 
 

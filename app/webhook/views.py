@@ -1,6 +1,5 @@
 """POST /webhook: verify, claim the delivery id, then stream a voice reply or queue a job."""
 
-import functools
 import logging
 import time
 
@@ -75,24 +74,24 @@ def _ack():
 
 
 def _voice_turn(event, delivery_id):
-    store = get_store()
+    claims = current_app.extensions["voice_claims"]
+    agent = current_app.extensions["agent"]
     turn = Turn.from_event(event, delivery_id)
     deadline = deadline_for(current_app.config["VOICE_TIMEOUT"])
     sock = caller_socket(request.environ)
     # Claimed here, in the view: Flask tears down the request context before the stream runs.
-    if store.claim_delivery(delivery_id, event.event):
-        agent = current_app.extensions["agent"]
-        # A partial rather than a closure: it lives as long as the held stream, and is smaller.
-        on_final = functools.partial(store.save_voice_reply, delivery_id)
-        lines = stream_turn(agent, turn, deadline, on_final, sock)
+    claim = claims.claim(delivery_id, event.event)
+    if claim is not None:
+        # The claim stores the final line: it lives as long as the held stream, and is small.
+        lines = stream_turn(agent, turn, deadline, claim, sock)
     else:
-        stored = store.voice_reply(delivery_id)
+        stored = get_store().voice_reply(delivery_id)
         if stored is not None:
             log.info("delivery %s: duplicate voice turn, replaying stored reply", delivery_id)
             lines = iter([line(stored)])
         else:
             log.info("delivery %s: duplicate voice turn still running, waiting", delivery_id)
-            agent = ReplayAgent(store, delivery_id, deadline)
-            lines = stream_turn(agent, turn, deadline, None, sock)
+            retry = ReplayAgent(claims, agent, delivery_id, deadline)
+            lines = stream_turn(retry, turn, deadline, retry.finish, sock)
     return Response(Body(lines), mimetype="application/x-ndjson",
                     headers={"X-Accel-Buffering": "no"}, direct_passthrough=True)
