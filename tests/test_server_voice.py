@@ -1,5 +1,6 @@
 """Voice turns through the real gunicorn gevent worker: timing, deadline, disconnect, retries."""
 
+import contextlib
 import json
 import os
 import re
@@ -44,6 +45,22 @@ def check_stream(lines):
     return objects
 
 
+@contextlib.contextmanager
+def turn_after_interim(server, raw, headers):
+    """The caller's socket of a voice turn sent by hand, once its interim line has arrived."""
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        sock.sendall(f"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: {len(raw)}\r\n"
+                     f"{head}\r\n".encode() + raw)
+        received = b""
+        while b'"interim":true' not in received:
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
+        yield sock
+
+
 def test_first_line_arrives_while_the_tool_runs(voice_server, effects):
     server = voice_server(TEST_TOOL_SECONDS=1.5)
     raw, headers = signed_request(SECRET, payload("voice", "where is it"))
@@ -73,16 +90,8 @@ def test_hung_tool_gets_the_fallback_before_the_platform_timeout(voice_server, e
 def test_caller_hanging_up_cancels_the_work(voice_server, effects):
     server = voice_server(TEST_TOOL_SECONDS=3)
     raw, headers = signed_request(SECRET, payload("voice"))
-    port = int(server.url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        sock.sendall(f"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: {len(raw)}\r\n"
-                     f"{head}\r\n".encode() + raw)
-        received = b""
-        while b'"interim":true' not in received:
-            chunk = sock.recv(4096)
-            assert chunk, received
-            received += chunk
+    with turn_after_interim(server, raw, headers):
+        pass
     server.wait_for_log(f"voice turn {headers['X-Webhook-ID']}: caller disconnected")
     server.wait_for_log(f"test tool cancelled for {headers['X-Webhook-ID']}")
     time.sleep(3.5)
@@ -115,7 +124,9 @@ def test_fifty_concurrent_copies_of_one_voice_turn_run_once(voice_server, effect
     raw, headers = signed_request(SECRET, payload("voice", "once"))
     with ThreadPoolExecutor(50) as pool:
         results = list(pool.map(lambda _: post_stream(server.webhook, raw, headers), range(50)))
-    finals = {json.dumps(check_stream(lines)[-1]) for _, lines in results}
+    # On a busy machine a copy may arrive after the answer was stored: it gets that alone.
+    finals = {json.dumps(lines[0][1] if len(lines) == 1 else check_stream(lines)[-1])
+              for _, lines in results}
     assert finals == {json.dumps({"text": "Tool said done for once."})}
     assert effects() == [headers["X-Webhook-ID"]]
 
@@ -140,16 +151,7 @@ def test_retry_after_the_worker_died_mid_turn_runs_the_turn_again(voice_server, 
     server = voice_server(workers=2, TEST_TOOL_SECONDS=1.5, DATABASE_URL=database_url)
     raw, headers = signed_request(SECRET, payload("voice", "hi"))
     delivery = headers["X-Webhook-ID"]
-    port = int(server.url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        sock.sendall(f"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: {len(raw)}\r\n"
-                     f"{head}\r\n".encode() + raw)
-        received = b""
-        while b'"interim":true' not in received:
-            chunk = sock.recv(4096)
-            assert chunk, received
-            received += chunk
+    with turn_after_interim(server, raw, headers) as sock:
         server.wait_for_log(f"test tool started for {delivery}")
         [pid] = re.findall(rf"(\d+) INFO tests.agents: test tool started for {delivery}",
                            server.log())
