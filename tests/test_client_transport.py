@@ -151,6 +151,16 @@ def test_a_slow_answer_is_cut_at_the_budget_not_the_read_timeout(fake_api, make_
     assert time.monotonic() - started < 1.8
 
 
+def test_a_retry_gets_only_what_is_left_of_the_budget(fake_api, make_api):
+    fake_api.on("GET", "/v1/calls/call_1", slow(1.0, json_reply({"detail": "busy"}, 503)),
+                slow(3.0, CALL))
+    started = time.monotonic()
+    with pytest.raises(APITimeoutError):
+        make_api(timeout=(2.0, 10.0), budget=1.5).get_call("call_1")
+    assert time.monotonic() - started < 2.2  # not 1.0 + the 1.5 s the first attempt had
+    assert fake_api.count("GET", "/v1/calls/call_1") == 2
+
+
 def test_a_body_that_keeps_coming_within_the_budget_is_read_whole(fake_api, make_api):
     fake_api.on("GET", "/v1/calls/call_1", trickle(0.001, CALL))
     assert make_api(budget=10).get_call("call_1").transcripts[0].id == "tr_001"

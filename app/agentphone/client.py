@@ -6,6 +6,8 @@ from urllib.parse import quote
 
 import requests
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
+from urllib3.exceptions import MaxRetryError
+from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
 from app.agentphone import transport
 from app.agentphone.errors import (
@@ -106,18 +108,16 @@ class AgentPhoneClient:
         url = self.base_url + path
         timeout = kwargs.pop("timeout", self.timeout)
         try:
-            with transport.call_deadline(self.budget) as deadline:
+            with transport.call_deadline(self.budget, cut_reads=not stream) as deadline:
                 response = self._session.request(
                     method, url, params=_drop_none(params or {}), json=json, stream=True,
-                    timeout=timeout if stream else transport.within(timeout, deadline),
-                    **kwargs,
+                    timeout=timeout, **kwargs
                 )
                 if not stream or response.status_code >= 300:
                     transport.read_body(response, deadline, _read_timeout(timeout))
-        except requests.Timeout as exc:
-            raise APITimeoutError(f"{method} {path} failed: {exc}") from exc
         except requests.RequestException as exc:
-            raise APIConnectionError(f"{method} {path} failed: {exc}") from exc
+            error = APITimeoutError if _timed_out(exc) else APIConnectionError
+            raise error(f"{method} {path} failed: {exc}") from exc
         if response.status_code >= 300:
             raise error_from_response(response.status_code, response.text, response.headers,
                                       response.reason or "")
@@ -396,6 +396,14 @@ class AgentPhoneClient:
 
     def list_contacts(self, limit=None, offset=0):
         return self._page("/v1/contacts", Contact, limit, offset)
+
+
+def _timed_out(exc):
+    """True for a timeout, also one that ended the retries (requests reports a ConnectionError)."""
+    if isinstance(exc, requests.Timeout):
+        return True
+    reason = exc.args[0] if exc.args else None
+    return isinstance(reason, MaxRetryError) and isinstance(reason.reason, Urllib3TimeoutError)
 
 
 def _read_timeout(timeout):
