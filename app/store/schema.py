@@ -147,7 +147,14 @@ MIGRATIONS = [
         VALUES ('monday', '09:00', 'Maria Garcia', '+15550002222', 'booked', 0, 0)
         ON CONFLICT DO NOTHING
     """,
-    # 3: webhook signing secrets the CLI stored (`agentphone webhook set|rotate`): several
+    # 3: a voice claim names its holder (a process) and the attempt, renewed by a heartbeat
+    # while the turn runs, so that a retry can take over a turn whose worker died.
+    """
+    ALTER TABLE deliveries ADD COLUMN owner TEXT;
+    ALTER TABLE deliveries ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deliveries ADD COLUMN heartbeat_at {real}
+    """,
+    # 4: webhook signing secrets the CLI stored (`agentphone webhook set|rotate`): several
     # per account or agent while a rotated one is in its grace period.
     """
     CREATE TABLE IF NOT EXISTS webhook_secrets (
@@ -160,7 +167,7 @@ MIGRATIONS = [
     );
     CREATE INDEX IF NOT EXISTS webhook_secrets_scope ON webhook_secrets (scope)
     """,
-    # 4: the console's log of recent deliveries (written in batches, pruned like delivery ids).
+    # 5: the console's log of recent deliveries (written in batches, pruned like delivery ids).
     """
     CREATE TABLE IF NOT EXISTS delivery_log (
         id TEXT PRIMARY KEY,

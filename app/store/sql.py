@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RETENTION = Retention()
 MIGRATE_WAIT_SECONDS = 5.0  # longest wait for another caller's deferred migration
+RENEW_BATCH = 500  # delivery ids per heartbeat statement (SQLite's variable limit is 999+)
 
 JOB_COLUMNS = (
     "id, kind, payload, attempts, status, delivery_id, run_at, last_error, created_at, updated_at"
@@ -129,10 +130,6 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
 
     # -- deliveries -------------------------------------------------------------------------
 
-    def claim_delivery(self, delivery_id, event):
-        """Record a delivery id; True if this call is the first to see it."""
-        return self._run(lambda cur: self._claim(cur, delivery_id, event))
-
     def _claim(self, cur, delivery_id, event):
         cur.execute(
             "INSERT INTO deliveries (id, event, received_at) VALUES (?, ?, ?) "
@@ -157,14 +154,68 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
 
         return self._run(claim)
 
-    # -- voice replies ----------------------------------------------------------------------
+    # -- voice claims and replies -----------------------------------------------------------
 
-    def save_voice_reply(self, delivery_id, reply):
-        self._exec(
-            "INSERT INTO voice_replies (delivery_id, reply, created_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (delivery_id) DO NOTHING",
-            (delivery_id, json.dumps(reply), self.clock()),
+    def claim_voice(self, delivery_id, event, owner):
+        """Claim a voice delivery for ``owner`` (attempt 0, heartbeat now); True if it was new."""
+        now = self.clock()
+        return self._exec(
+            "INSERT INTO deliveries (id, event, received_at, owner, attempt, heartbeat_at) "
+            "VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (id) DO NOTHING",
+            (delivery_id, event, now, owner, now),
+        ) == 1
+
+    def voice_claim(self, delivery_id):
+        """(stored final line or None, time of the holder's last heartbeat) of a voice
+        delivery; None when it was never claimed."""
+        row = self._one(
+            "SELECT r.reply, COALESCE(d.heartbeat_at, d.received_at) FROM deliveries d "
+            "LEFT JOIN voice_replies r ON r.delivery_id = d.id WHERE d.id = ?",
+            (delivery_id,),
         )
+        if row is None:
+            return None
+        return (json.loads(row[0]) if row[0] is not None else None), row[1]
+
+    def take_over_voice(self, delivery_id, owner, stale):
+        """Compare-and-set: give ``owner`` a voice claim whose heartbeat is older than ``stale``
+        seconds and that has no final line. The new attempt number, or None (the claim is
+        live, answered, or another caller took it first)."""
+        now = self.clock()
+        row = self._one(
+            "UPDATE deliveries SET owner = ?, attempt = attempt + 1, heartbeat_at = ? "
+            "WHERE id = ? AND COALESCE(heartbeat_at, received_at) < ? "
+            "AND NOT EXISTS (SELECT 1 FROM voice_replies WHERE delivery_id = ?) "
+            "RETURNING attempt",
+            (owner, now, delivery_id, now - stale, delivery_id),
+        )
+        return row[0] if row else None
+
+    def renew_voice_claims(self, owner, delivery_ids):
+        """Heartbeat: mark the claims ``owner`` still holds among ``delivery_ids`` alive now."""
+        now = self.clock()
+        ids = list(delivery_ids)
+
+        def renew(cur):
+            for start in range(0, len(ids), RENEW_BATCH):
+                chunk = ids[start:start + RENEW_BATCH]
+                cur.execute(
+                    "UPDATE deliveries SET heartbeat_at = ? WHERE owner = ? "
+                    f"AND id IN ({', '.join('?' * len(chunk))})",
+                    (now, owner, *chunk),
+                )
+
+        self._run(renew)
+
+    def save_voice_reply(self, delivery_id, reply, owner, attempt):
+        """Store the final line of attempt ``attempt`` by ``owner``, unless the claim has
+        been taken over since (or a line is stored already); True if it was stored."""
+        return self._exec(
+            "INSERT INTO voice_replies (delivery_id, reply, created_at) SELECT ?, ?, ? "
+            "WHERE EXISTS (SELECT 1 FROM deliveries WHERE id = ? AND owner = ? AND attempt = ?) "
+            "ON CONFLICT (delivery_id) DO NOTHING",
+            (delivery_id, json.dumps(reply), self.clock(), delivery_id, owner, attempt),
+        ) == 1
 
     def voice_reply(self, delivery_id):
         row = self._one("SELECT reply FROM voice_replies WHERE delivery_id = ?", (delivery_id,))
