@@ -20,6 +20,7 @@ from app.agentphone.errors import (
     NotFoundError,
     RateLimitError,
     ServerError,
+    StreamLimitError,
 )
 from app.agentphone.pagination import Page
 
@@ -35,6 +36,7 @@ __all__ = [
     "Page",
     "RateLimitError",
     "ServerError",
+    "StreamLimitError",
     "client_from_app",
     "from_config",
 ]
