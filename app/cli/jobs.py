@@ -7,6 +7,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from app.cli import agentphone
+from app.cli.output import echo
 from app.store import StoreUnavailable, get_store
 
 
@@ -26,11 +27,11 @@ def jobs(ctx, dead, status, limit):
         counts = store.job_counts()
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"{'ID':>6}  {'KIND':<13} {'STATUS':<8} {'TRIES':>5}  LAST ERROR")
+    echo(f"{'ID':>6}  {'KIND':<13} {'STATUS':<8} {'TRIES':>5}  LAST ERROR")
     for job in rows:
-        click.echo(f"{job.id:>6}  {job.kind:<13} {job.status:<8} {job.attempts:>5}  "
+        echo(f"{job.id:>6}  {job.kind:<13} {job.status:<8} {job.attempts:>5}  "
                    f"{(job.last_error or '')[:60]}")
-    click.echo("totals: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+    echo("totals: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
 
 
 @jobs.command("retry")
@@ -43,7 +44,7 @@ def retry(job_id):
         raise click.ClickException(str(exc)) from exc
     if not queued:
         raise click.ClickException(f"no job {job_id}")
-    click.echo(f"job {job_id} queued again")
+    echo(f"job {job_id} queued again")
 
 
 @agentphone.command("worker")

@@ -8,6 +8,7 @@ from flask import current_app
 
 from app import simulator
 from app.cli import agentphone
+from app.cli.output import echo
 
 
 @agentphone.command("simulate")
@@ -23,15 +24,15 @@ def simulate(url, kind, text, delivery_id, secret):
     """Sign and post a sample delivery; print each NDJSON line with its arrival time."""
     secret = secret or current_app.config["WEBHOOK_SECRETS"][0]
     raw, headers = simulator.signed_request(secret, simulator.payload(kind, text), delivery_id)
-    click.echo(f"POST {url}  {kind}  X-Webhook-ID: {headers['X-Webhook-ID']}")
+    echo(f"POST {url}  {kind}  X-Webhook-ID: {headers['X-Webhook-ID']}")
     started = time.monotonic()
     try:
         with requests.post(url, data=raw, headers=headers, stream=True, timeout=(5, 150)) as resp:
             ms = (time.monotonic() - started) * 1000
-            click.echo(f"{ms:7.1f} ms  HTTP {resp.status_code} {resp.headers.get('Content-Type')}")
+            echo(f"{ms:7.1f} ms  HTTP {resp.status_code} {resp.headers.get('Content-Type')}")
             for raw_line in simulator.iter_ndjson(resp):
                 ms = (time.monotonic() - started) * 1000
-                click.echo(f"{ms:7.1f} ms  {raw_line.decode('utf-8', 'replace')}")
+                echo(f"{ms:7.1f} ms  {raw_line.decode('utf-8', 'replace')}")
     except requests.RequestException as exc:
         raise click.ClickException(f"could not reach {url}: {exc}") from exc
     if resp.status_code >= 400:
