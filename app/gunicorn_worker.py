@@ -39,10 +39,10 @@ class DeadlineSocket:
     at the first byte of each later request; `request_done` stops it while the response is
     written and the connection waits for the next request."""
 
-    __slots__ = ("_deadline", "_expired", "_limit", "_peer", "_sock", "_timeout")
+    __slots__ = ("_conn", "_deadline", "_expired", "_limit", "_peer", "_timeout")
 
     def __init__(self, sock, limit, peer):
-        self._sock = sock
+        self._conn = sock
         self._limit = limit
         self._peer = peer
         self._deadline = time.monotonic() + limit
@@ -51,29 +51,29 @@ class DeadlineSocket:
 
     def recv(self, size, *flags):
         if self._deadline is None:  # between requests: the next one starts with its first byte
-            data = self._sock.recv(size, *flags)
+            data = self._conn.recv(size, *flags)
             self._deadline = time.monotonic() + self._limit
             return data
         remaining = self._deadline - time.monotonic()
         if remaining <= 0 or self._expired:
             self._expire()
         wait = remaining if self._timeout is None else min(self._timeout, remaining)
-        self._sock.settimeout(wait)
+        self._conn.settimeout(wait)
         try:
-            return self._sock.recv(size, *flags)
+            return self._conn.recv(size, *flags)
         except TimeoutError:
             if time.monotonic() < self._deadline:
                 raise  # the caller's own, shorter timeout
             self._expire()
         finally:
-            self._sock.settimeout(self._timeout)
+            self._conn.settimeout(self._timeout)
 
     def _expire(self):
         if not self._expired:
             self._expired = True
             log.info("dropped %s: request not received within %g s", self._peer, self._limit)
             with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
+                self._conn.shutdown(socket.SHUT_RDWR)
         # A reset to gunicorn (closes quietly) and to Werkzeug (a disconnected client).
         raise ConnectionResetError(errno.ECONNRESET, "request read deadline passed")
 
@@ -83,7 +83,7 @@ class DeadlineSocket:
 
     def settimeout(self, timeout):
         self._timeout = timeout
-        self._sock.settimeout(timeout)
+        self._conn.settimeout(timeout)
 
     def setblocking(self, flag):
         self.settimeout(None if flag else 0.0)
@@ -92,7 +92,7 @@ class DeadlineSocket:
         return self._timeout
 
     def __getattr__(self, name):
-        return getattr(self._sock, name)
+        return getattr(self._conn, name)
 
 
 class HygienicGeventWorker(GeventWorker):

@@ -70,17 +70,19 @@ def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.mono
 
 class InlineSource:
     """gevent: the agent runs in the request's own greenlet, interrupted by a timer at the
-    deadline or by a watcher on the caller's socket. No second greenlet, task or queue per
+    deadline or by a watcher on the caller's socket (a poll every POLL_SECONDS once the caller
+    has sent bytes that wait for the server). No second greenlet, task or queue per
     held call: those were most of a held stream's memory. For the same reason the timer and
     the watcher are made once per turn, not per chunk, and only interrupt the greenlet while
     it is inside the agent (never while it writes a line to the caller)."""
 
-    __slots__ = ("_chunks", "_greenlet", "_in_agent", "_late", "_sock", "_timer", "_watcher")
+    __slots__ = ("_chunks", "_greenlet", "_in_agent", "_late", "_poller", "_sock", "_timer",
+                 "_watcher")
 
     def __init__(self, agent, turn, sock):
         self._chunks = agent.respond(turn)
         self._sock = sock
-        self._greenlet = self._timer = self._watcher = None
+        self._greenlet = self._timer = self._watcher = self._poller = None
         self._in_agent = self._late = False
 
     def next(self, timeout):
@@ -110,6 +112,8 @@ class InlineSource:
             self._in_agent = False
             if self._watcher is not None:
                 self._watcher.stop()
+            if self._poller is not None:
+                self._poller.stop()
 
     def _deadline(self):
         self._late = True
@@ -117,13 +121,24 @@ class InlineSource:
             self._greenlet.throw(_Interrupt(_LATE))
 
     def _readable(self):
-        self._watcher.stop()  # level-triggered: a pipelined request would spin otherwise
+        # Level-triggered: bytes the caller sent ahead (a pipelined request), left for the
+        # server, would wake it without end; watch by polling instead for the rest of the step.
+        self._watcher.stop()
+        if self._poller is None:
+            import gevent
+
+            self._poller = gevent.get_hub().loop.timer(POLL_SECONDS, POLL_SECONDS)
+        self._poller.start(self._poll)
+        self._poll()
+
+    def _poll(self):
         if peer_closed(self._sock):
+            self._poller.stop()
             self._greenlet.throw(_Interrupt(_GONE))
 
     def close(self):
         self._chunks.close()
-        for watcher in (self._timer, self._watcher):
+        for watcher in (self._timer, self._watcher, self._poller):
             if watcher is not None:
                 watcher.close()
 
