@@ -93,7 +93,7 @@ def calls(status, limit, local, as_json):
 def _echo_event(event):
     if isinstance(event, StreamConnected):
         echo(f"# call {event.call_id} ({event.status}, {event.direction}) "
-                   f"{event.from_number} -> {event.to_number}")
+             f"{event.from_number} -> {event.to_number}")
     elif isinstance(event, TranscriptTurn):
         echo(f"{event.role}: {event.content}")
     elif isinstance(event, StreamEnded):
@@ -115,7 +115,7 @@ def transcript(call_id, follow, as_json):
             for event in client.stream_transcript(call_id):
                 if as_json:  # one JSON document per line, flushed as it comes
                     echo(json.dumps({"event": _EVENT_NAMES[type(event)],
-                                           "data": event.raw}))
+                                     "data": event.raw}))
                 else:
                     _echo_event(event)
             return
@@ -153,8 +153,8 @@ def deliveries(failed, hours, limit, as_json):
     ))
     rate = "-" if stats.success_rate is None else f"{stats.success_rate:g}%"
     echo(f"\n{'last ' + str(hours) + ' h' if hours else 'stats'}: {stats.total} total, "
-               f"{stats.success} delivered, {stats.failed} failed, {stats.pending} pending; "
-               f"success rate {rate}")
+         f"{stats.success} delivered, {stats.failed} failed, {stats.pending} pending; "
+         f"success rate {rate}")
 
 
 @agentphone.group("webhook")
@@ -196,4 +196,4 @@ def send(to, text, agent_id, number_id, as_json):
         echo_json(sent.raw)
     else:
         echo(f"{sent.status or 'sent'}: {sent.id} via {sent.channel} "
-                   f"{sent.from_number} -> {sent.to_number}")
+             f"{sent.from_number} -> {sent.to_number}")

@@ -1,6 +1,8 @@
 """`flask agentphone jobs|worker`: inspect, replay and run background jobs."""
 
+import logging
 import signal
+import time
 
 import click
 from flask import current_app
@@ -10,28 +12,63 @@ from app.cli import agentphone
 from app.cli.output import echo
 from app.store import StoreUnavailable, get_store
 
+log = logging.getLogger(__name__)
+
 
 @agentphone.group("jobs", invoke_without_command=True)
 @click.option("--dead", is_flag=True, help="Only dead-lettered jobs.")
+@click.option("--unsure", is_flag=True,
+              help="Text replies that may or may not have gone out, by job (see `jobs resend`).")
 @click.option("--status", default=None, help="Only jobs with this status.")
 @click.option("--limit", default=50, show_default=True)
 @click.pass_context
 @with_appcontext  # a group's own callback is not wrapped by AppGroup
-def jobs(ctx, dead, status, limit):
+def jobs(ctx, dead, unsure, status, limit):
     """List background jobs, newest first."""
     if ctx.invoked_subcommand is not None:
         return
     try:
         store = get_store()
+        if unsure:
+            _echo_unsure(store.unsure_replies(limit))
+            return
         rows = store.jobs(status="dead" if dead else status, limit=limit)
         counts = store.job_counts()
+        doubtful = store.unsure_reply_count()
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from exc
     echo(f"{'ID':>6}  {'KIND':<13} {'STATUS':<8} {'TRIES':>5}  LAST ERROR")
     for job in rows:
         echo(f"{job.id:>6}  {job.kind:<13} {job.status:<8} {job.attempts:>5}  "
-                   f"{(job.last_error or '')[:60]}")
-    echo("totals: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+             f"{(job.last_error or '')[:60]}")
+    echo("totals: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
+         + (f"; unsure replies {doubtful} (jobs --unsure)" if doubtful else ""))
+
+
+def _echo_unsure(rows):
+    echo(f"{'JOB':>6}  {'STATUS':<8} {'TO':<16} {'SINCE (UTC)':<19}  REPLY FOR / ERROR")
+    for row in rows:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["updated_at"]))
+        echo(f"{row['job_id'] or '-':>6}  {row['status']:<8} {row['to_number'] or '-':<16} "
+             f"{since:<19}  {row['delivery_id']} {(row['error'] or '')[:60]}".rstrip())
+    echo(f"{len(rows)} unsure repl{'y' if len(rows) == 1 else 'ies'}: check whether each "
+         "arrived before `jobs resend JOB`")
+
+
+@jobs.command("resend")
+@click.argument("job_id", type=int)
+def resend(job_id):
+    """Send job JOB_ID's unsure reply again, through the outbox. Check first that it did not
+    arrive: if it did, the recipient gets it twice."""
+    try:
+        row = get_store().resend_reply(job_id)
+    except StoreUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
+    if row is None:
+        raise click.ClickException(f"job {job_id} has no unsure reply, or is running")
+    log.warning("operator resend: job %s queued to send its reply for %s to %s again",
+                job_id, row["delivery_id"], row["to_number"])
+    echo(f"job {job_id} queued to resend its reply to {row['to_number']}")
 
 
 @jobs.command("retry")

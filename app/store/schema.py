@@ -147,6 +147,11 @@ MIGRATIONS = [
         VALUES ('monday', '09:00', 'Maria Garcia', '+15550002222', 'booked', 0, 0)
         ON CONFLICT DO NOTHING
     """,
+    # 3: the job that wrote each reply outbox row, so that a reply whose fate is unknown can
+    # be listed with its job and resent from it.
+    """
+    ALTER TABLE outbox ADD COLUMN job_id INTEGER
+    """,
 ]
 
 

@@ -10,7 +10,7 @@ import threading
 import time
 
 from app.store.base import Job, Retention, StoreUnavailable
-from app.store.records import RecordsMixin
+from app.store.records import OUTBOX, RecordsMixin, _select_one
 from app.store.schema import MIGRATIONS, statements
 
 log = logging.getLogger(__name__)
@@ -232,13 +232,25 @@ class SQLStore(RecordsMixin):
 
     def retry_job(self, job_id):
         """Put a dead (or any) job back in the queue with a fresh set of attempts."""
-        now = self.clock()
-        changed = self._exec(
-            "UPDATE jobs SET status = 'pending', attempts = 0, run_at = ?, lease_until = NULL, "
-            "updated_at = ? WHERE id = ?",
-            (now, now, job_id),
-        )
-        return changed == 1
+        return self._run(lambda cur: _requeue(cur, job_id, self.clock()))
+
+    def resend_reply(self, job_id):
+        """An operator's decision to send an unsure reply again: mark the job's outbox row
+        ``resend`` and queue the job. Returns the outbox row, or None when job ``job_id`` has no
+        unsure reply or is running (its send may be in flight right now)."""
+
+        def resend(cur):
+            row = _select_one(cur, OUTBOX, "FROM outbox WHERE job_id = ? AND status IN "
+                                           "('sending', 'unknown')", (job_id,))
+            status = _fetchone(cur, "SELECT status FROM jobs WHERE id = ?", (job_id,))
+            if row is None or status is None or status[0] == "running":
+                return None
+            cur.execute("UPDATE outbox SET status = 'resend', updated_at = ? "
+                        "WHERE delivery_id = ?", (self.clock(), row["delivery_id"]))
+            _requeue(cur, job_id, self.clock())
+            return row
+
+        return self._run(resend)
 
     def job(self, job_id):
         row = self._one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
@@ -284,6 +296,15 @@ class SQLStore(RecordsMixin):
             return sum(_rowcount(cur, sql, (cutoff,)) for sql, cutoff in expired)
 
         return self._run(prune)
+
+
+def _requeue(cur, job_id, now):
+    cur.execute(
+        "UPDATE jobs SET status = 'pending', attempts = 0, run_at = ?, lease_until = NULL, "
+        "updated_at = ? WHERE id = ?",
+        (now, now, job_id),
+    )
+    return cur.rowcount == 1
 
 
 def _fetchone(cur, sql, params=()):
