@@ -60,7 +60,7 @@ def drip(socks, stop, interval=0.25):
 def test_slow_and_partial_requests_are_dropped_while_deliveries_are_served(gunicorn):
     server = gunicorn(workers=1, REQUEST_READ_TIMEOUT=2)
     partial, dripping = [], []
-    for _ in range(150):
+    for _ in range(100):
         sock = connect(server)
         sock.sendall(PARTIAL_BODY)
         partial.append(sock)
