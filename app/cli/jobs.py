@@ -1,42 +1,47 @@
-"""`flask agentphone jobs|worker`: inspect, replay and run background jobs."""
+"""`agentphone jobs|worker`: inspect, replay and run background jobs."""
 
+import dataclasses
 import logging
 import signal
 import time
 
 import click
-from flask import current_app
-from flask.cli import with_appcontext
 
-from app.cli import agentphone
+from app.cli.api import echo_json
+from app.cli.base import agentphone, uses
 from app.cli.output import echo
-from app.store import StoreUnavailable, get_store
+from app.store import JOB_STATES
 
 log = logging.getLogger(__name__)
 
 
 @agentphone.group("jobs", invoke_without_command=True)
-@click.option("--dead", is_flag=True, help="Only dead-lettered jobs.")
+@click.option("--dead", is_flag=True, help="Only dead-lettered jobs (same as --status dead).")
 @click.option("--unsure", is_flag=True,
               help="Text replies that may or may not have gone out, by job (see `jobs resend`).")
-@click.option("--status", default=None, help="Only jobs with this status.")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--status", type=click.Choice(JOB_STATES), help="Only jobs with this status.")
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
-@with_appcontext  # a group's own callback is not wrapped by AppGroup
-def jobs(ctx, dead, unsure, status, limit):
+def jobs(ctx, dead, unsure, status, limit, as_json):
     """List background jobs, newest first."""
     if ctx.invoked_subcommand is not None:
         return
-    try:
-        store = get_store()
-        if unsure:
-            _echo_unsure(store.unsure_replies(limit))
-            return
-        rows = store.jobs(status="dead" if dead else status, limit=limit)
-        counts = store.job_counts()
-        doubtful = store.unsure_reply_count()
-    except StoreUnavailable as exc:
-        raise click.ClickException(str(exc)) from exc
+    store = uses().store()
+    if unsure:
+        replies = store.unsure_replies(limit)
+        if as_json:
+            echo_json({"unsure_replies": replies})
+        else:
+            _echo_unsure(replies)
+        return
+    rows = store.jobs(status="dead" if dead else status, limit=limit)
+    counts = store.job_counts()
+    doubtful = store.unsure_reply_count()
+    if as_json:
+        echo_json({"jobs": [dataclasses.asdict(job) for job in rows], "totals": counts,
+                   "unsure_replies": doubtful})
+        return
     echo(f"{'ID':>6}  {'KIND':<13} {'STATUS':<8} {'TRIES':>5}  LAST ERROR")
     for job in rows:
         echo(f"{job.id:>6}  {job.kind:<13} {job.status:<8} {job.attempts:>5}  "
@@ -55,33 +60,26 @@ def _echo_unsure(rows):
          "arrived before `jobs resend JOB`")
 
 
+@jobs.command("retry")
+@click.argument("job_id", type=int)
+def retry(job_id):
+    """Queue a job again (typically a dead one) with a fresh set of attempts."""
+    if not uses().store().retry_job(job_id):
+        raise click.ClickException(f"no job {job_id}")
+    click.echo(f"job {job_id} queued again")
+
+
 @jobs.command("resend")
 @click.argument("job_id", type=int)
 def resend(job_id):
     """Send job JOB_ID's unsure reply again, through the outbox. Check first that it did not
     arrive: if it did, the recipient gets it twice."""
-    try:
-        row = get_store().resend_reply(job_id)
-    except StoreUnavailable as exc:
-        raise click.ClickException(str(exc)) from exc
+    row = uses().store().resend_reply(job_id)
     if row is None:
         raise click.ClickException(f"job {job_id} has no unsure reply, or is running")
     log.warning("operator resend: job %s queued to send its reply for %s to %s again",
                 job_id, row["delivery_id"], row["to_number"])
     echo(f"job {job_id} queued to resend its reply to {row['to_number']}")
-
-
-@jobs.command("retry")
-@click.argument("job_id", type=int)
-def retry(job_id):
-    """Queue a job again (typically a dead one) with a fresh set of attempts."""
-    try:
-        queued = get_store().retry_job(job_id)
-    except StoreUnavailable as exc:
-        raise click.ClickException(str(exc)) from exc
-    if not queued:
-        raise click.ClickException(f"no job {job_id}")
-    echo(f"job {job_id} queued again")
 
 
 @agentphone.command("worker")
@@ -92,7 +90,7 @@ def retry(job_id):
 def worker(grace):
     """Run background jobs only (the Procfile's worker process; set JOB_RUNNER=off on the web
     processes). SIGTERM or Ctrl-C: stop claiming, finish or hand back running jobs, exit."""
-    runner = current_app.extensions["job_runner"]
+    runner = uses().app().extensions["job_runner"]
     if grace is not None:
         runner.grace = grace
     previous = {sig: signal.signal(sig, runner.request_stop)
