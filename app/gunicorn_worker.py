@@ -111,7 +111,7 @@ class HygienicGeventWorker(GeventWorker):
 
     def handle(self, listener, client, addr):
         if self.open_connections >= self.connection_cap:
-            self.refuse(client, addr)
+            self.refuse(client)
             return
         self.open_connections += 1
         if self.open_connections == self.connection_cap:
@@ -128,7 +128,7 @@ class HygienicGeventWorker(GeventWorker):
         finally:
             sock.request_done()
 
-    def refuse(self, client, addr):
+    def refuse(self, client):
         """Answer 503 without reading the request, then close without a reset."""
         try:
             client.settimeout(REFUSAL_SECONDS)
