@@ -4,13 +4,13 @@ import functools
 import logging
 import time
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 
 from app.agent.base import Turn
 from app.errors import PayloadTooLarge
 from app.store import get_store
 from app.voice.hangup import caller_socket
-from app.voice.ndjson import Body, line
+from app.voice.ndjson import StreamResponse, line
 from app.voice.replay import ReplayAgent
 from app.voice.streamer import deadline_for, stream_turn
 from app.webhook import events, signing
@@ -81,13 +81,16 @@ def _voice_turn(event, delivery_id):
     store = get_store()
     turn = Turn.from_event(event, delivery_id)
     deadline = deadline_for(current_app.config["VOICE_TIMEOUT"])
-    sock = caller_socket(request.environ)
+    environ = request.environ
+    sock = caller_socket(environ)
+    filler_after = current_app.config["VOICE_FILLER_AFTER"]
     # Claimed here, in the view: Flask tears down the request context before the stream runs.
     if store.claim_delivery(delivery_id, event.event):
         agent = current_app.extensions["agent"]
         # A partial rather than a closure: it lives as long as the held stream, and is smaller.
         on_final = functools.partial(store.save_voice_reply, delivery_id)
-        lines = stream_turn(agent, turn, deadline, on_final, sock)
+        lines = stream_turn(agent, turn, deadline, on_final, sock, filler_after=filler_after,
+                            environ=environ)
     else:
         stored = store.voice_reply(delivery_id)
         if stored is not None:
@@ -96,6 +99,6 @@ def _voice_turn(event, delivery_id):
         else:
             log.info("delivery %s: duplicate voice turn still running, waiting", delivery_id)
             agent = ReplayAgent(store, delivery_id, deadline)
-            lines = stream_turn(agent, turn, deadline, None, sock)
-    return Response(Body(lines), mimetype="application/x-ndjson",
-                    headers={"X-Accel-Buffering": "no"}, direct_passthrough=True)
+            lines = stream_turn(agent, turn, deadline, None, sock, filler_after=filler_after,
+                                environ=environ)
+    return StreamResponse(lines)
