@@ -189,6 +189,11 @@ MIGRATIONS = [
     CREATE INDEX IF NOT EXISTS delivery_log_call ON delivery_log (call_id, received_at);
     CREATE INDEX IF NOT EXISTS delivery_log_channel ON delivery_log (channel, received_at)
     """,
+    # 6: the job that wrote each reply outbox row, so that a reply whose fate is unknown can
+    # be listed with its job and resent from it.
+    """
+    ALTER TABLE outbox ADD COLUMN job_id INTEGER
+    """,
 ]
 
 
