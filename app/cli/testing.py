@@ -2,13 +2,12 @@
 the real webhook path (a server started in this process, or a running one with --url);
 `agentphone call NUMBER` places a real outbound call through the API instead."""
 
-import os
 import sys
 from pathlib import Path
 
 import click
 
-from app.cli import agentphone
+from app.cli.base import agentphone, uses
 
 url_option = click.option(
     "--url", default=None,
@@ -25,13 +24,10 @@ factory_option = click.option(
 def _secret(url, secret):
     if url is None:
         return None
-    secret = secret or (os.environ.get("AGENTPHONE_WEBHOOK_SECRET") or "").split(",")[0]
-    if not secret.strip():
-        raise click.UsageError("--url needs --secret or AGENTPHONE_WEBHOOK_SECRET")
-    return secret.strip()
+    return secret or uses().webhook_secret()
 
 
-@agentphone.command("test", with_appcontext=False)
+@agentphone.command("test")
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @url_option
 @secret_option
@@ -66,7 +62,7 @@ HELP = ("Type what the caller says. /sms texts instead, /voice talks again, /ret
         "the last delivery, /end hangs up (agent.call_ended), /quit leaves.")
 
 
-@agentphone.command("call", with_appcontext=False)
+@agentphone.command("call")
 @click.argument("number", required=False)
 @url_option
 @secret_option
@@ -79,8 +75,7 @@ HELP = ("Type what the caller says. /sms texts instead, /voice talks again, /ret
 @click.option("--sms", "start_texting", is_flag=True, help="Start by texting instead.")
 @click.option("--greeting", default=None, help="With NUMBER: what the agent says on answer.")
 @click.option("--from-number-id", default=None, help="With NUMBER: the agent's number to use.")
-@click.pass_context
-def call(ctx, number, url, secret, factory, agent_id, caller, start_texting, greeting,
+def call(number, url, secret, factory, agent_id, caller, start_texting, greeting,
          from_number_id):
     """An interactive call in the terminal: every reply line with its time in ms.
 
@@ -88,7 +83,7 @@ def call(ctx, number, url, secret, factory, agent_id, caller, start_texting, gre
     reminders and call-backs; its turns then come to this server's webhook.
     """
     if number is not None:
-        _place_call(ctx, number, agent_id, greeting, from_number_id)
+        _place_call(number, agent_id, greeting, from_number_id)
         return
     from app.testing.call import Call
     from app.testing.local import LocalServer
@@ -114,19 +109,12 @@ def call(ctx, number, url, secret, factory, agent_id, caller, start_texting, gre
             server.close()
 
 
-def _place_call(ctx, number, agent_id, greeting, from_number_id):
-    from flask.cli import ScriptInfo
+def _place_call(number, agent_id, greeting, from_number_id):
+    from app.cli.api import api_client
 
-    from app.agentphone import AgentPhoneError, client_from_app
-    from app.cli.api import APICommandError
-
-    app = ctx.ensure_object(ScriptInfo).load_app()
-    try:
-        with client_from_app(app) as client:
-            placed = client.create_call(agent_id, number, initial_greeting=greeting,
-                                        from_number_id=from_number_id)
-    except AgentPhoneError as error:
-        raise APICommandError(error) from error
+    with api_client() as client:
+        placed = client.create_call(agent_id, number, initial_greeting=greeting,
+                                    from_number_id=from_number_id)
     click.echo(f"calling {placed.to_number or number} from {placed.from_number or agent_id}: "
                f"{placed.id} ({placed.status})")
 

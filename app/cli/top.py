@@ -3,11 +3,9 @@
 import time
 
 import click
-from flask import current_app
 
-from app.cli import agentphone
+from app.cli.base import agentphone, uses
 from app.console import figures
-from app.store import get_store
 
 CLEAR = "\x1b[H\x1b[2J"
 
@@ -38,10 +36,10 @@ def render(now):
 @click.option("--once", is_flag=True, help="Print one frame and exit.")
 def top(interval, once):
     """Voice turns in flight, traffic, latency and jobs, from the store; Ctrl-C leaves."""
-    api = {"state": "ok" if current_app.config.get("AGENTPHONE_API_KEY") else "not configured"}
+    api = {"state": "ok" if uses().settings.get("AGENTPHONE_API_KEY") else "not configured"}
     try:
         while True:
-            frame = "\n".join(render(figures.now(get_store(), api)))
+            frame = "\n".join(render(figures.now(uses().store(), api)))
             click.echo(frame if once else CLEAR + frame)
             if once:
                 return

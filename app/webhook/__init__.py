@@ -3,8 +3,6 @@
 import logging
 import time
 
-import click
-
 from app.config import REFUSAL_WITHOUT_KEY, ConfigError
 from app.store import StoreUnavailable
 from app.webhook.secrets import SecretSource
@@ -13,14 +11,14 @@ from app.webhook.views import bp
 log = logging.getLogger(__name__)
 
 
-def init_app(app):
-    """Register the blueprint and its secrets; a server refuses to start with no secret."""
+def init_app(app, require_secret=True):
+    """Register the blueprint and its secrets. Unless ``require_secret`` is False (a process
+    that takes no webhooks), refuse to start with no secret configured or stored."""
     store = app.extensions["store"]
     source = SecretSource(app.config["WEBHOOK_SECRETS"], store.webhook_secrets,
                           clock=app.config.get("CLOCK", time.time))
     app.extensions["webhook_secrets"] = source
-    # Commands may run without one: `agentphone webhook set` is what stores the first.
-    if not source.static and click.get_current_context(silent=True) is None:
+    if require_secret and not source.static:
         try:
             stored = store.webhook_secrets()
         except StoreUnavailable as exc:

@@ -27,6 +27,8 @@ bp = Blueprint("webhook", __name__)
 @bp.before_request
 def verify_signature():
     """Fail closed: nothing below runs unless the body is signed with a valid secret."""
+    if request.method == "OPTIONS":
+        return  # Flask's automatic answer: Allow, no body read, nothing stored
     g.arrived = time.monotonic()
     body = _raw_body()
     clock = current_app.config.get("CLOCK", time.time)
@@ -69,7 +71,8 @@ def _raw_body():
     return body
 
 
-@bp.post("/webhook")
+# strict_slashes=False: "/webhook/" is served as it is, not redirected (contract D40).
+@bp.post("/webhook", strict_slashes=False)
 def receive():
     event, delivery_id = g.event, g.delivery_id
     if event.is_voice_turn:
@@ -94,6 +97,8 @@ def receive():
 @bp.after_request
 def count_delivery(response):
     """One count per delivery: its event, channel and outcome (a refusal's HTTP status)."""
+    if request.method == "OPTIONS":
+        return response
     event = g.get("event")
     name = event.event if event is not None and event.event in events.KNOWN_EVENTS else "other"
     channel = event.channel if event is not None and event.channel in events.CHANNELS else "none"
