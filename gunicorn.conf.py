@@ -3,8 +3,15 @@
 import gc
 import os
 import shutil
+from pathlib import Path
+
+from dotenv import load_dotenv
 
 from app import logs
+
+# Before PORT and WEB_CONCURRENCY are read: the app would load .env only in the workers, too
+# late for them. Real environment variables win, as in the app.
+load_dotenv(Path.cwd() / ".env", override=False)
 
 bind = f"0.0.0.0:{os.environ.get('PORT') or 8000}"
 workers = int(os.environ.get("WEB_CONCURRENCY") or 2)

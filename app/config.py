@@ -26,6 +26,8 @@ SETTINGS = {
     "AGENTPHONE_API_URL": (DEFAULT_API_URL, "Base URL of the AgentPhone REST API."),
     "VOICE_TIMEOUT": ("30", "Seconds the platform waits for a voice reply (5-120); the final line "
                             "is sent before it."),
+    "VOICE_FILLER_AFTER": ("8", "Seconds a voice turn may say nothing before a short filler line "
+                                "is spoken (again after each such silence); 0 = never."),
     "AGENT": (None, "Import path module:callable of your agent factory, called with the app; "
                     "default: the built-in agent."),
     "AGENTS": (None, "Several agents behind one server: agent_id=module:callable pairs, "
@@ -195,6 +197,7 @@ def from_env(instance_path, require_secret=True):
         "AGENTPHONE_API_KEY": env("AGENTPHONE_API_KEY"),
         "AGENTPHONE_API_URL": env("AGENTPHONE_API_URL").rstrip("/"),
         "VOICE_TIMEOUT": _number("VOICE_TIMEOUT", float, 5, 120),
+        "VOICE_FILLER_AFTER": _number("VOICE_FILLER_AFTER", float, 0, 120),
         "AGENT_FACTORY": env("AGENT"),
         "AGENT_FACTORIES": agent_factories(env("AGENTS"), env("AGENTS_FILE")),
         "DEMO_TOOL_LATENCY": _number("DEMO_TOOL_LATENCY", float, 0, 600),

@@ -4,7 +4,7 @@ import functools
 import logging
 import time
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 
 from app import logs
 from app.agent import get_agent
@@ -15,7 +15,7 @@ from app.metrics import DELIVERIES
 from app.store import get_store
 from app.store.console import IN_FLIGHT
 from app.voice.hangup import caller_socket
-from app.voice.ndjson import Body, line
+from app.voice.ndjson import StreamResponse, line
 from app.voice.replay import ReplayAgent
 from app.voice.streamer import deadline_for, stream_turn
 from app.webhook import events, signing
@@ -131,7 +131,9 @@ def _voice_turn(event, delivery_id):
     store = get_store()
     turn = Turn.from_event(event, delivery_id)
     deadline = deadline_for(current_app.config["VOICE_TIMEOUT"])
-    sock = caller_socket(request.environ)
+    environ = request.environ
+    sock = caller_socket(environ)
+    filler_after = current_app.config["VOICE_FILLER_AFTER"]
     # Claimed here, in the view: Flask tears down the request context before the stream runs.
     if store.claim_delivery(delivery_id, event.event):
         g.outcome = "accepted"
@@ -139,8 +141,8 @@ def _voice_turn(event, delivery_id):
         # Partials rather than closures: they live as long as the held stream, and are smaller.
         on_final = functools.partial(store.save_voice_reply, delivery_id)
         report = functools.partial(JOURNAL.voice_finished, _journal(IN_FLIGHT, 200))
-        lines = stream_turn(agent, turn, deadline, on_final, sock, arrived=g.arrived,
-                            report=report)
+        lines = stream_turn(agent, turn, deadline, on_final, sock, filler_after=filler_after,
+                            environ=environ, arrived=g.arrived, report=report)
     else:
         g.outcome = "duplicate"
         stored = store.voice_reply(delivery_id)
@@ -150,6 +152,6 @@ def _voice_turn(event, delivery_id):
         else:
             log.info("delivery %s: duplicate voice turn still running, waiting", delivery_id)
             agent = ReplayAgent(store, delivery_id, deadline)
-            lines = stream_turn(agent, turn, deadline, None, sock)
-    return Response(Body(lines), mimetype="application/x-ndjson",
-                    headers={"X-Accel-Buffering": "no"}, direct_passthrough=True)
+            lines = stream_turn(agent, turn, deadline, None, sock, filler_after=filler_after,
+                                environ=environ)
+    return StreamResponse(lines)
