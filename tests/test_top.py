@@ -17,7 +17,7 @@ from tests.servers import ROOT
 
 pytestmark = pytest.mark.slow
 
-FLASK = Path(sys.executable).with_name("flask")
+AGENTPHONE = Path(sys.executable).with_name("agentphone")  # the console script
 
 
 class Tmux:
@@ -62,10 +62,9 @@ def test_top_refreshes_in_place_and_leaves_on_ctrl_c(gunicorn, secret, effects_a
     server = gunicorn(workers=1, DEMO_TOOL_LATENCY=0.05, VOICE_TIMEOUT=60,
                       TEST_TOOL_SECONDS=120, AGENTS="agt_slow=tests.agents:slow_agent",
                       TEST_EFFECTS_FILE=effects_agent.env["TEST_EFFECTS_FILE"])
-    env = {"DATABASE_URL": "sqlite:///" + str(tmp_path / "events.db"),
-           "AGENTPHONE_WEBHOOK_SECRET": secret, "LOG_LEVEL": "WARNING"}
-    command = (f"cd {shlex.quote(str(ROOT))} && {shlex.quote(str(FLASK))} --app wsgi "
-               "agentphone top --interval 0.5; echo \"top exited with $?\"; sleep 60")
+    env = {"DATABASE_URL": "sqlite:///" + str(tmp_path / "events.db"), "LOG_LEVEL": "WARNING"}
+    command = (f"cd {shlex.quote(str(ROOT))} && {shlex.quote(str(AGENTPHONE))} top "
+               "--interval 0.5; echo \"top exited with $?\"; sleep 60")
     tmux("new-session", "-d", "-s", "top", "-x", "100", "-y", "30",
          *[arg for k, v in env.items() for arg in ("-e", f"{k}={v}")], command)
     screen = tmux.wait_for(lambda s: "deliveries per minute" in s, "the first frame")
