@@ -215,10 +215,12 @@ def _platform_deliveries() -> tuple[list, Any, str | None]:
 def init_app(app: Any) -> None:
     JOURNAL.attach(app.extensions["store"])
     app.register_blueprint(bp)
-    if app.config.get("CONSOLE_PASSWORD") or app.config.get("DEV_MODE"):
-        app.secret_key = hashlib.sha256(
-            b"agentphone-session:" + (app.config.get("CONSOLE_PASSWORD") or
-                                      app.config["WEBHOOK_SECRETS"][0]).encode()).hexdigest()
+    # A process that takes no webhooks (the job worker) may have no secret to sign sessions.
+    secret = app.config.get("CONSOLE_PASSWORD") or (
+        app.config["WEBHOOK_SECRETS"][0] if app.config.get("DEV_MODE") and
+        app.config.get("WEBHOOK_SECRETS") else None)
+    if secret:
+        app.secret_key = hashlib.sha256(b"agentphone-session:" + secret.encode()).hexdigest()
     app.jinja_env.globals.update(csrf_token=csrf_token)
     app.jinja_env.filters["ago"] = figures.ago
     app.jinja_env.filters["ms"] = figures.ms
