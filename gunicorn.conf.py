@@ -27,11 +27,15 @@ os.environ.setdefault("GEVENT_TRACK_GREENLET_TREE", "0")
 
 def post_worker_init(worker):
     """Freeze start-up objects out of the garbage collector (a full collection walking them
-    stopped every held stream for ~10 ms), then start this worker's job runner, so that jobs
-    left by a crash run without waiting for the next request."""
+    stopped every held stream for ~10 ms), watch the event loop for blocks, then start this
+    worker's job runner, so that jobs left by a crash run without waiting for the next
+    request."""
     gc.collect()
     gc.freeze()
+    from app import loopwatch  # in the worker: the app is imported after gevent's patching
+
     app = worker.wsgi
+    loopwatch.start(app.config.get("LOOP_BLOCK_THRESHOLD", 0))
     if app.config.get("JOB_RUNNER"):
         app.extensions["job_runner"].start()
 

@@ -44,6 +44,9 @@ SETTINGS = {
                         "take it."),
     "JOB_GRACE": ("20", "Seconds running jobs get to finish when a process stops, before they "
                         "are handed back to the queue."),
+    "LOOP_BLOCK_THRESHOLD": ("0.1", "Seconds a gevent worker's event loop may run one greenlet "
+                                    "without switching before the block is logged with its "
+                                    "stack and counted (0 = off)."),
     "PORT": ("8000", "Port gunicorn binds (0.0.0.0:$PORT)."),
     "WEB_CONCURRENCY": ("2", "gunicorn worker processes."),
     "WORKER_CONNECTIONS": ("4000", "Open connections (held voice streams) per gevent worker."),
@@ -130,5 +133,6 @@ def from_env(instance_path, require_secret=True):
         "JOB_MAX_ATTEMPTS": _number("JOB_MAX_ATTEMPTS", int, 1, 100),
         "JOB_LEASE": _number("JOB_LEASE", float, 1, 86400),
         "JOB_GRACE": _number("JOB_GRACE", float, 0, 3600),
+        "LOOP_BLOCK_THRESHOLD": _number("LOOP_BLOCK_THRESHOLD", float, 0, 60),
         "LOG_LEVEL": env("LOG_LEVEL").upper(),
     }

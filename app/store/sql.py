@@ -25,12 +25,14 @@ JOB_COLUMNS = (
 
 class SQLStore(RecordsMixin):
     """Shared implementation; subclasses define `backend`, `types`, `lock_clause`, `_connection`,
-    `_cursor(transaction)` and `errors` (the driver's base exception classes)."""
+    `_cursor(transaction)`, `errors` (the driver's base exception classes) and `lock_wait`
+    (seconds an operation may wait on a lock held elsewhere before StoreUnavailable)."""
 
     backend = "sql"
     types = {}
     lock_clause = ""
     errors = ()
+    lock_wait = 0.0
 
     def __init__(self, clock=time.time):
         self.clock = clock
@@ -47,9 +49,9 @@ class SQLStore(RecordsMixin):
             self._migrate_now()
         return self._execute(fn, transaction)
 
-    def _execute(self, fn, transaction):
+    def _execute(self, fn, transaction, **cursor_options):
         try:
-            with self._cursor(transaction) as cur:
+            with self._cursor(transaction, **cursor_options) as cur:
                 return fn(cur)
         except self.errors as exc:
             raise StoreUnavailable(f"{self.backend} store error: {exc}") from exc

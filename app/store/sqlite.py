@@ -1,15 +1,26 @@
-"""SQLite backend: the zero-setup default, one file shared by the workers of one machine."""
+"""SQLite backend: the zero-setup default, one file shared by the workers of one machine.
 
+Under gevent every operation runs in a small pool of native threads of its own
+(``STORE_THREADS`` per process): SQLite waits in C (busy handler, ``fsync`` of a checkpoint,
+opening the file), and in the event loop's thread such a wait would stop every greenlet of
+the worker. Each operation waits for a lock at most ``LOCK_WAIT_SECONDS`` from the moment it
+was submitted, queueing for a pool thread included, and then fails with StoreUnavailable (503).
+"""
+
+import collections
 import contextlib
 import os
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
 from app.store.sql import SQLStore
+from app.tasks import gevent_active
 
-BUSY_TIMEOUT_MS = 5000
+# Longest wait of one operation for the write lock (another process's transaction, a backup);
+# a text delivery is stored or refused with 503 within about this.
+LOCK_WAIT_SECONDS = 2.5
+STORE_THREADS = 4
 
 
 def path_from_url(url):
@@ -20,34 +31,72 @@ def path_from_url(url):
     return path or ":memory:"
 
 
+class LockWaitExceeded(sqlite3.OperationalError):
+    """The operation's lock-wait budget ran out before it could start."""
+
+
 class SQLiteStore(SQLStore):
     backend = "sqlite"
     types = {"real": "REAL", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT"}
     errors = (sqlite3.Error,)
+    lock_wait = LOCK_WAIT_SECONDS
 
     def __init__(self, url, clock=time.time):
         super().__init__(clock)
         self.path = path_from_url(url)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._idle = []
-        self._lock = threading.Lock()
+        # A deque, not a list behind a lock: pool threads take and return connections, and
+        # under gevent threading.Lock is a greenlet lock. append/pop are atomic.
+        self._idle = collections.deque()
         self._pid = os.getpid()
+        self._pool = None
+
+    def _execute(self, fn, transaction):
+        """Run the operation in a store thread under gevent (the event loop keeps running
+        while it waits), in the calling thread otherwise."""
+        give_up = time.monotonic() + self.lock_wait
+        if not gevent_active():
+            return super()._execute(fn, transaction, give_up=give_up)
+        # The outcome comes back as a value: gevent prints every exception a pool thread
+        # raises, and a 503 while the file is locked is expected, not a crash.
+        ok, value = self._threads().apply(self._outcome, (fn, transaction, give_up))
+        if ok:
+            return value
+        raise value
+
+    def _outcome(self, fn, transaction, give_up):
+        try:
+            return True, super()._execute(fn, transaction, give_up=give_up)
+        except Exception as exc:
+            return False, exc
+
+    def _threads(self):
+        if self._pool is None or self._pid != os.getpid():
+            from gevent.threadpool import ThreadPool
+
+            self._fork_check()
+            self._pool = ThreadPool(STORE_THREADS)
+        return self._pool
 
     def _connect(self):
         conn = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+            self.path, timeout=LOCK_WAIT_SECONDS, isolation_level=None,
             check_same_thread=False,
         )
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         _enable_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
     @contextlib.contextmanager
-    def _cursor(self, transaction):
+    def _cursor(self, transaction, give_up):
         conn = self._checkout()
         try:
+            wait_ms = int((give_up - time.monotonic()) * 1000)
+            if wait_ms <= 0:
+                raise LockWaitExceeded("gave up waiting for the database lock")
+            # What is left of this operation's budget (queueing for a thread took some).
+            conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
             cur = conn.cursor()
             if transaction:
                 # IMMEDIATE takes the write lock up front, so two claims never deadlock.
@@ -60,28 +109,32 @@ class SQLiteStore(SQLStore):
                 cur.execute("COMMIT")
             else:
                 yield cur
+        except LockWaitExceeded:
+            self._checkin(conn)
+            raise
         except sqlite3.Error:
             conn.close()
             raise
         else:
             self._checkin(conn)
 
+    def _fork_check(self):
+        if self._pid != os.getpid():
+            # Connections must not cross a fork: drop the parent's.
+            self._idle, self._pid = collections.deque(), os.getpid()
+
     def _checkout(self):
-        with self._lock:
-            if self._pid != os.getpid():
-                # Connections must not cross a fork: drop the parent's.
-                self._idle, self._pid = [], os.getpid()
-            if self._idle:
-                return self._idle.pop()
-        return self._connect()
+        self._fork_check()
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return self._connect()
 
     def _checkin(self, conn):
-        with self._lock:
-            self._idle.append(conn)
+        self._idle.append(conn)
 
     def close(self):
-        with self._lock:
-            idle, self._idle = self._idle, []
+        idle, self._idle = self._idle, collections.deque()
         for conn in idle:
             conn.close()
 
@@ -89,11 +142,20 @@ class SQLiteStore(SQLStore):
 def _enable_wal(conn):
     """Switch the file to WAL once. The switch needs the file to itself and SQLite does not
     wait on the busy timeout for it, so workers opening a new file together retry here."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
     while conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
         try:
             conn.execute("PRAGMA journal_mode = WAL")
         except sqlite3.OperationalError:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.01)
+            _native_sleep(0.01)
+
+
+def _native_sleep(seconds):
+    """Sleep this thread: in a store thread, gevent's patched sleep would start a hub there."""
+    if gevent_active():
+        from gevent.monkey import get_original
+
+        return get_original("time", "sleep")(seconds)
+    return time.sleep(seconds)

@@ -29,14 +29,29 @@ def deadline_for(voice_timeout):
     return max(voice_timeout - 5.0, voice_timeout * 0.8)
 
 
-def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.monotonic):
+def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.monotonic,
+                claim=None):
     """Yield the NDJSON lines of one turn. ``on_final(line_dict)`` records the final line;
-    ``sock`` is the caller's connection, watched so that a hang-up cancels the work."""
+    ``sock`` is the caller's connection, watched so that a hang-up cancels the work.
+
+    ``claim(until)``, when given, is called after the interim line, so that a slow store never
+    leaves the caller silent: it returns the ``(agent, on_final)`` to run, or None when the
+    turn could not be claimed by ``until`` (monotonic); the caller then hears the fallback and
+    no agent runs."""
     started = clock()
     source = final = None
     try:
         yield interim(_acknowledgement(agent, turn))
-        source = (InlineSource if gevent_active() else PumpedSource)(agent, turn, sock)
+        if claim is not None:
+            claimed = claim(started + deadline)
+            if claimed is None:
+                log.warning("voice turn %s: not claimed before the deadline, sending fallback",
+                            turn.delivery_id)
+                final = Reply(LATE_TEXT)
+            else:
+                agent, on_final = claimed
+        if final is None:
+            source = (InlineSource if gevent_active() else PumpedSource)(agent, turn, sock)
         while final is None:
             remaining = started + deadline - clock()
             kind, chunk = source.next(remaining) if remaining > 0 else (_LATE, None)
@@ -62,10 +77,15 @@ def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.mono
     finally:
         if source is not None:
             source.close()
-        # Also when the stream is closed early, so that a retry replays at once.
-        _record(on_final, final or Reply(LATE_TEXT), turn)
+        if final is None:
+            # Closed early: a reply is recorded anyway, so that a retry replays at once.
+            _record(on_final, Reply(LATE_TEXT), turn)
     log.info("voice turn %s answered in %.0f ms", turn.delivery_id, (clock() - started) * 1000)
-    yield line(final.to_line())
+    try:
+        yield line(final.to_line())
+    finally:
+        # Recorded once the line is out: the caller never waits on the store for it.
+        _record(on_final, final, turn)
 
 
 class InlineSource:

@@ -8,15 +8,17 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from app.agent.base import Turn
 from app.errors import PayloadTooLarge
-from app.store import get_store
+from app.store import StoreUnavailable, get_store
 from app.voice.hangup import caller_socket
-from app.voice.ndjson import Body, line
+from app.voice.ndjson import Body
 from app.voice.replay import ReplayAgent
 from app.voice.streamer import deadline_for, stream_turn
 from app.webhook import events, signing
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhook", __name__)
+
+CLAIM_RETRY_SECONDS = 0.1  # pause between claims of a voice turn while the store is locked
 
 
 @bp.before_request
@@ -75,24 +77,34 @@ def _ack():
 
 
 def _voice_turn(event, delivery_id):
-    store = get_store()
     turn = Turn.from_event(event, delivery_id)
     deadline = deadline_for(current_app.config["VOICE_TIMEOUT"])
-    sock = caller_socket(request.environ)
-    # Claimed here, in the view: Flask tears down the request context before the stream runs.
-    if store.claim_delivery(delivery_id, event.event):
-        agent = current_app.extensions["agent"]
-        # A partial rather than a closure: it lives as long as the held stream, and is smaller.
-        on_final = functools.partial(store.save_voice_reply, delivery_id)
-        lines = stream_turn(agent, turn, deadline, on_final, sock)
-    else:
-        stored = store.voice_reply(delivery_id)
-        if stored is not None:
-            log.info("delivery %s: duplicate voice turn, replaying stored reply", delivery_id)
-            lines = iter([line(stored)])
-        else:
-            log.info("delivery %s: duplicate voice turn still running, waiting", delivery_id)
-            agent = ReplayAgent(store, delivery_id, deadline)
-            lines = stream_turn(agent, turn, deadline, None, sock)
+    agent = current_app.extensions["agent"]
+    # Bound here, in the view: Flask tears down the request context before the stream runs.
+    # A partial rather than a closure: it lives as long as the held stream, and is smaller.
+    claim = functools.partial(_claim_turn, get_store(), agent, delivery_id, event.event)
+    lines = stream_turn(agent, turn, deadline, sock=caller_socket(request.environ), claim=claim)
     return Response(Body(lines), mimetype="application/x-ndjson",
                     headers={"X-Accel-Buffering": "no"}, direct_passthrough=True)
+
+
+def _claim_turn(store, agent, delivery_id, event, until):
+    """Claim the delivery id for this turn, after its interim line is out: ``(agent,
+    on_final)`` for the first attempt, a replay of the first attempt's reply for a retry, None
+    when the store stayed unavailable (e.g. locked by another process) until too close to
+    ``until`` for another try. The agent never runs unclaimed: it could run twice."""
+    while True:
+        try:
+            claimed = store.claim_delivery(delivery_id, event)
+            break
+        except StoreUnavailable as exc:
+            if until - time.monotonic() <= store.lock_wait + CLAIM_RETRY_SECONDS:
+                log.error("delivery %s: voice turn not claimed: %s", delivery_id, exc)
+                return None
+            log.warning("delivery %s: store unavailable (%s), claiming again", delivery_id, exc)
+            time.sleep(CLAIM_RETRY_SECONDS)
+    if claimed:
+        return agent, functools.partial(store.save_voice_reply, delivery_id)
+    log.info("delivery %s: duplicate voice turn, replaying the first attempt's reply",
+             delivery_id)
+    return ReplayAgent(store, delivery_id, until - time.monotonic()), None
