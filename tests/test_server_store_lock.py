@@ -93,7 +93,7 @@ def check_texts(server, texts, stored_ids):
         assert seconds <= TEXT_BOUND
     acked = {delivery for delivery, status, *_ in texts if status == 200}
     assert acked <= stored_ids()
-    for delivery, status, _, raw, headers in texts:
+    for _, status, _, raw, headers in texts:
         if status == 503:
             assert requests.post(server.webhook, data=raw, headers=headers,
                                  timeout=10).status_code == 200
@@ -104,13 +104,13 @@ def objects(lines):
     return [obj for _, obj in lines]
 
 
-def check_answered_after_the_lock(server, effects, held, new, released_after):
+def check_answered_after_the_lock(effects, held, new, released_after):
     # Held calls finished their 1 s tool on time although the store was locked.
-    for delivery, lines in held:
+    for _, lines in held:
         assert objects(lines)[-1] == {"text": "Tool said done for where is it."}
         assert lines[-1][0] < 2.5
     # New calls: interim line at once, then the agent's answer once the claim went through.
-    for delivery, lines in new:
+    for _, lines in new:
         assert objects(lines)[0] == {"text": "Checking.", "interim": True}
         assert lines[0][0] < 1.0
         assert objects(lines)[-1] == {"text": "Tool said done for where is it."}
@@ -135,7 +135,7 @@ def test_sqlite_locked_by_another_process(gunicorn, effects_agent, tmp_path):
                       JOB_RUNNER="off")
     server.db_path = tmp_path / "events.db"
     held, new, texts = run_under_lock(server, sqlite_lock(server), 4)
-    check_answered_after_the_lock(server, effects_agent.effects, held, new, 4 - 0.5)
+    check_answered_after_the_lock(effects_agent.effects, held, new, 4 - 0.5)
     check_texts(server, texts, sqlite_ids(server.db_path))
 
 
@@ -172,5 +172,5 @@ def test_postgres_table_locked_by_another_session(gunicorn, effects_agent, pg_ur
             return {row[0] for row in conn.execute("SELECT id FROM deliveries")}
 
     held, new, texts = run_under_lock(server, lock, 4)
-    check_answered_after_the_lock(server, effects_agent.effects, held, new, 4 - 0.5)
+    check_answered_after_the_lock(effects_agent.effects, held, new, 4 - 0.5)
     check_texts(server, texts, ids)
