@@ -50,7 +50,7 @@ class SQLiteStore(SQLStore):
         # under gevent threading.Lock is a greenlet lock. append/pop are atomic.
         self._idle = collections.deque()
         self._pid = os.getpid()
-        self._pool = None
+        self._pool = self._pool_pid = None
 
     def _execute(self, fn, transaction):
         """Run the operation in a store thread under gevent (the event loop keeps running
@@ -72,11 +72,10 @@ class SQLiteStore(SQLStore):
             return False, exc
 
     def _threads(self):
-        if self._pool is None or self._pid != os.getpid():
+        if self._pool_pid != os.getpid():  # made in each process: threads do not cross a fork
             from gevent.threadpool import ThreadPool
 
-            self._fork_check()
-            self._pool = ThreadPool(STORE_THREADS)
+            self._pool, self._pool_pid = ThreadPool(STORE_THREADS), os.getpid()
         return self._pool
 
     def _connect(self):
