@@ -16,7 +16,6 @@ same claims on the same file (the other gunicorn worker).
 """
 
 import argparse
-import faulthandler
 import os
 import subprocess
 import sys
@@ -197,5 +196,4 @@ def main():
 
 if __name__ == "__main__":
     os.environ.setdefault("GEVENT_TRACK_GREENLET_TREE", "0")
-    faulthandler.dump_traceback_later(8, exit=True)
     sys.exit(main())
