@@ -3,9 +3,10 @@ process (monkey-patched like a gunicorn gevent worker) on a fresh file.
 
   inline     in the event loop's thread (the old way: every lock wait, commit and checkpoint
              stops all greenlets);
-  pool       app.store.sqlite as it is: each operation in a small pool of native threads;
-  writer     one writer thread per process that commits the queued writes as a group (one
-             transaction with a savepoint per operation), a prototype written here.
+  pool       each transaction in one of a small pool of native threads, one transaction at a
+             time per process;
+  store      app.store.sqlite as it is: one writer thread per process commits the queued
+             transactions as a group (one transaction, a savepoint per operation).
 
 ``--greenlets`` greenlets each make text-delivery claims (claim_with_job: a delivery row and
 a job row) for ``--seconds``; a ticker greenlet measures how late the event loop runs it
@@ -28,7 +29,6 @@ from gevent import monkey
 monkey.patch_all()
 
 import gevent  # noqa: E402
-from gevent.event import AsyncResult  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -54,60 +54,28 @@ while time.monotonic() < until:
 """
 
 
-class GroupWriter:
-    """One native thread committing queued claims in groups: BEGIN IMMEDIATE, a savepoint
-    per claim, COMMIT; each waiting greenlet is woken through a thread-safe AsyncResult."""
+class PoolClaims:
+    """Each claim transaction in one of the store's pool threads, one transaction at a time
+    per process (a native lock), the way before the group writer."""
 
     def __init__(self, store):
-        from gevent.monkey import get_original
-
         self.store = store
-        self.queue = get_original("queue", "SimpleQueue")()
-        # _thread's: threading.Thread would start a greenlet under monkey-patching.
-        get_original("_thread", "start_new_thread")(self._run, ())
 
     def claim_with_job(self, delivery_id, event, kind, payload):
-        result = AsyncResult()  # may be set from another thread (gevent >= 20.12)
-        self.queue.put((delivery_id, event, kind, payload, result))
-        return result.get(timeout=30)
+        def claim(cur):
+            if not self.store._claim(cur, delivery_id, event):
+                return False
+            now = time.time()
+            cur.execute("INSERT INTO jobs (delivery_id, kind, payload, run_at, created_at, "
+                        "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        (delivery_id, kind, payload, now, now, now))
+            return True
 
-    def _run(self):
-        conn = self.store._connect()
-        conn.execute(f"PRAGMA busy_timeout = {int(sqlite_store.LOCK_WAIT_SECONDS * 1000)}")
-        while True:
-            batch = [self.queue.get()]
-            while len(batch) < 256:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except Exception:
-                    break
-            outcomes = []
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                for delivery_id, event, kind, payload, _ in batch:
-                    conn.execute("SAVEPOINT one")
-                    try:
-                        cur = conn.cursor()
-                        outcomes.append(self.store._claim(cur, delivery_id, event))
-                        now = time.time()
-                        cur.execute(
-                            "INSERT INTO jobs (delivery_id, kind, payload, run_at, created_at, "
-                            "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                            (delivery_id, kind, payload, now, now, now))
-                        conn.execute("RELEASE one")
-                    except Exception as exc:
-                        conn.execute("ROLLBACK TO one")
-                        outcomes.append(exc)
-                conn.execute("COMMIT")
-            except Exception as exc:
-                outcomes = [exc] * len(batch)
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            for (*_, result), outcome in zip(batch, outcomes, strict=True):
-                if isinstance(outcome, Exception):
-                    result.set_exception(outcome)
-                else:
-                    result.set(outcome)
+        give_up = time.monotonic() + self.store.lock_wait
+        ok, value = self.store._threads().apply(self.store._outcome, (claim, True, give_up))
+        if not ok:
+            raise value
+        return value
 
 
 def one_run(mode, args, run_index):
@@ -115,11 +83,8 @@ def one_run(mode, args, run_index):
     path = folder / "bench.db"
     store = SQLiteStore(f"sqlite:///{path}")
     store.migrate()
-    if mode == "inline":
-        sqlite_store.gevent_active = lambda: False
-    else:
-        sqlite_store.gevent_active = lambda: True
-    claimer = GroupWriter(store) if mode == "writer" else store
+    sqlite_store.gevent_active = (lambda: False) if mode == "inline" else (lambda: True)
+    claimer = PoolClaims(store) if mode == "pool" else store
     contender = None
     if args.contender:
         contender = subprocess.Popen([sys.executable, "-c", CONTENDER, str(path),
@@ -166,7 +131,8 @@ def one_run(mode, args, run_index):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--modes", nargs="+", default=["inline", "pool", "writer"])
+    parser.add_argument("--modes", nargs="+", default=["inline", "pool", "store"],
+                        choices=["inline", "pool", "store"])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--greenlets", type=int, default=64)

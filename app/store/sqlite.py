@@ -1,10 +1,12 @@
 """SQLite backend: the zero-setup default, one file shared by the workers of one machine.
 
-Under gevent every operation runs in a small pool of native threads of its own
-(``STORE_THREADS`` per process): SQLite waits in C (busy handler, ``fsync`` of a checkpoint,
-opening the file), and in the event loop's thread such a wait would stop every greenlet of
-the worker. Each operation waits for a lock at most ``LOCK_WAIT_SECONDS`` from the moment it
-was submitted, queueing for a pool thread included, and then fails with StoreUnavailable (503).
+Under gevent no SQLite call runs in the event loop's thread: SQLite waits in C (busy handler,
+``fsync`` of a checkpoint, opening the file), and there such a wait would stop every greenlet
+of the worker. Transactions go to one writer thread per process, which commits the queued ones
+as a group (one ``BEGIN IMMEDIATE`` ... ``COMMIT``, a savepoint per operation: one failing
+operation does not undo the others); single statements run in a small pool of native threads
+(``STORE_THREADS``). Each operation waits for a lock at most ``LOCK_WAIT_SECONDS`` from the
+moment it was submitted, queueing included, and then fails with StoreUnavailable (503).
 """
 
 import collections
@@ -15,6 +17,10 @@ import threading
 import time
 from pathlib import Path
 
+from gevent import Timeout
+from gevent.event import AsyncResult
+
+from app.store.base import StoreUnavailable
 from app.store.sql import SQLStore
 from app.tasks import gevent_active
 
@@ -22,6 +28,8 @@ from app.tasks import gevent_active
 # a text delivery is stored or refused with 503 within about this.
 LOCK_WAIT_SECONDS = 2.5
 STORE_THREADS = 4
+GROUP_MAX = 256  # operations committed together at most
+WRITER_SLACK_SECONDS = 30.0
 
 
 def path_from_url(url):
@@ -51,9 +59,9 @@ class SQLiteStore(SQLStore):
         # under gevent threading.Lock is a greenlet lock. append/pop are atomic.
         self._idle = collections.deque()
         self._pid = os.getpid()
-        self._pool = self._pool_pid = None
-        # One write transaction at a time per process: more would only take turns at the
-        # file lock through SQLite's sleeping busy handler (measured: a third of the claims/s).
+        self._pool = self._pool_pid = self._queue = None
+        # One write transaction at a time per process without gevent (threads): more would only
+        # take turns at the file lock through SQLite's sleeping busy handler.
         self._writer = _native_lock()
 
     def _execute(self, fn, transaction):
@@ -62,11 +70,23 @@ class SQLiteStore(SQLStore):
         give_up = time.monotonic() + self.lock_wait
         if not gevent_active():
             return super()._execute(fn, transaction, give_up=give_up)
-        # The outcome comes back as a value: gevent prints every exception a pool thread
-        # raises, and a 503 while the file is locked is expected, not a crash.
-        ok, value = self._threads().apply(self._outcome, (fn, transaction, give_up))
+        if transaction:
+            result = AsyncResult()  # set by the writer thread
+            self._writes().put((fn, give_up, result))
+            # With a timeout: its timer keeps the loop alive while only another thread can
+            # wake it (e.g. the migration while the worker boots). Never reached otherwise.
+            try:
+                ok, value = result.get(timeout=self.lock_wait + WRITER_SLACK_SECONDS)
+            except Timeout:
+                raise StoreUnavailable("sqlite store: the writer thread did not answer") from None
+        else:
+            # The outcome comes back as a value: gevent prints every exception a pool thread
+            # raises, and a 503 while the file is locked is expected, not a crash.
+            ok, value = self._threads().apply(self._outcome, (fn, transaction, give_up))
         if ok:
             return value
+        if isinstance(value, self.errors):
+            raise StoreUnavailable(f"{self.backend} store error: {value}") from value
         raise value
 
     def _outcome(self, fn, transaction, give_up):
@@ -77,10 +97,61 @@ class SQLiteStore(SQLStore):
 
     def _threads(self):
         if self._pool_pid != os.getpid():  # made in each process: threads do not cross a fork
+            from gevent.monkey import get_original
             from gevent.threadpool import ThreadPool
 
             self._pool, self._pool_pid = ThreadPool(STORE_THREADS), os.getpid()
+            self._queue = get_original("queue", "SimpleQueue")()
+            get_original("_thread", "start_new_thread")(self._write_groups, (self._queue,))
         return self._pool
+
+    def _writes(self):
+        self._threads()
+        return self._queue
+
+    def _write_groups(self, queue):
+        """The writer thread, forever: take what is queued (up to ``GROUP_MAX``), commit it as
+        one transaction, hand each greenlet its outcome. While another process holds the lock,
+        operations whose budget ran out fail and the others wait on."""
+        pending = []
+        while True:
+            if not pending:
+                pending.append(queue.get())
+            while len(pending) < GROUP_MAX and not queue.empty():
+                pending.append(queue.get())
+            now = time.monotonic()
+            for _, give_up, result in pending:
+                if give_up <= now:
+                    result.set((False, LockWaitExceeded("gave up waiting for the database lock")))
+            pending = [item for item in pending if item[1] > now]
+            if not pending:
+                continue
+            try:
+                outcomes = self._commit_group(pending)
+            except sqlite3.OperationalError as exc:
+                if _locked(exc):
+                    continue  # the earliest budget ran out: fail that one, try the rest again
+                outcomes = [(False, exc)] * len(pending)
+            except Exception as exc:  # the transaction as a whole failed
+                outcomes = [(False, exc)] * len(pending)
+            for (_, _, result), outcome in zip(pending, outcomes, strict=True):
+                result.set(outcome)
+            pending = []
+
+    def _commit_group(self, group):
+        give_up = min(item[1] for item in group)
+        with self._cursor(True, give_up) as cur:
+            outcomes = []
+            for fn, _, _ in group:
+                cur.execute("SAVEPOINT operation")
+                try:
+                    outcomes.append((True, fn(cur)))
+                    cur.execute("RELEASE operation")
+                except Exception as exc:
+                    cur.execute("ROLLBACK TO operation")
+                    cur.execute("RELEASE operation")
+                    outcomes.append((False, exc))
+            return outcomes
 
     def _connect(self):
         conn = sqlite3.connect(
@@ -135,6 +206,10 @@ class SQLiteStore(SQLStore):
         idle, self._idle = self._idle, collections.deque()
         for conn in idle:
             conn.close()
+
+
+def _locked(exc):
+    return isinstance(exc, LockWaitExceeded) or "locked" in str(exc) or "busy" in str(exc)
 
 
 def _transaction(conn, cur, give_up):
