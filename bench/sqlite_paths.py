@@ -81,9 +81,10 @@ class PoolClaims:
 def one_run(mode, args, run_index):
     folder = Path(tempfile.mkdtemp(prefix="agentphone-sqlite-paths-"))
     path = folder / "bench.db"
+    # Before the store is made: it picks its locks by it.
+    sqlite_store.gevent_active = (lambda: False) if mode == "inline" else (lambda: True)
     store = SQLiteStore(f"sqlite:///{path}")
     store.migrate()
-    sqlite_store.gevent_active = (lambda: False) if mode == "inline" else (lambda: True)
     claimer = PoolClaims(store) if mode == "pool" else store
     contender = None
     if args.contender:
