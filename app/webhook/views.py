@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("webhook", __name__)
 
 CLAIM_RETRY_SECONDS = 0.1  # pause between claims of a voice turn while the store is locked
+CLAIM_MARGIN_SECONDS = 0.5  # how far a claim may overrun its lock wait (connecting, busy CPU)
 
 
 @bp.before_request
@@ -101,11 +102,11 @@ def _claim_turn(store, agent, delivery_id, event, until):
             claimed = store.claim_delivery(delivery_id, event)
             break
         except StoreUnavailable as exc:
-            if until - time.monotonic() <= store.lock_wait + CLAIM_RETRY_SECONDS:
+            time.sleep(CLAIM_RETRY_SECONDS)
+            if until - time.monotonic() <= store.lock_wait + CLAIM_MARGIN_SECONDS:
                 log.error("delivery %s: voice turn not claimed: %s", delivery_id, exc)
                 return None
             log.warning("delivery %s: store unavailable (%s), claiming again", delivery_id, exc)
-            time.sleep(CLAIM_RETRY_SECONDS)
     if claimed:
         return agent, functools.partial(store.save_voice_reply, delivery_id)
     log.info("delivery %s: duplicate voice turn, replaying the first attempt's reply",
