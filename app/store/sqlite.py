@@ -64,12 +64,12 @@ class SQLiteStore(SQLStore):
         # take turns at the file lock through SQLite's sleeping busy handler.
         self._writer = _native_lock()
 
-    def _execute(self, fn, transaction):
+    def _attempt(self, fn, transaction):
         """Run the operation in a store thread under gevent (the event loop keeps running
         while it waits), in the calling thread otherwise."""
         give_up = time.monotonic() + self.lock_wait
         if not gevent_active():
-            return super()._execute(fn, transaction, give_up=give_up)
+            return super()._attempt(fn, transaction, give_up=give_up)
         if transaction:
             result = AsyncResult()  # set by the writer thread
             self._writes().put((fn, give_up, result))
@@ -91,7 +91,7 @@ class SQLiteStore(SQLStore):
 
     def _outcome(self, fn, transaction, give_up):
         try:
-            return True, super()._execute(fn, transaction, give_up=give_up)
+            return True, super()._attempt(fn, transaction, give_up=give_up)
         except Exception as exc:
             return False, exc
 
