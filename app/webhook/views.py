@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("webhook", __name__)
 
 CLAIM_RETRY_SECONDS = 0.1  # pause between claims of a voice turn while the store is locked
+# A voice turn's outcome is known in its stream, after the interim line: counted there.
+COUNTED_IN_STREAM = "counted in stream"
 CLAIM_MARGIN_SECONDS = 0.5  # how far a claim may overrun its lock wait (connecting, busy CPU)
 
 
@@ -103,13 +105,20 @@ def count_delivery(response):
     if request.method == "OPTIONS":
         return response
     event = g.get("event")
-    name = event.event if event is not None and event.event in events.KNOWN_EVENTS else "other"
-    channel = event.channel if event is not None and event.channel in events.CHANNELS else "none"
     outcome = g.get("outcome") or str(response.status_code)
-    DELIVERIES.labels(name, channel, outcome).inc()
-    if "delivery_id" in g and not (outcome == "accepted" and event.is_voice_turn):
+    if outcome == COUNTED_IN_STREAM:
+        return response
+    DELIVERIES.labels(*_labels(event), outcome).inc()
+    if "delivery_id" in g:
         _journal(outcome, response.status_code)
     return response
+
+
+def _labels(event):
+    """The delivery counter's event and channel labels (known values only)."""
+    name = event.event if event is not None and event.event in events.KNOWN_EVENTS else "other"
+    channel = event.channel if event is not None and event.channel in events.CHANNELS else "none"
+    return name, channel
 
 
 def _journal(outcome, status):
@@ -138,22 +147,24 @@ def _voice_turn(event, delivery_id):
     # Claimed in the stream, after the interim line: a locked store must not keep the caller
     # silent. Whether the turn is a retry is only known then, so every voice turn is
     # journalled as in flight here and completed when its stream ends.
-    g.outcome = "accepted"
+    g.outcome = COUNTED_IN_STREAM
     report = functools.partial(JOURNAL.voice_finished, _journal(IN_FLIGHT, 200))
     # Partials rather than closures (they live as long as the held stream, and are smaller),
     # bound here: Flask tears down the request context before the stream runs.
-    claim = functools.partial(_claim_turn, get_store(), agent, delivery_id, event.event)
+    claim = functools.partial(_claim_turn, get_store(), agent, delivery_id, event.event,
+                              _labels(event))
     lines = stream_turn(agent, turn, deadline, sock=caller_socket(environ),
                         filler_after=current_app.config["VOICE_FILLER_AFTER"], environ=environ,
                         arrived=g.arrived, report=report, claim=claim)
     return StreamResponse(lines)
 
 
-def _claim_turn(store, agent, delivery_id, event, until):
+def _claim_turn(store, agent, delivery_id, event, labels, until):
     """Claim the delivery id for this turn, after its interim line is out: ``(agent,
     on_final)`` for the first attempt, a replay of the first attempt's reply for a retry, None
     when the store stayed unavailable (e.g. locked by another process) until too close to
-    ``until`` for another try. The agent never runs unclaimed: it could run twice."""
+    ``until`` for another try. The agent never runs unclaimed: it could run twice. The
+    delivery is counted here, once its outcome is known."""
     while True:
         try:
             claimed = store.claim_delivery(delivery_id, event)
@@ -162,8 +173,10 @@ def _claim_turn(store, agent, delivery_id, event, until):
             time.sleep(CLAIM_RETRY_SECONDS)
             if until - time.monotonic() <= store.lock_wait + CLAIM_MARGIN_SECONDS:
                 log.error("delivery %s: voice turn not claimed: %s", delivery_id, exc)
+                DELIVERIES.labels(*labels, "store_unavailable").inc()
                 return None
             log.warning("delivery %s: store unavailable (%s), claiming again", delivery_id, exc)
+    DELIVERIES.labels(*labels, "accepted" if claimed else "duplicate").inc()
     if claimed:
         return agent, functools.partial(store.save_voice_reply, delivery_id)
     log.info("delivery %s: duplicate voice turn, replaying the first attempt's reply",
