@@ -58,12 +58,16 @@ def child_exit(server, worker):
 
 def post_worker_init(worker):
     """Freeze start-up objects out of the garbage collector (a full collection walking them
-    stopped every held stream for ~10 ms), then start this worker's job runner, so that jobs
-    left by a crash run without waiting for the next request. In development mode the first
-    worker logs the webhook URL at the address really bound."""
+    stopped every held stream for ~10 ms), watch the event loop for blocks, then start this
+    worker's job runner, so that jobs left by a crash run without waiting for the next
+    request. In development mode the first worker logs the webhook URL at the address really
+    bound."""
     gc.collect()
     gc.freeze()
+    from app import loopwatch  # in the worker: the app is imported after gevent's patching
+
     app = worker.wsgi
+    loopwatch.start(app.config.get("LOOP_BLOCK_THRESHOLD", 0))
     if app.config.get("JOB_RUNNER"):
         app.extensions["job_runner"].start()
     if worker.age == 1:  # the first worker speaks for all: one banner per server

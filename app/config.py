@@ -56,6 +56,9 @@ SETTINGS = {
                           "is cancelled and counts as failed."),
     "JOB_GRACE": ("20", "Seconds running jobs get to finish when a process stops, before they "
                         "are handed back to the queue."),
+    "LOOP_BLOCK_THRESHOLD": ("0.1", "Seconds a gevent worker's event loop may run one greenlet "
+                                    "without switching before the block is logged with its "
+                                    "stack and counted (0 = off)."),
     "PORT": ("8000", "Port gunicorn binds (0.0.0.0:$PORT)."),
     "WEB_CONCURRENCY": ("2", "gunicorn worker processes."),
     "WORKER_CONNECTIONS": ("4000", "Open connections (held voice streams) per gevent worker; "
@@ -220,6 +223,7 @@ def from_env(instance_path, require_secret=True):
         "JOB_GRACE": _number("JOB_GRACE", float, 0, 3600),
         "JOB_TIMEOUT": _number("JOB_TIMEOUT", float, 1, 3600),
         "REQUEST_READ_TIMEOUT": _number("REQUEST_READ_TIMEOUT", float, 0.1, 3600),
+        "LOOP_BLOCK_THRESHOLD": _number("LOOP_BLOCK_THRESHOLD", float, 0, 60),
         "LOG_LEVEL": log_level(),
         "LOG_FORMAT": log_format(),
         "METRICS_TOKEN": env("METRICS_TOKEN"),

@@ -39,7 +39,8 @@ FIRST_LINE = Histogram("agentphone_voice_first_line_seconds", "From a voice turn
 FINAL_LINE = Histogram("agentphone_voice_final_line_seconds", "From a voice turn's arrival to "
                        "its final line handed to the socket.", buckets=TURN_BUCKETS)
 VOICE_OUTCOMES = Counter("agentphone_voice_turns", "Voice turns by how they ended (answered, "
-                         "deadline fallback, agent_error, hangup).", ["outcome"])
+                         "deadline fallback, agent_error, hangup, store_unavailable: not "
+                         "claimed before the deadline).", ["outcome"])
 IN_FLIGHT = Gauge("agentphone_voice_turns_in_flight", "Voice turns being streamed now.",
                   multiprocess_mode="livesum")
 TOOL_CALLS = Counter("agentphone_tool_calls", "Tool calls by tool and outcome.",

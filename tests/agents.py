@@ -42,3 +42,24 @@ class SlowToolAgent(Agent):
 def slow_agent(app):
     return SlowToolAgent(float(os.environ.get("TEST_TOOL_SECONDS", "1")),
                          os.environ["TEST_EFFECTS_FILE"])
+
+
+class BusyAgent(Agent):
+    """Computes without yielding for TEST_BUSY_SECONDS: the event loop is blocked meanwhile."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def respond(self, turn):
+        yield Reply(f"Counted to {spin_without_yielding(self.seconds)}.")
+
+
+def spin_without_yielding(seconds):
+    until, count = time.monotonic() + seconds, 0
+    while time.monotonic() < until:
+        count += 1
+    return count
+
+
+def busy_agent(app):
+    return BusyAgent(float(os.environ.get("TEST_BUSY_SECONDS", "0.5")))

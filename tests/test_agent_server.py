@@ -109,9 +109,11 @@ def test_a_retried_booking_turn_books_once(gunicorn, tmp_path):
     assert all(r.status_code == 200 for r, _ in results)
     assert finals == [finals[0]] * 6
     assert finals[0]["text"].startswith("You're booked for Wednesday at 3 PM, Jane Doe.")
-    # ... and after it finished: the stored final line is replayed at once.
+    # ... and after it finished: the stored final line is replayed at once, after the
+    # interim line.
     _, lines = post(0)
-    assert [obj for _, obj in lines] == [finals[0]]
+    assert [obj for _, obj in lines][1:] == [finals[0]]
+    assert lines[0][1]["interim"] is True
     assert lines[-1][0] < LATENCY
     assert tool_runs(server, delivery) == ["search_customers", "book_appointment"]
     assert appointments(tmp_path, "wednesday") == [("15:00", "Jane Doe", delivery)]

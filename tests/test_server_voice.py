@@ -128,9 +128,11 @@ def test_retry_while_running_waits_for_the_first_attempts_answer(voice_server, e
     assert check_stream(first_lines)[-1] == check_stream(retry_lines)[-1]
     assert first_lines[-1][1] == {"text": "Tool said done for hi."}
     assert retry_lines[0][1]["interim"] is True
-    # Finished now: a later retry gets the stored final line alone, at once.
+    # Finished now: a later retry gets the interim line, then the stored final line at once.
     _, replay = post_stream(server.webhook, raw, headers)
-    assert [obj for _, obj in replay] == [first_lines[-1][1]]
+    assert [obj for _, obj in replay] == [{"text": "Checking.", "interim": True},
+                                          first_lines[-1][1]]
+    assert replay[-1][0] < 1.0
     assert effects() == [headers["X-Webhook-ID"]]
 
 

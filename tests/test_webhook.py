@@ -2,11 +2,12 @@
 
 import json
 import sqlite3
+import time
 
 import pytest
 
 from app.simulator import payload, signed_request
-from app.voice.streamer import LATE_TEXT
+from app.voice.streamer import LATE_TEXT, deadline_for
 from tests.conftest import NOW, SECRET
 
 
@@ -141,7 +142,9 @@ def test_voice_turn_streams_ndjson(post_signed, fixtures_dir):
 def test_duplicate_voice_turn_replays_the_stored_reply(post_signed):
     first = post_signed(payload("voice"), delivery_id="whd_voice").get_data(as_text=True)
     again = post_signed(payload("voice"), delivery_id="whd_voice").get_data(as_text=True)
-    assert again == first.splitlines(keepends=True)[-1]
+    interim, final = again.splitlines(keepends=True)
+    assert json.loads(interim)["interim"] is True
+    assert final == first.splitlines(keepends=True)[-1]
 
 
 def test_voice_turn_whose_first_attempt_stopped_beating_runs_again(app, post_signed):
@@ -166,20 +169,38 @@ def _hold_write_lock(conn):
     conn.execute("BEGIN EXCLUSIVE")
 
 
-@pytest.mark.parametrize("break_store", [_drop_deliveries_table, _hold_write_lock])
-@pytest.mark.parametrize("kind", ["sms", "voice"])
-def test_store_failure_is_503_never_2xx(make_app, monkeypatch, break_store, kind):
-    monkeypatch.setattr("app.store.sqlite.BUSY_TIMEOUT_MS", 100)
-    app = make_app()
+def _post_to_broken_store(make_app, monkeypatch, break_store, kind, **config):
+    monkeypatch.setattr("app.store.sqlite.SQLiteStore.lock_wait", 0.1)
+    app = make_app(**config)
     conn = sqlite3.connect(app.config["DATABASE_URL"][len("sqlite:///"):])
     try:
         break_store(conn)
         raw, headers = signed_request(SECRET, payload(kind), timestamp=NOW)
+        started = time.monotonic()
         response = app.test_client().post("/webhook", data=raw, headers=headers)
+        body = response.get_data(as_text=True)
+        return response, body, time.monotonic() - started
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("break_store", [_drop_deliveries_table, _hold_write_lock])
+def test_store_failure_is_503_never_2xx(make_app, monkeypatch, break_store):
+    response, _, _ = _post_to_broken_store(make_app, monkeypatch, break_store, "sms")
     assert response.status_code == 503
     assert _error(response)["code"] == "STORE_UNAVAILABLE"
+
+
+@pytest.mark.parametrize("break_store", [_drop_deliveries_table, _hold_write_lock])
+def test_unclaimable_voice_turn_still_hears_interim_and_fallback(make_app, monkeypatch,
+                                                                  break_store):
+    response, body, seconds = _post_to_broken_store(make_app, monkeypatch, break_store,
+                                                    "voice", VOICE_TIMEOUT=5)
+    assert response.status_code == 200
+    interim, final = (json.loads(line) for line in body.splitlines())
+    assert interim["interim"] is True
+    assert final == {"text": LATE_TEXT}
+    assert 1 < seconds < deadline_for(5)  # claimed again and again, then the fallback in time
 
 
 def test_healthz(app, client):

@@ -11,7 +11,12 @@ wait function. It picks that function when `psycopg.waiting` is first imported: 
 `select`, in which case it uses `wait_poll` on gevent's cooperative `select.poll`. gunicorn's
 gevent worker patches before it imports the app, so the right one is chosen; if psycopg was
 imported first (e.g. `--preload`), `_cooperate_with_gevent` switches it at store creation.
-Host names are still resolved by libpq in C (blocking, once per new connection).
+Host names are resolved by psycopg in Python (``socket.getaddrinfo``, which gevent patches) and
+passed to libpq as ``hostaddr``, so libpq never resolves a name in C.
+
+A statement waits at most LOCK_TIMEOUT_SECONDS for a lock (another session's ``LOCK TABLE``, a
+long migration) and then fails with StoreUnavailable (503), like a connection the pool cannot
+give within ``timeout``.
 """
 
 import contextlib
@@ -34,6 +39,7 @@ log = logging.getLogger(__name__)
 logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
 
 MIGRATION_LOCK_ID = 0x41675068  # any constant shared by every process of this app
+LOCK_TIMEOUT_SECONDS = 1.5
 CONNECTION_DEFAULTS = {
     # Fail a connection attempt (server down, network gone) in seconds, not libpq's default
     # of waiting for the TCP stack.
@@ -44,6 +50,7 @@ CONNECTION_DEFAULTS = {
     "keepalives_interval": "10",
     "keepalives_count": "3",
     "application_name": "agentphone-backend",
+    "options": f"-c lock_timeout={int(LOCK_TIMEOUT_SECONDS * 1000)}",
 }
 
 
@@ -241,7 +248,13 @@ class PostgresStore(SQLStore):
         # A greenlet under gevent (threading is patched), a thread otherwise.
         threading.Thread(target=check, name="store-pool-check", daemon=True).start()
 
+    @property
+    def lock_wait(self):
+        return self.timeout + LOCK_TIMEOUT_SECONDS
+
     def _lock_migrations(self, cur):
+        # Another process's migration may take longer than a request's lock wait.
+        cur.execute("SET LOCAL lock_timeout = 0")
         # Held until the migration transaction ends: concurrent starts run it one at a time.
         cur.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK_ID,))
 

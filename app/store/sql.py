@@ -29,12 +29,14 @@ JOB_COLUMNS = (
 
 class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
     """Shared implementation; subclasses define `backend`, `types`, `lock_clause`, `_connection`,
-    `_cursor(transaction)` and `errors` (the driver's base exception classes)."""
+    `_cursor(transaction)`, `errors` (the driver's base exception classes) and `lock_wait`
+    (seconds an operation may wait on a lock held elsewhere before StoreUnavailable)."""
 
     backend = "sql"
     types = {}
     lock_clause = ""
     errors = ()
+    lock_wait = 0.0
 
     def __init__(self, clock=time.time):
         self.clock = clock
@@ -54,12 +56,17 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
     def _execute(self, fn, transaction):
         started = time.perf_counter()
         try:
-            with self._cursor(transaction) as cur:
+            return self._attempt(fn, transaction)
+        finally:
+            STORE_SECONDS.observe(time.perf_counter() - started)
+
+    def _attempt(self, fn, transaction, **cursor_options):
+        """One try at the operation; the backend may run it elsewhere (SQLite: in a thread)."""
+        try:
+            with self._cursor(transaction, **cursor_options) as cur:
                 return fn(cur)
         except self.errors as exc:
             raise StoreUnavailable(f"{self.backend} store error: {exc}") from exc
-        finally:
-            STORE_SECONDS.observe(time.perf_counter() - started)
 
     def _one(self, sql, params=()):
         """One autocommit statement; its first row (the statement must return rows)."""

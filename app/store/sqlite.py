@@ -1,5 +1,15 @@
-"""SQLite backend: the zero-setup default, one file shared by the workers of one machine."""
+"""SQLite backend: the zero-setup default, one file shared by the workers of one machine.
 
+Under gevent no SQLite call runs in the event loop's thread: SQLite waits in C (busy handler,
+``fsync`` of a checkpoint, opening the file), and there such a wait would stop every greenlet
+of the worker. Transactions go to one writer thread per process, which commits the queued ones
+as a group (one ``BEGIN IMMEDIATE`` ... ``COMMIT``, a savepoint per operation: one failing
+operation does not undo the others); single statements run in a small pool of native threads
+(``STORE_THREADS``). Each operation waits for a lock at most ``LOCK_WAIT_SECONDS`` from the
+moment it was submitted, queueing included, and then fails with StoreUnavailable (503).
+"""
+
+import collections
 import contextlib
 import os
 import sqlite3
@@ -7,9 +17,19 @@ import threading
 import time
 from pathlib import Path
 
-from app.store.sql import SQLStore
+from gevent import Timeout
+from gevent.event import AsyncResult
 
-BUSY_TIMEOUT_MS = 5000
+from app.store.base import StoreUnavailable
+from app.store.sql import SQLStore
+from app.tasks import gevent_active
+
+# Longest wait of one operation for the write lock (another process's transaction, a backup);
+# a text delivery is stored or refused with 503 within about this.
+LOCK_WAIT_SECONDS = 2.5
+STORE_THREADS = 4
+GROUP_MAX = 256  # operations committed together at most
+WRITER_SLACK_SECONDS = 30.0
 WAL_PAGES = 256  # checkpoint the WAL at this many pages (1 MiB of 4 KiB pages)
 # Errors after which no pooled connection is trusted: each may have been opened read-only
 # (the file was not writable then) or hold a WAL that could not be written.
@@ -25,30 +45,128 @@ def path_from_url(url):
     return path or ":memory:"
 
 
+class LockWaitExceeded(sqlite3.OperationalError):
+    """The operation's lock-wait budget ran out before it could start."""
+
+
 class SQLiteStore(SQLStore):
     backend = "sqlite"
     types = {"real": "REAL", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT"}
     errors = (sqlite3.Error,)
+    lock_wait = LOCK_WAIT_SECONDS
 
     def __init__(self, url, clock=time.time):
         super().__init__(clock)
         self.path = path_from_url(url)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._idle = []
-        self._lock = threading.Lock()
+        # A deque, not a list behind a lock: pool threads take and return connections, and
+        # under gevent threading.Lock is a greenlet lock. append/pop are atomic.
+        self._idle = collections.deque()
         self._pid = os.getpid()
         self._generation = 0  # bumped to retire every connection made before a stale error
+        self._pool = self._pool_pid = self._queue = None
+        # One write transaction at a time per process without gevent (threads): more would only
+        # take turns at the file lock through SQLite's sleeping busy handler.
+        self._writer = _native_lock()
+
+    def _attempt(self, fn, transaction):
+        """Run the operation in a store thread under gevent (the event loop keeps running
+        while it waits), in the calling thread otherwise."""
+        give_up = time.monotonic() + self.lock_wait
+        if not gevent_active():
+            return super()._attempt(fn, transaction, give_up=give_up)
+        if transaction:
+            result = AsyncResult()  # set by the writer thread
+            self._writes().put((fn, give_up, result))
+            # With a timeout: its timer keeps the loop alive while only another thread can
+            # wake it (e.g. the migration while the worker boots). Never reached otherwise.
+            try:
+                ok, value = result.get(timeout=self.lock_wait + WRITER_SLACK_SECONDS)
+            except Timeout:
+                raise StoreUnavailable("sqlite store: the writer thread did not answer") from None
+        else:
+            # The outcome comes back as a value: gevent prints every exception a pool thread
+            # raises, and a 503 while the file is locked is expected, not a crash.
+            ok, value = self._threads().apply(self._outcome, (fn, transaction, give_up))
+        if ok:
+            return value
+        if isinstance(value, self.errors):
+            raise StoreUnavailable(f"{self.backend} store error: {value}") from value
+        raise value
+
+    def _outcome(self, fn, transaction, give_up):
+        try:
+            return True, super()._attempt(fn, transaction, give_up=give_up)
+        except Exception as exc:
+            return False, exc
+
+    def _threads(self):
+        if self._pool_pid != os.getpid():  # made in each process: threads do not cross a fork
+            from gevent.monkey import get_original
+            from gevent.threadpool import ThreadPool
+
+            self._pool, self._pool_pid = ThreadPool(STORE_THREADS), os.getpid()
+            self._queue = get_original("queue", "SimpleQueue")()
+            get_original("_thread", "start_new_thread")(self._write_groups, (self._queue,))
+        return self._pool
+
+    def _writes(self):
+        self._threads()
+        return self._queue
+
+    def _write_groups(self, queue):
+        """The writer thread, forever: take what is queued (up to ``GROUP_MAX``), commit it as
+        one transaction, hand each greenlet its outcome. While another process holds the lock,
+        operations whose budget ran out fail and the others wait on."""
+        pending = []
+        while True:
+            if not pending:
+                pending.append(queue.get())
+            while len(pending) < GROUP_MAX and not queue.empty():
+                pending.append(queue.get())
+            now = time.monotonic()
+            for _, give_up, result in pending:
+                if give_up <= now:
+                    result.set((False, LockWaitExceeded("gave up waiting for the database lock")))
+            pending = [item for item in pending if item[1] > now]
+            if not pending:
+                continue
+            try:
+                outcomes = self._commit_group(pending)
+            except sqlite3.OperationalError as exc:
+                if _locked(exc):
+                    continue  # the earliest budget ran out: fail that one, try the rest again
+                outcomes = [(False, exc)] * len(pending)
+            except Exception as exc:  # the transaction as a whole failed
+                outcomes = [(False, exc)] * len(pending)
+            for (_, _, result), outcome in zip(pending, outcomes, strict=True):
+                result.set(outcome)
+            pending = []
+
+    def _commit_group(self, group):
+        give_up = min(item[1] for item in group)
+        with self._cursor(True, give_up) as cur:
+            outcomes = []
+            for fn, _, _ in group:
+                cur.execute("SAVEPOINT operation")
+                try:
+                    outcomes.append((True, fn(cur)))
+                    cur.execute("RELEASE operation")
+                except Exception as exc:
+                    cur.execute("ROLLBACK TO operation")
+                    cur.execute("RELEASE operation")
+                    outcomes.append((False, exc))
+            return outcomes
 
     def _connect(self):
         conn = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+            self.path, timeout=LOCK_WAIT_SECONDS, isolation_level=None,
             check_same_thread=False, factory=_Connection,
         )
         # SQLite opens a file it may not write read-only, silently: such a connection would
         # keep failing writes after the permissions are fixed, so it is not pooled.
         conn.generation = self._generation if self._writable() else -1
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         _enable_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         # A WAL left to its default 4 MiB can fill a small volume by itself, after which no
@@ -58,21 +176,23 @@ class SQLiteStore(SQLStore):
         return conn
 
     @contextlib.contextmanager
-    def _cursor(self, transaction):
+    def _cursor(self, transaction, give_up):
         conn = self._checkout()
         try:
             cur = conn.cursor()
-            if transaction:
-                # IMMEDIATE takes the write lock up front, so two claims never deadlock.
-                cur.execute("BEGIN IMMEDIATE")
-                try:
-                    yield cur
-                except BaseException:
-                    cur.execute("ROLLBACK")
-                    raise
-                cur.execute("COMMIT")
-            else:
+            if not transaction:
+                _set_busy_timeout(conn, give_up)
                 yield cur
+            elif not self._writer.acquire(timeout=max(0.0, give_up - time.monotonic())):
+                raise LockWaitExceeded("gave up waiting for this process's writer")
+            else:
+                try:
+                    yield from _transaction(conn, cur, give_up)
+                finally:
+                    self._writer.release()
+        except LockWaitExceeded:
+            self._checkin(conn)
+            raise
         except sqlite3.Error as exc:
             self._discard(conn, exc)
             raise
@@ -96,29 +216,30 @@ class SQLiteStore(SQLStore):
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
         if code in _STALE_ERRORS:
-            with self._lock:
-                self._generation += 1
+            self._generation += 1
             self.close()
 
+    def _fork_check(self):
+        if self._pid != os.getpid():
+            # Connections and locks must not cross a fork: drop the parent's.
+            self._idle, self._pid = collections.deque(), os.getpid()
+            self._writer = _native_lock()
+
     def _checkout(self):
-        with self._lock:
-            if self._pid != os.getpid():
-                # Connections must not cross a fork: drop the parent's.
-                self._idle, self._pid = [], os.getpid()
-            if self._idle:
-                return self._idle.pop()
-        return self._connect()
+        self._fork_check()
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return self._connect()
 
     def _checkin(self, conn):
-        with self._lock:
-            if conn.generation == self._generation:
-                self._idle.append(conn)
-                return
-        conn.close()
+        if conn.generation == self._generation:
+            self._idle.append(conn)
+        else:
+            conn.close()
 
     def close(self):
-        with self._lock:
-            idle, self._idle = self._idle, []
+        idle, self._idle = self._idle, collections.deque()
         for conn in idle:
             conn.close()
 
@@ -127,14 +248,56 @@ class _Connection(sqlite3.Connection):
     generation = 0  # the store's generation when it was opened; -1: never pooled
 
 
+def _locked(exc):
+    return isinstance(exc, LockWaitExceeded) or "locked" in str(exc) or "busy" in str(exc)
+
+
+def _transaction(conn, cur, give_up):
+    _set_busy_timeout(conn, give_up)
+    # IMMEDIATE takes the write lock up front, so two claims never deadlock.
+    cur.execute("BEGIN IMMEDIATE")
+    try:
+        yield cur
+    except BaseException:
+        cur.execute("ROLLBACK")
+        raise
+    cur.execute("COMMIT")
+
+
+def _set_busy_timeout(conn, give_up):
+    """Wait for the file lock for what is left of the operation's budget, no longer."""
+    wait_ms = int((give_up - time.monotonic()) * 1000)
+    if wait_ms <= 0:
+        raise LockWaitExceeded("gave up waiting for the database lock")
+    conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
+
+
+def _native_lock():
+    """A lock between native threads (the store's pool threads), also under gevent."""
+    if gevent_active():
+        from gevent.monkey import get_original
+
+        return get_original("threading", "Lock")()
+    return threading.Lock()
+
+
 def _enable_wal(conn):
     """Switch the file to WAL once. The switch needs the file to itself and SQLite does not
     wait on the busy timeout for it, so workers opening a new file together retry here."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
     while conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
         try:
             conn.execute("PRAGMA journal_mode = WAL")
         except sqlite3.OperationalError:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.01)
+            _native_sleep(0.01)
+
+
+def _native_sleep(seconds):
+    """Sleep this thread: in a store thread, gevent's patched sleep would start a hub there."""
+    if gevent_active():
+        from gevent.monkey import get_original
+
+        return get_original("time", "sleep")(seconds)
+    return time.sleep(seconds)

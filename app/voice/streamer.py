@@ -34,7 +34,7 @@ def deadline_for(voice_timeout):
 
 
 def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.monotonic,
-                filler_after=0.0, environ=None, arrived=None, report=None):
+                filler_after=0.0, environ=None, arrived=None, report=None, claim=None):
     """Yield the NDJSON lines of one turn. ``on_final(line_dict)`` records the final line;
     ``sock`` is the caller's connection, watched so that a hang-up cancels the work.
 
@@ -46,6 +46,11 @@ def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.mono
     ``arrived`` (``clock()`` when the request came in) starts the latency figures, which
     ``report(outcome, first_line_seconds, final_line_seconds, final_text)`` receives at the
     end.
+
+    ``claim(until)``, when given, is called after the interim line, so that a slow store never
+    leaves the caller silent: it returns the ``(agent, on_final)`` to run, or None when the
+    turn could not be claimed by ``until`` (monotonic); the caller then hears the fallback and
+    no agent runs.
     """
     started = clock()
     arrived = started if arrived is None else arrived
@@ -59,10 +64,18 @@ def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.mono
         # The generator resumes once the server has handed that line to the socket.
         first = clock() - arrived
         FIRST_LINE.observe(first)
-        if gevent_active():
+        if claim is not None:
+            claimed = claim(started + deadline)
+            if claimed is None:
+                log.warning("voice turn %s: not claimed before the deadline, sending fallback",
+                            turn.delivery_id)
+                final, outcome = Reply(LATE_TEXT), "store_unavailable"
+            else:
+                agent, on_final = claimed
+        if final is None and gevent_active():
             write = (environ or {}).get(WRITE_KEY)
             source = InlineSource(agent, turn, sock, filler_after if write else 0.0, write)
-        else:
+        elif final is None:
             source = PumpedSource(agent, turn, sock, filler_after)
         while final is None:
             remaining = started + deadline - clock()
@@ -94,9 +107,9 @@ def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.mono
     finally:
         if source is not None:
             source.close()
-        # Also when the stream is closed early, so that a retry replays at once.
-        _record(on_final, final or Reply(LATE_TEXT), turn)
         if final is None:  # the caller hung up, or the connection closed under us
+            # A reply is recorded anyway, so that a retry replays at once.
+            _record(on_final, Reply(LATE_TEXT), turn)
             _ended(report, "hangup", first, None, None)
     log.info("voice turn %s answered in %.0f ms", turn.delivery_id, (clock() - started) * 1000)
     done = None
@@ -105,6 +118,8 @@ def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.mono
         done = clock() - arrived
         FINAL_LINE.observe(done)
     finally:
+        # Recorded once the line is out: the caller never waits on the store for it.
+        _record(on_final, final, turn)
         _ended(report, outcome, first, done, final.text)
 
 

@@ -12,16 +12,21 @@ from app.agent.base import Turn
 from app.console.journal import JOURNAL
 from app.errors import PayloadTooLarge
 from app.metrics import DELIVERIES
-from app.store import get_store
+from app.store import StoreUnavailable, get_store
 from app.store.console import IN_FLIGHT
 from app.voice.hangup import caller_socket
-from app.voice.ndjson import StreamResponse, line
+from app.voice.ndjson import StreamResponse
 from app.voice.replay import ReplayAgent
 from app.voice.streamer import deadline_for, stream_turn
 from app.webhook import events, signing
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhook", __name__)
+
+CLAIM_RETRY_SECONDS = 0.1  # pause between claims of a voice turn while the store is locked
+# A voice turn's outcome is known in its stream, after the interim line: counted there.
+COUNTED_IN_STREAM = "counted in stream"
+CLAIM_MARGIN_SECONDS = 0.5  # how far a claim may overrun its lock wait (connecting, busy CPU)
 
 
 @bp.before_request
@@ -100,13 +105,20 @@ def count_delivery(response):
     if request.method == "OPTIONS":
         return response
     event = g.get("event")
-    name = event.event if event is not None and event.event in events.KNOWN_EVENTS else "other"
-    channel = event.channel if event is not None and event.channel in events.CHANNELS else "none"
     outcome = g.get("outcome") or str(response.status_code)
-    DELIVERIES.labels(name, channel, outcome).inc()
-    if "delivery_id" in g and not (outcome == "accepted" and event.is_voice_turn):
+    if outcome == COUNTED_IN_STREAM:
+        return response
+    DELIVERIES.labels(*_labels(event), outcome).inc()
+    if "delivery_id" in g:
         _journal(outcome, response.status_code)
     return response
+
+
+def _labels(event):
+    """The delivery counter's event and channel labels (known values only)."""
+    name = event.event if event is not None and event.event in events.KNOWN_EVENTS else "other"
+    channel = event.channel if event is not None and event.channel in events.CHANNELS else "none"
+    return name, channel
 
 
 def _journal(outcome, status):
@@ -128,31 +140,47 @@ def _ack():
 
 
 def _voice_turn(event, delivery_id):
-    claims = current_app.extensions["voice_claims"]
     turn = Turn.from_event(event, delivery_id)
     agent = get_agent(turn.agent_id)
     deadline = deadline_for(current_app.config["VOICE_TIMEOUT"])
     environ = request.environ
-    sock = caller_socket(environ)
-    filler_after = current_app.config["VOICE_FILLER_AFTER"]
-    # Claimed here, in the view: Flask tears down the request context before the stream runs.
-    claim = claims.claim(delivery_id, event.event)
-    if claim is not None:
-        g.outcome = "accepted"
-        # The claim stores the final line; partials rather than closures: they live as long
-        # as the held stream, and are smaller.
-        report = functools.partial(JOURNAL.voice_finished, _journal(IN_FLIGHT, 200))
-        lines = stream_turn(agent, turn, deadline, claim, sock, filler_after=filler_after,
-                            environ=environ, arrived=g.arrived, report=report)
-    else:
-        g.outcome = "duplicate"
-        stored = get_store().voice_reply(delivery_id)
-        if stored is not None:
-            log.info("delivery %s: duplicate voice turn, replaying stored reply", delivery_id)
-            lines = iter([line(stored)])
-        else:
-            log.info("delivery %s: duplicate voice turn still running, waiting", delivery_id)
-            retry = ReplayAgent(claims, agent, delivery_id, deadline)
-            lines = stream_turn(retry, turn, deadline, retry.finish, sock,
-                                filler_after=filler_after, environ=environ)
+    # Claimed in the stream, after the interim line: a locked store must not keep the caller
+    # silent. Whether the turn is a retry is only known then, so every voice turn is
+    # journalled as in flight here and completed when its stream ends.
+    g.outcome = COUNTED_IN_STREAM
+    report = functools.partial(JOURNAL.voice_finished, _journal(IN_FLIGHT, 200))
+    # Partials rather than closures (they live as long as the held stream, and are smaller),
+    # bound here: Flask tears down the request context before the stream runs.
+    claim = functools.partial(_claim_turn, current_app.extensions["voice_claims"], agent,
+                              delivery_id, event.event, _labels(event))
+    lines = stream_turn(agent, turn, deadline, sock=caller_socket(environ),
+                        filler_after=current_app.config["VOICE_FILLER_AFTER"], environ=environ,
+                        arrived=g.arrived, report=report, claim=claim)
     return StreamResponse(lines)
+
+
+def _claim_turn(claims, agent, delivery_id, event, labels, until):
+    """Claim the delivery id for this turn, after its interim line is out: ``(agent,
+    on_final)`` for the first attempt; for a retry, an agent that replays the first attempt's
+    reply (or takes the turn over if that attempt's worker died); None when the store stayed
+    unavailable (e.g. locked by another process) until too close to ``until`` for another
+    try. The agent never runs unclaimed: it could run twice. The delivery is counted here,
+    once its outcome is known."""
+    while True:
+        try:
+            claim = claims.claim(delivery_id, event)
+            break
+        except StoreUnavailable as exc:
+            time.sleep(CLAIM_RETRY_SECONDS)
+            if until - time.monotonic() <= claims.store.lock_wait + CLAIM_MARGIN_SECONDS:
+                log.error("delivery %s: voice turn not claimed: %s", delivery_id, exc)
+                DELIVERIES.labels(*labels, "store_unavailable").inc()
+                return None
+            log.warning("delivery %s: store unavailable (%s), claiming again", delivery_id, exc)
+    DELIVERIES.labels(*labels, "accepted" if claim is not None else "duplicate").inc()
+    if claim is not None:
+        return agent, claim
+    log.info("delivery %s: duplicate voice turn, waiting for or replaying the first attempt",
+             delivery_id)
+    retry = ReplayAgent(claims, agent, delivery_id, until - time.monotonic())
+    return retry, retry.finish
