@@ -9,6 +9,8 @@ import logging
 import time
 import warnings
 
+from app.metrics import LOOP_BLOCKS
+
 log = logging.getLogger(__name__)
 
 _blocks = 0
@@ -68,6 +70,7 @@ def _on_event(event):
 def _report(started, threshold, info):
     global _in_block, _ended
     _in_block, _ended = False, time.monotonic()
+    LOOP_BLOCKS.inc()  # here, in the loop's thread: the metrics' locks are greenlet locks
     log.warning("event loop blocked for at least %.3fs (threshold %.3fs), block #%d in this "
                 "process; blocking stack:\n%s", time.monotonic() - started, threshold, _blocks,
                 "\n".join(info))
