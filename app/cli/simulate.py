@@ -18,12 +18,18 @@ from app.cli import agentphone
 @click.option("--voice", "kind", flag_value="voice", default=True, help="A voice turn (default).")
 @click.option("--text", default=None, help="What the caller says or texts.")
 @click.option("--id", "delivery_id", default=None, help="X-Webhook-ID (default: random).")
+@click.option("--call-id", default=None,
+              help="callId of a voice turn or call end; reuse one to continue a call "
+                   "(default: a new call each time).")
 @click.option("--secret", default=None, help="Signing secret (default: the configured one).")
-def simulate(url, kind, text, delivery_id, secret):
+def simulate(url, kind, text, delivery_id, call_id, secret):
     """Sign and post a sample delivery; print each NDJSON line with its arrival time."""
     secret = secret or current_app.config["WEBHOOK_SECRETS"][0]
-    raw, headers = simulator.signed_request(secret, simulator.payload(kind, text), delivery_id)
-    click.echo(f"POST {url}  {kind}  X-Webhook-ID: {headers['X-Webhook-ID']}")
+    data = {} if kind == "sms" else {"callId": call_id or simulator.new_call_id()}
+    raw, headers = simulator.signed_request(secret, simulator.payload(kind, text, **data),
+                                            delivery_id)
+    call = f"  callId: {data['callId']}" if data else ""
+    click.echo(f"POST {url}  {kind}  X-Webhook-ID: {headers['X-Webhook-ID']}{call}")
     started = time.monotonic()
     try:
         with requests.post(url, data=raw, headers=headers, stream=True, timeout=(5, 150)) as resp:

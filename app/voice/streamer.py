@@ -1,6 +1,7 @@
 """Streams one voice turn as NDJSON: an interim line at once, the agent's sentences as they
 come, then exactly one final line before the deadline, whatever the agent does."""
 
+import dataclasses
 import logging
 import queue
 import time
@@ -33,6 +34,7 @@ def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.mono
     """Yield the NDJSON lines of one turn. ``on_final(line_dict)`` records the final line;
     ``sock`` is the caller's connection, watched so that a hang-up cancels the work."""
     started = clock()
+    turn = dataclasses.replace(turn, deadline=started + deadline)
     source = final = None
     try:
         yield interim(_acknowledgement(agent, turn))
