@@ -295,8 +295,6 @@ class LLMAgent(Agent):
         if self.extra_body:
             params["extra_body"] = self.extra_body
         openai = _import_openai()
-        import httpx  # an openai dependency
-
         sentences = SentenceStream()
         text, calls = [], []
         try:
@@ -313,8 +311,6 @@ class LLMAgent(Agent):
             raise ModelError(f"connection failed: {exc.__cause__ or exc}") from exc
         except openai.APIError as exc:
             raise ModelError(f"error event in the stream: {_error_message(exc)}") from exc
-        except httpx.HTTPError as exc:
-            raise ModelError(f"the stream broke off: {exc!r}") from exc
         return "".join(text), calls, sentences.flush()
 
     def _stream(self, params, calls):

@@ -6,7 +6,6 @@ writing the second. ``speakable`` strips what must never reach text-to-speech: m
 XML/tool-call markup, code, emoji.
 """
 
-import json
 import re
 import unicodedata
 
