@@ -74,8 +74,8 @@ def start_llama_server(tmp_path, *options):
     raise RuntimeError(f"llama_cpp.server did not start:\n{server.log()[-3000:]}")
 
 
-@pytest.fixture
-def llama_server(tmp_path):
+@pytest.fixture(name="llama_server")
+def llama_server_fixture(tmp_path):
     """Start real model servers: ``llama_server(*options)``; all killed after the test."""
     servers = []
 

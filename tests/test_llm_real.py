@@ -15,7 +15,7 @@ from app.agent.llm import APOLOGY, CUT_OFF, NOTHING_SAID
 from app.simulator import iter_ndjson, new_call_id, payload, signed_request
 from app.voice.streamer import LATE_TEXT
 from tests.conftest import SECRET
-from tests.llama_server import llama_server  # noqa: F401
+from tests.llama_server import llama_server_fixture  # noqa: F401
 from tests.servers import post_stream
 
 pytestmark = pytest.mark.slow
