@@ -58,7 +58,7 @@ def start_llama_server(tmp_path, *options):
     log_path = tmp_path / f"llama-{port}.log"
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path()),
                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
-               "--n_threads", "2", "--verbose", "False", *options]
+               "--n_threads", "1", "--n_threads_batch", "1", "--verbose", "False", *options]
     with log_path.open("w") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     server = LlamaServer(process, port, log_path)
