@@ -32,6 +32,7 @@ def test_llm_turn_on_the_wire(gunicorn, fake_llm):
         text(" shipped yesterday by FedEx."),
     )
     fake_llm.script(text("Half a sen"), drop())
+    fake_llm.script(text("Half a sen"), drop())  # asked again once: nothing had been spoken
 
     raw, headers = signed_request(SECRET, payload("voice", "Is Monday free, and my order?"))
     sent_at = time.monotonic()  # the fake runs in this process: one clock for both sides
@@ -63,7 +64,7 @@ def test_llm_turn_on_the_wire(gunicorn, fake_llm):
     _, lines = post_stream(server.webhook, raw, headers)
     assert [obj for _, obj in lines] == [{"text": "One moment.", "interim": True},
                                          {"text": APOLOGY}]
-    assert "LLM turn " + headers["X-Webhook-ID"] + " failed" in server.log()
+    assert f"LLM turn {headers['X-Webhook-ID']}: round 1 failed" in server.log()
 
 
 def test_history_keeps_what_the_caller_heard_when_the_deadline_cuts_in(gunicorn, fake_llm):
