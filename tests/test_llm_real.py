@@ -102,7 +102,8 @@ def test_sentences_stream_from_a_real_model(gunicorn, llama_server):
 def test_a_tool_round_on_llama_cpp_python(gunicorn, llama_server):
     model = llama_server("--chat_format", "chatml-function-calling")
     server = gunicorn(workers=1, **agent_env(model, LLM_TOOL_CHOICE="auto",
-                                             LLM_STREAM_TOOLS="off", LLM_MAX_ROUNDS=2))
+                                             LLM_STREAM_TOOLS="off", LLM_MAX_ROUNDS=2,
+                                             LLM_TIMEOUT=60))  # the tools make a long prompt
     raw, headers = signed_request(SECRET, payload("voice", "Where is my order 4521?",
                                                   callId=new_call_id()))
     _, lines = post_stream(server.webhook, raw, headers, timeout=90)
