@@ -26,14 +26,18 @@ def default_url():
               help="callId of a voice turn or call end; reuse one to continue a call "
                    "(default: a new call each time).")
 @click.option("--secret", default=None,
-              help="Signing secret (default: AGENTPHONE_WEBHOOK_SECRET, or the development "
-                   "secret with AGENTPHONE_DEV=1).")
-def simulate(url, kind, text, delivery_id, call_id, secret):
+              help="Signing secret (default: AGENTPHONE_WEBHOOK_SECRET, the newest stored one, "
+                   "or the development secret with AGENTPHONE_DEV=1).")
+@click.option("--agent-id", default=None,
+              help="The delivery's agentId (picks the agent behind a server with AGENTS).")
+def simulate(url, kind, text, delivery_id, call_id, secret, agent_id):
     """Sign and post a sample delivery; print each NDJSON line with its arrival time."""
     secret = secret or uses().webhook_secret()
     data = {} if kind == "sms" else {"callId": call_id or simulator.new_call_id()}
-    raw, headers = simulator.signed_request(secret, simulator.payload(kind, text, **data),
-                                            delivery_id)
+    body = simulator.payload(kind, text, **data)
+    if agent_id:
+        body["agentId"] = agent_id
+    raw, headers = simulator.signed_request(secret, body, delivery_id)
     call = f"  callId: {data['callId']}" if data else ""
     click.echo(f"POST {url}  {kind}  X-Webhook-ID: {headers['X-Webhook-ID']}{call}")
     started = time.monotonic()
