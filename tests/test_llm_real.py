@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from app.agent.base import Agent
+from app.agent.base import Agent, Turn
 from app.agent.llm import APOLOGY, CUT_OFF, NOTHING_SAID
 from app.simulator import iter_ndjson, new_call_id, payload, signed_request
 from app.voice.streamer import LATE_TEXT
@@ -151,5 +151,6 @@ def test_a_second_call_cuts_the_first_short(gunicorn, llama_server, make_app):
     assert "WARNING" in warning and "without a finish_reason" in warning
     heard = " ".join(model_lines(first_lines))
     store = make_app().extensions["store"]
-    assert store.session_state(first.call_id)["llm_history"] == [
+    session = Turn(text="", channel="voice", call_id=first.call_id, agent_id="agt_demo")
+    assert store.session_state(session.session_id)["llm_history"] == [
         {"role": "user", "content": STORY}, {"role": "assistant", "content": heard}]
