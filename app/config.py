@@ -46,6 +46,16 @@ SETTINGS = {
     "LLM_TOOL_TIMEOUT": ("8", "At most this many seconds per tool call (a tool's own timeout "
                               "may be shorter); a late call is reported to the model as timed "
                               "out."),
+    "LLM_TOOL_CHOICE": (None, "auto, required (first round only) or none, sent as tool_choice; "
+                              "unset: not sent (the server's default)."),
+    "LLM_MAX_TOKENS": ("300", "max_tokens per model call, sized for a spoken reply; 0: not sent. "
+                              "An answer cut at this cap is treated as a failure."),
+    "LLM_EXTRA_BODY": (None, "JSON object merged into every request body (server-specific "
+                             "parameters), e.g. {\"temperature\": 0.2}."),
+    "LLM_STREAM_TOOLS": ("on", "off = rounds that offer tools are not streamed (for servers that "
+                               "cannot stream tool calls); answers are still streamed."),
+    "TEXT_FAILURE_REPLY": ("on", "on = when the agent still fails on a text's last job attempt, "
+                                 "send a short written apology; off = send nothing."),
     "JOB_RUNNER": ("on", "on = run background jobs in each web worker; off = leave them to "
                          "`agentphone worker`."),
     "JOB_CONCURRENCY": ("4", "Jobs one process runs at the same time."),
@@ -186,6 +196,31 @@ REFUSAL_WITHOUT_KEY = (
 )
 
 
+def _switch(name):
+    return env(name).lower() not in ("off", "0", "false", "no")
+
+
+def _choice(name, allowed):
+    value = env(name)
+    value = value.lower() if value else value
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(filter(None, allowed))}")
+    return value
+
+
+def _json_object(name):
+    raw = env(name)
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a JSON object, got {raw!r}")
+    return value
+
+
 def from_env(instance_path, require_secret=True):
     """Build the Flask config mapping from the environment; raises ConfigError when unsafe.
 
@@ -216,7 +251,12 @@ def from_env(instance_path, require_secret=True):
         "LLM_MAX_ROUNDS": _number("LLM_MAX_ROUNDS", int, 1, 20),
         "LLM_TIMEOUT": _number("LLM_TIMEOUT", float, 1, 600),
         "LLM_TOOL_TIMEOUT": _number("LLM_TOOL_TIMEOUT", float, 0.1, 600),
-        "JOB_RUNNER": env("JOB_RUNNER").lower() not in ("off", "0", "false", "no"),
+        "LLM_TOOL_CHOICE": _choice("LLM_TOOL_CHOICE", (None, "auto", "required", "none")),
+        "LLM_MAX_TOKENS": _number("LLM_MAX_TOKENS", int, 0, 1_000_000),
+        "LLM_EXTRA_BODY": _json_object("LLM_EXTRA_BODY"),
+        "LLM_STREAM_TOOLS": _switch("LLM_STREAM_TOOLS"),
+        "TEXT_FAILURE_REPLY": _switch("TEXT_FAILURE_REPLY"),
+        "JOB_RUNNER": _switch("JOB_RUNNER"),
         "JOB_CONCURRENCY": _number("JOB_CONCURRENCY", int, 1, 1000),
         "JOB_MAX_ATTEMPTS": _number("JOB_MAX_ATTEMPTS", int, 1, 100),
         "JOB_LEASE": _number("JOB_LEASE", float, 1, 86400),

@@ -46,6 +46,11 @@ def payload(kind, text=None, **data):
     return body
 
 
+def new_call_id():
+    """A call id of its own, so that a simulated call does not continue an earlier one."""
+    return f"call_sim_{uuid.uuid4().hex[:12]}"
+
+
 def signed_request(secret, body, delivery_id=None, timestamp=None):
     """(raw body bytes, headers) exactly as the platform sends them."""
     raw = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()

@@ -92,3 +92,36 @@ def test_any_chunking_gives_the_same_sentences(pieces, data):
         last = cut
     rest = stream.flush()
     assert [*out, *([rest] if rest else [])] == split_sentences(text)
+
+
+MULTI_LINE_JSON = '{\n  "day": "23",\n  "time slot": "10:00",\n  "ok": [1, 2]\n}'
+
+
+@pytest.mark.parametrize(("raw", "spoken"), [
+    (f"Here it is.\n{MULTI_LINE_JSON}\nAnything else?", "Here it is. Anything else?"),
+    ('Booked [\n  {"day": "mon"}\n] for you.', "Booked for you."),
+    ('The note says {"a": "x } y"} here.', "The note says here."),
+    ('"time slot":', ""),
+    ('"day": "23",', ""),
+    ("},", ""),
+    ("See [Dr. Lee](http://x) at [10].", "See Dr. Lee at."),
+])
+def test_speakable_drops_json_and_data_lines(raw, spoken):
+    assert speakable(raw) == spoken
+
+
+def test_stream_holds_multi_line_json_and_never_speaks_it():
+    stream, out = SentenceStream(), []
+    for piece in ["Sure, here are the details.\n", *MULTI_LINE_JSON.split("\n"),
+                  "\nWould that work? Bye"]:
+        out += stream.feed(piece + ("\n" if piece.startswith(" ") else ""))
+    assert out == ["Sure, here are the details.", "Would that work?"]
+    assert stream.flush() == "Bye"
+    stream = SentenceStream()
+    assert stream.feed('Okay. {"day": "mon. tue",\n "x": 1') == ["Okay."]
+    assert stream.flush() == ""  # JSON never closed: dropped, not spoken
+
+
+def test_key_and_punctuation_lines_outside_json_are_not_spoken():
+    text = 'Your booking:\n"day": "23",\n"time slot":\n"10",\n},\nSee you then.'
+    assert split_sentences(text) == ["Your booking:", "See you then."]

@@ -67,3 +67,21 @@ def test_simulator_reports_rejection_and_unreachable_server(gunicorn, app):
     gone = app.test_cli_runner().invoke(args=["agentphone", "simulate", "--url",
                                         f"http://127.0.0.1:{free_port()}/webhook"])
     assert gone.exit_code == 1 and "could not reach" in gone.output
+
+
+def test_simulator_starts_a_new_call_unless_told_which(app, httpserver):
+    httpserver.expect_request("/webhook", method="POST").respond_with_data(
+        '{"text":"Hi."}\n', content_type="application/x-ndjson")
+
+    def call_ids(*extra):
+        result = app.test_cli_runner().invoke(
+            args=["agentphone", "simulate", "--url", httpserver.url_for("/webhook"), *extra],
+            catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return json.loads(httpserver.log[-1][0].get_data())["data"]["callId"]
+
+    first, second = call_ids(), call_ids()
+    assert first != second and first.startswith("call_sim_")
+    assert call_ids("--call-id", "call_ongoing") == call_ids("--call-id", "call_ongoing")
+    assert call_ids("--call-id", "call_ongoing") == "call_ongoing"
+    assert call_ids("--call-ended", "--call-id", "call_ongoing") == "call_ongoing"

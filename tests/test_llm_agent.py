@@ -10,9 +10,20 @@ import time
 import pytest
 
 from app.agent import Receptionist, Turn, tool
-from app.agent.llm import APOLOGY, NOTHING_SAID, TOO_MANY_ROUNDS, LLMAgent
+from app.agent.llm import APOLOGY, CUT_OFF, NOTHING_SAID, TOO_MANY_ROUNDS, LLMAgent
 from app.voice.streamer import LATE_TEXT, stream_turn
-from tests.fake_llm import drop, fake_llm_fixture, pause, status, text, tool_call  # noqa: F401
+from tests.fake_llm import (  # noqa: F401
+    drop,
+    empty,
+    error_event,
+    fake_llm_fixture,
+    finish,
+    no_finish,
+    pause,
+    status,
+    text,
+    tool_call,
+)
 from tests.servers import free_port
 
 JANE = "+15559876543"
@@ -171,20 +182,73 @@ def test_an_empty_answer_is_not_silence(fake_llm):
     assert texts(run_turn(make_agent(fake_llm)))[-1] == NOTHING_SAID
 
 
-def test_failure_mid_stream_ends_with_an_apology(fake_llm):
+def test_failure_mid_stream_ends_with_an_honest_line_not_a_retry(fake_llm, caplog):
     fake_llm.script(text("Sure thing."), text(" Your order"), drop())
     lines = run_turn(make_agent(fake_llm))
     assert [obj for _, obj in lines] == [{"text": "One moment.", "interim": True},
                                          {"text": "Sure thing.", "interim": True},
-                                         {"text": APOLOGY}]
+                                         {"text": CUT_OFF}]
+    assert len(fake_llm.requests) == 1  # something was spoken: asking again would repeat it
+    assert "LLM turn d1: round 1 failed" in caplog.text and "giving up" in caplog.text
 
 
-def test_http_errors_and_an_unreachable_endpoint_end_with_an_apology(fake_llm):
+def test_http_errors_and_an_unreachable_endpoint_end_with_an_apology(fake_llm, caplog):
     fake_llm.script(status(500))
+    fake_llm.script(status(503))
     assert texts(run_turn(make_agent(fake_llm))) == ["One moment.", APOLOGY]
-    assert len(fake_llm.requests) == 1  # no silent retries eating the caller's time
+    assert len(fake_llm.requests) == 2  # asked again once, nothing had been spoken
+    assert "HTTP 500: upstream exploded" in caplog.text and "asking again" in caplog.text
+    fake_llm.script(status(400))
+    assert texts(run_turn(make_agent(fake_llm))) == ["One moment.", APOLOGY]
+    assert len(fake_llm.requests) == 3  # a rejected request is not sent again
     down = LLMAgent("m", base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="k", timeout=2)
     assert texts(run_turn(down)) == ["One moment.", APOLOGY]
+    assert "connection failed" in caplog.text
+
+
+@pytest.mark.parametrize(("broken", "reason"), [
+    ([text("The founder of the business"), no_finish()], "without a finish_reason"),
+    ([empty()], "empty body"),
+    ([text("Let me"), error_event("model overloaded")], "error event in the stream: model "
+                                                        "overloaded"),
+])
+def test_a_truncated_answer_is_asked_again_and_never_spoken(app, fake_llm, caplog, broken,
+                                                            reason):
+    store = app.extensions["store"]
+    fake_llm.script(*broken)
+    fake_llm.script(text("Our founder is Ada."))
+    lines = run_turn(make_agent(fake_llm, store=store), "Who founded it?")
+    assert texts(lines) == ["One moment.", "Our founder is Ada."]
+    assert len(fake_llm.requests) == 2
+    warning = next(r for r in caplog.records if "round 1 failed" in r.getMessage())
+    assert warning.levelname == "WARNING" and reason in warning.getMessage()
+    assert "d1" in warning.getMessage() and fake_llm.url in warning.getMessage()
+    assert store.session_state("call_llm")["llm_history"] == [
+        {"role": "user", "content": "Who founded it?"},
+        {"role": "assistant", "content": "Our founder is Ada."}]
+
+
+def test_a_failure_is_not_blamed_on_the_caller(app, fake_llm):
+    store = app.extensions["store"]
+    fake_llm.script(text("The founder of the business"), no_finish())
+    fake_llm.script(empty())
+    lines = run_turn(make_agent(fake_llm, store=store), "Who founded it?")
+    assert texts(lines) == ["One moment.", APOLOGY]
+    assert NOTHING_SAID not in texts(lines)
+    history = store.session_state("call_llm")["llm_history"]
+    assert history == [{"role": "user", "content": "Who founded it?"},
+                       {"role": "assistant", "content": APOLOGY}]  # never the fragment
+
+
+def test_an_answer_cut_at_max_tokens_is_a_failure(app, fake_llm, caplog):
+    store = app.extensions["store"]
+    fake_llm.script(text("Well. We have many options."), text(" First, the"), finish("length"))
+    lines = run_turn(make_agent(fake_llm, store=store, max_tokens=12), "Options?")
+    assert texts(lines) == ["One moment.", "Well.", "We have many options.", CUT_OFF]
+    assert fake_llm.requests[0]["max_tokens"] == 12
+    assert "cut at max_tokens" in caplog.text
+    assert store.session_state("call_llm")["llm_history"][-1] == {
+        "role": "assistant", "content": f"Well. We have many options. {CUT_OFF}"}
 
 
 def test_a_model_slower_than_the_deadline_gets_the_streamer_fallback(fake_llm):
@@ -237,3 +301,63 @@ def test_openai_is_not_imported_without_llm_settings(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60)
     assert out.stdout.strip() == "Receptionist"
+
+
+def test_a_name_repeated_in_every_chunk_is_one_call_and_content_is_never_null(fake_llm):
+    @tool
+    def lookup_order(order_id: str) -> dict:
+        """An order's status."""
+        return {"id": order_id, "status": "shipped"}
+
+    fake_llm.script(tool_call(0, "lookup_order", {"order_id": "4521"}, repeat_name=True,
+                              pieces=4))
+    fake_llm.script(text("It has shipped."))
+    lines = run_turn(make_agent(fake_llm, tools=[lookup_order]))
+    assert texts(lines) == ["One moment.", "It has shipped."]
+    assistant, result = fake_llm.requests[1]["messages"][-2:]
+    assert assistant["content"] == ""  # the fake, like llama-cpp-python, rejects null
+    assert [c["function"]["name"] for c in assistant["tool_calls"]] == ["lookup_order"]
+    assert json.loads(result["content"]) == {"id": "4521", "status": "shipped"}
+
+
+def test_server_settings_reach_every_request(fake_llm):
+    fake_llm.script(text("Hi."))
+    run_turn(make_agent(fake_llm))
+    first = fake_llm.requests[0]
+    assert first["max_tokens"] == 300 and "tool_choice" not in first and "seed" not in first
+    @tool
+    def opening_hours() -> str:
+        """When we are open."""
+        return "9 to 5"
+
+    fake_llm.script(tool_call(0, "opening_hours", {}))
+    fake_llm.script(text("We open at nine."))
+    agent = make_agent(fake_llm, tools=[opening_hours], max_tokens=0,
+                       tool_choice="required", extra_body={"seed": 7, "top_k": 20})
+    assert texts(run_turn(agent))[-1] == "We open at nine."
+    second, third = fake_llm.requests[1:]
+    assert "max_tokens" not in second and (second["seed"], second["top_k"]) == (7, 20)
+    # "required" asks for a tool first; with the results in, the model may answer.
+    assert (second["tool_choice"], third["tool_choice"]) == ("required", "auto")
+
+
+def test_tool_rounds_without_streaming(fake_llm):
+    @tool
+    def lookup_order(order_id: str) -> dict:
+        """An order's status."""
+        return {"id": order_id, "status": "shipped"}
+
+    agent = make_agent(fake_llm, tools=[lookup_order], stream_tools=False, tool_choice="auto")
+    fake_llm.script(tool_call(0, "lookup_order", {"order_id": "4521"}))
+    fake_llm.script()  # the tool round declines the tools without writing an answer
+    fake_llm.script(text("It shipped."), text(" It arrives Thursday."))
+    lines = run_turn(agent)
+    assert texts(lines) == ["One moment.", "It shipped.", "It arrives Thursday."]
+    tool_round, declined, answer = fake_llm.requests
+    assert not tool_round.get("stream") and tool_round["tool_choice"] == "auto"
+    assert not declined.get("stream") and declined["messages"][-1]["role"] == "tool"
+    assert answer["stream"] is True and "tools" not in answer and "tool_choice" not in answer
+    fake_llm.script(text("Hello. How can I help?"))  # a tool round that answers in text
+    assert texts(run_turn(agent))[1:] == ["Hello.", "How can I help?"]
+    assert len(fake_llm.requests) == 4
+

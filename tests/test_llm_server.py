@@ -9,6 +9,7 @@ import pytest
 
 from app.agent.llm import APOLOGY
 from app.simulator import payload, signed_request
+from app.voice.streamer import LATE_TEXT
 from tests.conftest import SECRET
 from tests.fake_llm import drop, fake_llm_fixture, pause, text, tool_call  # noqa: F401
 from tests.servers import post_stream
@@ -31,6 +32,7 @@ def test_llm_turn_on_the_wire(gunicorn, fake_llm):
         text(" shipped yesterday by FedEx."),
     )
     fake_llm.script(text("Half a sen"), drop())
+    fake_llm.script(text("Half a sen"), drop())  # asked again once: nothing had been spoken
 
     raw, headers = signed_request(SECRET, payload("voice", "Is Monday free, and my order?"))
     sent_at = time.monotonic()  # the fake runs in this process: one clock for both sides
@@ -62,4 +64,20 @@ def test_llm_turn_on_the_wire(gunicorn, fake_llm):
     _, lines = post_stream(server.webhook, raw, headers)
     assert [obj for _, obj in lines] == [{"text": "One moment.", "interim": True},
                                          {"text": APOLOGY}]
-    assert "LLM turn " + headers["X-Webhook-ID"] + " failed" in server.log()
+    assert f"LLM turn {headers['X-Webhook-ID']}: round 1 failed" in server.log()
+
+
+def test_history_keeps_what_the_caller_heard_when_the_deadline_cuts_in(gunicorn, fake_llm):
+    server = gunicorn(workers=1, VOICE_TIMEOUT=5, LLM_BASE_URL=fake_llm.url,
+                      LLM_API_KEY="sk-test", LLM_MODEL="fake-model")
+    fake_llm.script(text("Let me look."), text(" Your order"), pause(8))
+    fake_llm.script(text("It shipped."))
+    body = payload("voice", "Where is my order?", callId="call_deadline")
+    _, lines = post_stream(server.webhook, *signed_request(SECRET, body))
+    assert [obj.get("text") for _, obj in lines] == ["One moment.", "Let me look.", LATE_TEXT]
+    assert lines[-1][0] < 5
+    body = payload("voice", "Hello?", callId="call_deadline")
+    _, lines = post_stream(server.webhook, *signed_request(SECRET, body))
+    assert lines[-1][1] == {"text": "It shipped."}
+    assert [(m["role"], m["content"]) for m in fake_llm.requests[1]["messages"][1:]] == [
+        ("user", "Where is my order?"), ("assistant", "Let me look."), ("user", "Hello?")]

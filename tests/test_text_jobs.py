@@ -12,6 +12,7 @@ import requests
 from app.simulator import payload, signed_request
 from tests.conftest import NOW, SECRET
 from tests.fake_agentphone import API_KEY, fake_api_fixture, json_reply  # noqa: F401
+from tests.fake_llm import fake_llm_fixture, no_finish, text  # noqa: F401
 from tests.servers import free_port
 
 JANE = "+15559876543"
@@ -269,3 +270,36 @@ def test_replies_of_unknown_fate_are_listed_counted_and_resent_only_on_request(
     assert cli.invoke(args=["agentphone", "jobs", "resend", str(crashed_job)]).exit_code == 1
     assert store.outbox_entry(crashed)["status"] == "sending"
     assert fake_api.count("POST", "/v1/messages") == 2
+
+
+@pytest.mark.parametrize("written_apology", [True, False])
+def test_a_text_the_model_could_not_answer_is_retried_then_apologised_for(
+        make_app, fake_api, fake_llm, caplog, written_apology):
+    from app.agent.llm import APOLOGY
+    from app.jobs.handlers import TEXT_FAILURE_MESSAGE
+
+    fake_api.on("POST", "/v1/messages", SENT)
+    now = [NOW]
+    app = make_app(AGENTPHONE_API_KEY=API_KEY, AGENTPHONE_API_URL=fake_api.url,
+                   LLM_BASE_URL=fake_llm.url, LLM_API_KEY="sk-test", JOB_MAX_ATTEMPTS=2,
+                   TEXT_FAILURE_REPLY=written_apology, CLOCK=lambda: now[0])
+    store = app.extensions["store"]
+    for _ in range(4):  # two attempts, each asking the model twice
+        fake_llm.script(text("Your order"), no_finish())
+    delivery = deliver(app, sms())
+    assert run_jobs(app) == 1
+    job = job_for(app, delivery)
+    assert job.status == "pending" and "could not answer" in job.last_error
+    assert fake_api.count("POST", "/v1/messages") == 0  # no voice apology as a text
+    now[0] += 60  # the retry is due
+    assert run_jobs(app) == 1
+    assert job_for(app, delivery).status == "done"
+    sent = [r.body["body"] for r in fake_api.requests if r.path == "/v1/messages"]
+    assert sent == ([TEXT_FAILURE_MESSAGE] if written_apology else [])
+    assert APOLOGY not in sent and len(fake_llm.requests) == 4
+    # Replayed by an operator: the apology was the one text; if none went out, the answer goes.
+    assert store.retry_job(job.id)
+    fake_llm.script(text("It shipped."))
+    run_jobs(app)
+    sent = [r.body["body"] for r in fake_api.requests if r.path == "/v1/messages"]
+    assert sent == ([TEXT_FAILURE_MESSAGE] if written_apology else ["It shipped."])

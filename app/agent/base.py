@@ -23,6 +23,7 @@ class Turn:
     conversation_state: dict | None = None
     recent_history: list = field(default_factory=list)
     test: bool = False
+    deadline: float | None = None  # time.monotonic() by which a voice turn's final line goes out
 
     @classmethod
     def from_event(cls, event, delivery_id=None):
@@ -62,6 +63,7 @@ class Reply:
     hangup: bool = False
     action: str | None = None
     digits: str | None = None
+    failed: bool = False  # a stand-in for an answer the agent could not give; never texted
 
     def __post_init__(self):
         if self.hangup and self.action:

@@ -6,7 +6,6 @@ writing the second. ``speakable`` strips what must never reach text-to-speech: m
 XML/tool-call markup, code, emoji.
 """
 
-import json
 import re
 import unicodedata
 
@@ -40,7 +39,8 @@ class SentenceStream:
     A boundary is a terminator run (``.``, ``!``, ``?``, ``…``) plus closing quotes, then
     whitespace, then the next visible character, which decides doubtful cases (an
     abbreviation, an ellipsis in mid-thought). Text inside unfinished markup (an open code
-    fence, ``<think>``/``<tool_call>`` block or ``<tag``) is held until the markup closes.
+    fence, ``<think>``/``<tool_call>`` block, ``<tag``, JSON object or array) is held until
+    the markup closes.
     """
 
     def __init__(self):
@@ -84,6 +84,9 @@ def _safe_length(text):
         if not closing.search(text, m.end()):
             limit = min(limit, m.start())
             break
+    for start, end in _json_spans(text[:limit]):
+        if end is None:
+            limit = start
     lt = text.rfind("<", 0, limit)
     if lt != -1 and ">" not in text[lt:limit] and re.match(r"<[/!|a-zA-Z]?", text[lt:]):
         limit = min(limit, lt)
@@ -95,7 +98,39 @@ def _mask(text):
     so that periods inside a tool call or code block are never taken for sentence ends."""
     for pattern in (_BLOCKS, _CLOSED_FENCE, _SPECIAL_TOKEN, _TAG):
         text = pattern.sub(lambda m: MASK * len(m.group(0)), text)
+    for start, end in _json_spans(text):
+        if end is not None:
+            text = text[:start] + MASK * (end - start) + text[end:]
     return text
+
+
+def _json_spans(text):
+    """``(start, end)`` of each JSON-like object or array in ``text`` (brackets balanced,
+    strings skipped); ``end`` is None for one still open at the end of the text."""
+    spans, pos = [], 0
+    while (match := _JSON_OPEN.search(text, pos)) is not None:
+        depth, in_string, escaped, end = 0, False, False, None
+        for i in range(match.start(), len(text)):
+            ch = text[i]
+            if escaped:
+                escaped = False
+            elif in_string:
+                escaped = ch == "\\"
+                in_string = ch != '"'
+            elif ch == '"':
+                in_string = True
+            elif ch in "{[":
+                depth += 1
+            elif ch in "}]":
+                depth -= 1
+                if depth == 0:
+                    end = i + 1
+                    break
+        spans.append((match.start(), end))
+        if end is None:
+            return spans
+        pos = end
+    return spans
 
 
 def _boundary(text, final):
@@ -177,6 +212,10 @@ _UNCLOSED = re.compile(_BLOCK_OPEN.pattern + r".*$|<[^<>]*$", re.I | re.S)
 _CLOSED_FENCE = re.compile(r"```.*?```", re.S)
 _FENCED = re.compile(r"```.*?(```|$)", re.S)
 _SPECIAL_TOKEN = re.compile(r"<\|[^|>]*\|>")
+# "{" anywhere; "[" only where JSON would follow (not "[Dr. Lee](...)" or "[sic]").
+_JSON_OPEN = re.compile(r"\{|\[(?=\s*(?:[{\[\"\d\]-]|$))")
+_KEY_LINE = re.compile(r"""^\s*[-*•]?\s*["'][^"'\n]{1,60}["']\s*:""")
+_DATA_MARKS = frozenset('"{}[]:,;=<>\\/~^')
 _TAG = re.compile(r"</?[a-zA-Z][\w:.-]*(\s[^<>]*)?/?>")
 _IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
 _LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
@@ -200,8 +239,9 @@ def speakable(text):
     text = _FENCED.sub(" ", text)
     text = _SPECIAL_TOKEN.sub(" ", text)
     text = _TAG.sub(" ", text)
-    if _looks_like_json(text):
-        return ""
+    for start, end in reversed(_json_spans(text)):
+        text = text[:start] + " " + (text[end:] if end is not None else "")
+    text = "\n".join(line for line in text.split("\n") if not _data_line(line))
     text = _IMAGE.sub(" ", text)
     text = _LINK.sub(r"\1", text)
     text = _RULE.sub(" ", text)
@@ -227,12 +267,8 @@ def _speakable_char(ch):
     return not (category == "Sk" and ord(ch) > 0x2000)  # skin-tone modifiers
 
 
-def _looks_like_json(text):
-    stripped = text.strip()
-    if not stripped or stripped[0] not in "{[" or stripped[-1] not in "}]":
-        return False
-    try:
-        json.loads(stripped)
-    except ValueError:
-        return '":' in stripped or '": ' in stripped
-    return True
+def _data_line(line):
+    """A JSON-ish line (``"time slot":``, ``"day": "23",``, ``},``), not words to say."""
+    if _KEY_LINE.match(line):
+        return True
+    return sum(ch in _DATA_MARKS for ch in line) > sum(ch.isalnum() for ch in line)

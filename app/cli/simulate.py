@@ -23,19 +23,24 @@ def default_url():
 @click.option("--voice", "kind", flag_value="voice", default=True, help="A voice turn (default).")
 @click.option("--text", default=None, help="What the caller says or texts.")
 @click.option("--id", "delivery_id", default=None, help="X-Webhook-ID (default: random).")
+@click.option("--call-id", default=None,
+              help="callId of a voice turn or call end; reuse one to continue a call "
+                   "(default: a new call each time).")
 @click.option("--secret", default=None,
               help="Signing secret (default: AGENTPHONE_WEBHOOK_SECRET, the newest stored one, "
                    "or the development secret with AGENTPHONE_DEV=1).")
 @click.option("--agent-id", default=None,
               help="The delivery's agentId (picks the agent behind a server with AGENTS).")
-def simulate(url, kind, text, delivery_id, secret, agent_id):
+def simulate(url, kind, text, delivery_id, call_id, secret, agent_id):
     """Sign and post a sample delivery; print each NDJSON line with its arrival time."""
     secret = secret or uses().webhook_secret()
-    body = simulator.payload(kind, text)
+    data = {} if kind == "sms" else {"callId": call_id or simulator.new_call_id()}
+    body = simulator.payload(kind, text, **data)
     if agent_id:
         body["agentId"] = agent_id
     raw, headers = simulator.signed_request(secret, body, delivery_id)
-    echo(f"POST {url}  {kind}  X-Webhook-ID: {headers['X-Webhook-ID']}")
+    call = f"  callId: {data['callId']}" if data else ""
+    echo(f"POST {url}  {kind}  X-Webhook-ID: {headers['X-Webhook-ID']}{call}")
     started = time.monotonic()
     try:
         with requests.post(url, data=raw, headers=headers, stream=True, timeout=(5, 150)) as resp:

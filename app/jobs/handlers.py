@@ -35,16 +35,44 @@ from app.webhook import events
 log = logging.getLogger(__name__)
 
 
+TEXT_FAILURE_MESSAGE = "Sorry, we couldn't answer just now, we'll get back to you."
+
+
+class AgentFailed(Exception):
+    """The agent could not answer a text (its final ``Reply`` is marked ``failed``)."""
+
+
 def collect_text(agent, turn):
-    """The agent's whole answer as one text message."""
+    """The agent's whole answer as one text message; raises AgentFailed when the agent
+    gave a stand-in instead (a voice apology is never sent as a text)."""
     parts = []
     for chunk in agent.respond(turn):
+        if isinstance(chunk, Reply) and chunk.failed:
+            raise AgentFailed(f"the agent could not answer delivery {turn.delivery_id}")
         text = chunk.text if isinstance(chunk, Reply) else chunk
         if text and text.strip():
             parts.append(text.strip())
         if isinstance(chunk, Reply):
             break
     return " ".join(parts)
+
+
+def answer_text(agent, turn, job):
+    """The reply to send: the agent's answer; when the agent fails, raise so that the job is
+    retried, and on the last attempt the short written apology (or None, by
+    TEXT_FAILURE_REPLY)."""
+    try:
+        return collect_text(agent, turn)
+    except Exception as exc:
+        if job.attempts < current_app.config["JOB_MAX_ATTEMPTS"]:
+            raise
+        if not current_app.config["TEXT_FAILURE_REPLY"]:
+            log.error("job %s: the agent failed on the last attempt, nothing sent to %s: %s",
+                      job.id, turn.caller, exc)
+            return None
+        log.error("job %s: the agent failed on the last attempt, sending the written apology "
+                  "to %s: %s", job.id, turn.caller, exc)
+        return TEXT_FAILURE_MESSAGE
 
 
 def text_message(job):
@@ -65,7 +93,7 @@ def text_message(job):
                     job.id, key, turn.caller)
         send_once(store, key, event, turn, earlier["body"], job)
         return
-    reply = collect_text(get_agent(turn.agent_id), turn)
+    reply = answer_text(get_agent(turn.agent_id), turn, job)
     if not reply:
         log.info("job %s: the agent had nothing to say to %s", job.id, turn.caller)
         return

@@ -3,6 +3,7 @@ come, a filler line after each long silence, then exactly one final line before 
 whatever the agent does."""
 
 import contextlib
+import dataclasses
 import logging
 import queue
 import time
@@ -53,6 +54,7 @@ def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.mono
     no agent runs.
     """
     started = clock()
+    turn = dataclasses.replace(turn, deadline=started + deadline)
     arrived = started if arrived is None else arrived
     source = final = first = None
     outcome = "answered"
