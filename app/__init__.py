@@ -7,6 +7,8 @@ from flask import Flask
 
 from app import config, errors
 
+__version__ = "0.2.0"
+
 
 def create_app(test_config=None):
     """Build the app; `test_config` replaces settings read from the environment."""

@@ -22,8 +22,9 @@ SETTINGS = {
     "AGENTPHONE_API_URL": (DEFAULT_API_URL, "Base URL of the AgentPhone REST API."),
     "VOICE_TIMEOUT": ("30", "Seconds the platform waits for a voice reply (5-120); the final line "
                             "is sent before it."),
-    "AGENT": (None, "Import path module:callable of your agent factory, called with the app; "
-                    "default: the built-in agent."),
+    "AGENT": ("app.demo:create_agent", "Import path module:callable of your agent factory, "
+                                       "called with the app; the default is the demo "
+                                       "receptionist (its tables are created only then)."),
     "DEMO_TOOL_LATENCY": ("0.5", "Seconds each demo tool takes (simulates a slow upstream)."),
     "LLM_BASE_URL": (None, "OpenAI-compatible API base URL, e.g. https://api.openai.com/v1; "
                            "setting it (or LLM_API_KEY) switches to the LLM agent."),

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from app.agent import Receptionist, Turn, tool
+from app.agent import Turn, tool
 from app.agent.llm import APOLOGY, NOTHING_SAID, TOO_MANY_ROUNDS, LLMAgent
+from app.demo import Receptionist
 from app.voice.streamer import LATE_TEXT, stream_turn
 from tests.fake_llm import drop, fake_llm_fixture, pause, status, text, tool_call  # noqa: F401
 from tests.servers import free_port

@@ -16,6 +16,7 @@ from app.store.schema import MIGRATIONS, statements
 log = logging.getLogger(__name__)
 
 DEFAULT_RETENTION = Retention()
+CORE_SCHEMA = "schema_version"  # the core's version table
 MIGRATE_WAIT_SECONDS = 5.0  # longest wait for another caller's deferred migration
 
 JOB_COLUMNS = (
@@ -34,15 +35,20 @@ class SQLStore(RecordsMixin):
 
     def __init__(self, clock=time.time):
         self.clock = clock
+        self._schemas = {CORE_SCHEMA: MIGRATIONS}  # version table -> its migrations, in order
         self._migrate_pending = False
         self._migrate_lock = threading.Lock()
         self._migrate_attempt = threading.Event()
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _run(self, fn, transaction=True):
+    def run(self, fn, transaction=True):
         """Run ``fn(cursor)``, in one transaction unless told otherwise; driver errors become
-        StoreUnavailable (503) so that the platform retries instead of losing the event."""
+        StoreUnavailable (503) so that the platform retries instead of losing the event.
+
+        The cursor takes ``?`` placeholders on every backend. Packages with tables of their own
+        (``app.demo``) use it on the tables they add with ``add_schema``.
+        """
         if self._migrate_pending:
             self._migrate_now()
         return self._execute(fn, transaction)
@@ -56,37 +62,54 @@ class SQLStore(RecordsMixin):
 
     def _one(self, sql, params=()):
         """One autocommit statement; its first row (the statement must return rows)."""
-        return self._run(lambda cur: _fetchone(cur, sql, params), transaction=False)
+        return self.run(lambda cur: _fetchone(cur, sql, params), transaction=False)
 
     def _exec(self, sql, params=()):
         """One autocommit statement; the number of rows it changed."""
-        return self._run(lambda cur: _rowcount(cur, sql, params), transaction=False)
+        return self.run(lambda cur: _rowcount(cur, sql, params), transaction=False)
 
     def migrate(self):
-        """Create or upgrade the schema; safe to run from many processes at once."""
+        """Create or upgrade the schema (the core's and every added one); safe to run from
+        many processes at once. Returns the core schema's version."""
 
         def upgrade(cur):
             self._lock_migrations(cur)
-            cur.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version "
-                f"(version INTEGER PRIMARY KEY, applied_at {self.types['real']} NOT NULL)"
-            )
-            cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
-            current = cur.fetchone()[0]
-            for version, migration in enumerate(MIGRATIONS, start=1):
-                if version <= current:
-                    continue
-                for statement in statements(migration, self.types):
-                    cur.execute(statement)
-                cur.execute(
-                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
-                    (version, self.clock()),
-                )
+            for table, migrations in self._schemas.items():
+                self._upgrade(cur, table, migrations)
             return len(MIGRATIONS)
 
         version = self._execute(upgrade, transaction=True)
         self._migrate_pending = False
         return version
+
+    def _upgrade(self, cur, table, migrations):
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} "
+            f"(version INTEGER PRIMARY KEY, applied_at {self.types['real']} NOT NULL)"
+        )
+        cur.execute(f"SELECT COALESCE(MAX(version), 0) FROM {table}")
+        current = cur.fetchone()[0]
+        for version, migration in enumerate(migrations, start=1):
+            if version <= current:
+                continue
+            for statement in statements(migration, self.types):
+                cur.execute(statement)
+            cur.execute(f"INSERT INTO {table} (version, applied_at) VALUES (?, ?)",
+                        (version, self.clock()))
+
+    def add_schema(self, version_table, migrations):
+        """Keep a package's own tables in this database: its ``migrations`` (each a string of
+        statements, as in ``app.store.schema``), tracked in ``version_table``, are applied now
+        and by every later ``migrate``. A database that is down defers them to first use."""
+        self._schemas[version_table] = migrations
+        if self._migrate_pending:
+            return
+        try:
+            self.migrate()
+        except StoreUnavailable as exc:
+            log.error("database unavailable, will create %s's tables on first use: %s",
+                      version_table, exc)
+            self.migrate_on_first_use()
 
     def migrate_on_first_use(self):
         """The database could not be migrated at start-up (e.g. it is restarting): every
@@ -118,14 +141,16 @@ class SQLStore(RecordsMixin):
     def ping(self):
         self._one("SELECT 1")
 
-    def schema_version(self):
-        return self._one("SELECT MAX(version) FROM schema_version")[0]
+    def schema_version(self, version_table=None):
+        """The applied version of the core schema, or of the one tracked in ``version_table``."""
+        table = version_table or CORE_SCHEMA
+        return self._one(f"SELECT MAX(version) FROM {table}")[0]
 
     # -- deliveries -------------------------------------------------------------------------
 
     def claim_delivery(self, delivery_id, event):
         """Record a delivery id; True if this call is the first to see it."""
-        return self._run(lambda cur: self._claim(cur, delivery_id, event))
+        return self.run(lambda cur: self._claim(cur, delivery_id, event))
 
     def _claim(self, cur, delivery_id, event):
         cur.execute(
@@ -149,7 +174,7 @@ class SQLStore(RecordsMixin):
             )
             return True
 
-        return self._run(claim)
+        return self.run(claim)
 
     # -- voice replies ----------------------------------------------------------------------
 
@@ -246,7 +271,7 @@ class SQLStore(RecordsMixin):
 
     def jobs(self, status=None, limit=50):
         where, params = ("WHERE status = ?", (status,)) if status else ("", ())
-        return self._run(
+        return self.run(
             lambda cur: [
                 Job(*r)
                 for r in _fetchall(
@@ -258,7 +283,7 @@ class SQLStore(RecordsMixin):
         )
 
     def job_counts(self):
-        rows = self._run(
+        rows = self.run(
             lambda cur: _fetchall(cur, "SELECT status, COUNT(*) FROM jobs GROUP BY status")
         )
         return dict(rows)
@@ -283,7 +308,7 @@ class SQLStore(RecordsMixin):
         def prune(cur):
             return sum(_rowcount(cur, sql, (cutoff,)) for sql, cutoff in expired)
 
-        return self._run(prune)
+        return self.run(prune)
 
 
 def _fetchone(cur, sql, params=()):
