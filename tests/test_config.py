@@ -52,6 +52,7 @@ def test_dotenv_is_read_but_environment_wins(clean_env, tmp_path):
     (tmp_path / ".env").write_text("AGENTPHONE_WEBHOOK_SECRET=whsec_dotenv\nVOICE_TIMEOUT=12\n")
     clean_env.setenv("VOICE_TIMEOUT", "20")
     app = create_app()
+    app.extensions["store"].close()
     assert app.config["WEBHOOK_SECRETS"] == ("whsec_dotenv",)
     assert app.config["VOICE_TIMEOUT"] == 20
 

@@ -1,7 +1,9 @@
 """`flask agentphone jobs [--dead]`, `jobs retry ID` and the worker process's loop."""
 
+import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,9 +19,21 @@ def db_url(request, tmp_path):
 
 @pytest.fixture
 def app(make_app, db_url):
-    app = make_app(DATABASE_URL=db_url, CLOCK=time.time)
-    yield app
-    app.extensions["store"].close()
+    return make_app(DATABASE_URL=db_url, CLOCK=time.time)
+
+
+def open_files(path):
+    """This process's file descriptors open on ``path``."""
+    fds = Path("/proc/self/fd")
+    return [fd for fd in fds.iterdir() if os.path.realpath(fd) == str(path)]
+
+
+def test_a_command_gives_its_connections_back(make_app, tmp_path):
+    app = make_app()
+    assert open_files(tmp_path / "events.db")  # the start-up migration's pooled connection
+    result = app.test_cli_runner().invoke(args=["agentphone", "jobs"])
+    assert result.exit_code == 0, result.output
+    assert open_files(tmp_path / "events.db") == []
 
 
 def test_jobs_list_dead_and_retry(app):

@@ -1,5 +1,6 @@
 """The POST /webhook contract: verification, status codes, error envelope, idempotent acks."""
 
+import contextlib
 import json
 import sqlite3
 
@@ -18,7 +19,7 @@ def _error(response):
 
 def _jobs(app):
     path = app.config["DATABASE_URL"][len("sqlite:///"):]
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         return conn.execute("SELECT delivery_id, kind, status FROM jobs").fetchall()
 
 

@@ -1,8 +1,15 @@
 """The `flask --app wsgi agentphone ...` command group."""
 
-from flask.cli import AppGroup
+import click
+from flask.cli import AppGroup, ScriptInfo
 
-agentphone = AppGroup("agentphone", help="AgentPhone backend tools: simulator, API client, jobs.")
+
+@click.group("agentphone", cls=AppGroup)
+@click.pass_context
+def agentphone(ctx):
+    """AgentPhone backend tools: simulator, API client, jobs."""
+    # The process may outlive the command (tests, embedding): give the connections back.
+    ctx.call_on_close(ctx.ensure_object(ScriptInfo).load_app().extensions["store"].close)
 
 
 def init_app(app):

@@ -61,10 +61,12 @@ class SQLiteStore(SQLStore):
             else:
                 yield cur
         except sqlite3.Error:
-            conn.close()
+            conn.close()  # it may be broken: never reused
             raise
-        else:
-            self._checkin(conn)
+        except BaseException:
+            self._checkin(conn)  # rolled back: fit for the next caller
+            raise
+        self._checkin(conn)
 
     def _checkout(self):
         with self._lock:
