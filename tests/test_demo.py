@@ -4,20 +4,17 @@ tables, which exist only where the demo runs."""
 
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
-import psycopg
 import pytest
 
 from app.agent import Agent, Reply, Turn
 from app.demo import DemoRecords, Receptionist, schema
 from app.demo.agent import detect_intent, parse_day, parse_name, parse_time
 from app.store import StoreUnavailable, open_store
-from app.store.postgres import PostgresStore
 from app.store.schema import statements
 
-pytest_plugins = ["tests.postgres"]  # pg_server, pg_url
+pytest_plugins = ["tests.postgres"]  # pg_server, database_url
 
 JANE = "+15559876543"  # a customer in the demo data, with orders 4521 and 4524
 STRANGER = "+15550009999"
@@ -194,13 +191,6 @@ def test_parsers():
 # -- the calendar's guarantees on both databases ----------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        return "sqlite:///" + str(tmp_path / "records.db")
-    return request.getfixturevalue("pg_url")
-
-
 @pytest.fixture
 def core_store(database_url):
     """A store with the core schema only, as any app's."""
@@ -273,20 +263,27 @@ def test_a_custom_agent_gets_no_demo_tables(make_app, database_url):
     assert store.schema_version(schema.VERSION_TABLE) == len(schema.MIGRATIONS)
 
 
-def test_the_demo_package_is_not_imported_for_a_custom_agent(tmp_path):
+@pytest.mark.parametrize(("agent", "name", "unused"), [
+    ("None", "Receptionist", "openai"),  # the default: the demo, without the LLM client
+    ("Agent()", "Agent", "app.demo"),  # another agent: no demo
+])
+def test_what_the_app_imports(tmp_path, agent, name, unused):
     code = (
         "import sys\n"
         "from app import create_app\n"
         "from app.agent import Agent\n"
-        f"app = create_app({{'WEBHOOK_SECRETS': ('s',), 'AGENT': Agent(), 'DATABASE_URL': "
-        f"'sqlite:///{tmp_path}/x.db'}})\n"
+        f"app = create_app({{'WEBHOOK_SECRETS': ('s',), 'AGENT': {agent}, 'LLM_BASE_URL': None, "
+        f"'LLM_API_KEY': None, 'DATABASE_URL': 'sqlite:///{tmp_path}/x.db'}})\n"
         "app.extensions['store'].close()\n"
-        "print(sorted(m for m in sys.modules if m.startswith('app.')))\n"
+        "print(type(app.extensions['agent']).__name__)\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('app.', 'openai'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60)
-    assert "'app.agent'" in out.stdout
-    assert "app.demo" not in out.stdout
+    created, modules = out.stdout.splitlines()
+    assert created == name
+    assert "'app.agent'" in modules
+    assert f"'{unused}" not in modules
 
 
 def test_a_0_1_0_database_keeps_its_demo_data(core_store):
@@ -304,9 +301,10 @@ def test_a_0_1_0_database_keeps_its_demo_data(core_store):
     assert records.open_slots("monday")[0] == {"day": "monday", "slot_time": "09:00"}
 
 
-def test_demo_tables_wait_for_a_database_that_is_down(pg_server):
-    name = "t_demo_created_later"
-    store = PostgresStore(pg_server.url(name), timeout=0.5)
+def test_demo_tables_wait_for_a_database_that_is_down(tmp_path):
+    path = tmp_path / "later.db"
+    path.mkdir()  # a directory: the database cannot be opened yet
+    store = open_store(f"sqlite:///{path}")
     try:
         with pytest.raises(StoreUnavailable):
             store.migrate()
@@ -314,17 +312,8 @@ def test_demo_tables_wait_for_a_database_that_is_down(pg_server):
         records = DemoRecords(store)  # the app still starts
         with pytest.raises(StoreUnavailable):
             records.customers()
-        with psycopg.connect(pg_server.url(), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        deadline = time.monotonic() + 10
-        while True:  # the pool reconnects in the background, with backoff
-            try:
-                assert len(records.customers()) == 4
-                break
-            except StoreUnavailable:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+        path.rmdir()
+        assert len(records.customers()) == 4
         assert store.schema_version(schema.VERSION_TABLE) == len(schema.MIGRATIONS)
     finally:
         store.close()
-        pg_server.drop_database(name)

@@ -7,19 +7,12 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.postgres"]  # pg_server, pg_url
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        return "sqlite:///" + str(tmp_path / "cli.db")
-    return request.getfixturevalue("pg_url")
+pytest_plugins = ["tests.postgres"]  # database_url
 
 
 @pytest.fixture
-def app(make_app, db_url):
-    return make_app(DATABASE_URL=db_url, CLOCK=time.time)
+def app(make_app, database_url):
+    return make_app(DATABASE_URL=database_url, CLOCK=time.time)
 
 
 def open_files(path):
