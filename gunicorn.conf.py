@@ -28,12 +28,20 @@ os.environ.setdefault("GEVENT_TRACK_GREENLET_TREE", "0")
 def post_worker_init(worker):
     """Freeze start-up objects out of the garbage collector (a full collection walking them
     stopped every held stream for ~10 ms), then start this worker's job runner, so that jobs
-    left by a crash run without waiting for the next request."""
+    left by a crash run without waiting for the next request. In development mode the first
+    worker logs the webhook URL at the address really bound."""
     gc.collect()
     gc.freeze()
     app = worker.wsgi
     if app.config.get("JOB_RUNNER"):
         app.extensions["job_runner"].start()
+    if worker.age == 1:  # the first worker speaks for all: one banner per server
+        from app import log_dev_banner
+
+        for listener in worker.sockets:
+            address = listener.getsockname()
+            if isinstance(address, tuple):  # TCP, not a unix socket
+                log_dev_banner(app, *address[:2])
 
 
 

@@ -1,11 +1,13 @@
 """Every setting the service reads, with its default, in one place (the README has the same
 table)."""
 
+import logging
 import os
 import secrets
 from pathlib import Path
 
 from dotenv import load_dotenv
+from flask import Flask
 
 DEFAULT_API_URL = "https://api.agentphone.ai"
 
@@ -38,7 +40,7 @@ SETTINGS = {
                               "may be shorter); a late call is reported to the model as timed "
                               "out."),
     "JOB_RUNNER": ("on", "on = run background jobs in each web worker; off = leave them to "
-                         "`flask agentphone worker`."),
+                         "`agentphone worker`."),
     "JOB_CONCURRENCY": ("4", "Jobs one process runs at the same time."),
     "JOB_MAX_ATTEMPTS": ("5", "Attempts before a job is dead-lettered."),
     "JOB_LEASE": ("60", "Seconds a claimed job is reserved for its worker before another may "
@@ -65,6 +67,20 @@ def env(name):
 def load_dotenv_file():
     """Read .env from the working directory (development); real environment variables win."""
     load_dotenv(Path.cwd() / ".env", override=False)
+
+
+def instance_path():
+    """The instance folder of the app (development secret, default SQLite file), without
+    building the app."""
+    return Flask("app", instance_relative_config=True).instance_path
+
+
+def log_level():
+    """LOG_LEVEL as a logging level name; raises ConfigError for one logging does not know."""
+    level = env("LOG_LEVEL").upper()
+    if level not in logging.getLevelNamesMapping():
+        raise ConfigError(f"LOG_LEVEL={env('LOG_LEVEL')!r} is not a logging level")
+    return level
 
 
 def parse_secrets(raw):
@@ -131,5 +147,5 @@ def from_env(instance_path, require_secret=True):
         "JOB_MAX_ATTEMPTS": _number("JOB_MAX_ATTEMPTS", int, 1, 100),
         "JOB_LEASE": _number("JOB_LEASE", float, 1, 86400),
         "JOB_GRACE": _number("JOB_GRACE", float, 0, 3600),
-        "LOG_LEVEL": env("LOG_LEVEL").upper(),
+        "LOG_LEVEL": log_level(),
     }

@@ -1,19 +1,10 @@
-"""The `flask --app wsgi agentphone ...` command group."""
+"""The `agentphone` console script, also reachable as `flask --app wsgi agentphone`."""
 
-import click
-from flask.cli import AppGroup, ScriptInfo
+from app.cli import api, jobs, simulate  # noqa: F401 (each module registers its commands)
+from app.cli.base import agentphone
 
-
-@click.group("agentphone", cls=AppGroup)
-@click.pass_context
-def agentphone(ctx):
-    """AgentPhone backend tools: simulator, API client, jobs."""
-    # The process may outlive the command (tests, embedding): give the connections back.
-    ctx.call_on_close(ctx.ensure_object(ScriptInfo).load_app().extensions["store"].close)
+__all__ = ["agentphone", "init_app"]
 
 
 def init_app(app):
-    # Imported here so each module can register its commands on the group.
-    from app.cli import api, jobs, simulate  # noqa: F401
-
     app.cli.add_command(agentphone)

@@ -22,6 +22,8 @@ bp = Blueprint("webhook", __name__)
 @bp.before_request
 def verify_signature():
     """Fail closed: nothing below runs unless the body is signed with a configured secret."""
+    if request.method == "OPTIONS":
+        return  # Flask's automatic answer: Allow, no body read, nothing stored
     body = _raw_body()
     clock = current_app.config.get("CLOCK", time.time)
     try:
@@ -51,7 +53,8 @@ def _raw_body():
     return body
 
 
-@bp.post("/webhook")
+# strict_slashes=False: "/webhook/" is served as it is, not redirected (contract D40).
+@bp.post("/webhook", strict_slashes=False)
 def receive():
     event, delivery_id = g.event, g.delivery_id
     if event.is_voice_turn:
