@@ -205,7 +205,7 @@ def test_options_is_answered_without_auth_or_effects(app, client, path):
     assert response.data == b""
     assert _jobs(app) == []
     path = app.config["DATABASE_URL"][len("sqlite:///"):]
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT count(*) FROM deliveries").fetchone() == (0,)
 
 
