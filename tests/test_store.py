@@ -296,3 +296,21 @@ def test_migration_deferred_while_the_database_is_missing(pg_server):
     finally:
         store.close()
         pg_server.drop_database(name)
+
+
+def test_rotated_webhook_secrets_stay_valid_for_the_grace_period(store):
+    store.add_webhook_secret("account", "whsec_one", grace=60, webhook_id="wh_1", url="https://a")
+    store.add_webhook_secret("agt_1", "whsec_agent", grace=60)
+    store.clock.advance(10)
+    store.add_webhook_secret("account", "whsec_two", grace=60, webhook_id="wh_1")
+    live = {s.secret: s for s in store.webhook_secrets()}
+    assert set(live) == {"whsec_one", "whsec_two", "whsec_agent"}
+    assert live["whsec_one"].expires_at == store.clock() + 60
+    assert live["whsec_two"].expires_at is None and live["whsec_agent"].expires_at is None
+    assert store.webhook_secrets()[0].secret == "whsec_two"  # newest first
+    store.clock.advance(61)
+    assert {s.secret for s in store.webhook_secrets()} == {"whsec_two", "whsec_agent"}
+    assert len(store.webhook_secrets(live_only=False)) == 3
+    # Storing the same secret again (a retried CLI call) changes nothing.
+    store.add_webhook_secret("account", "whsec_two", grace=60)
+    assert {s.secret for s in store.webhook_secrets()} == {"whsec_two", "whsec_agent"}

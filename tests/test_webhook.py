@@ -129,6 +129,7 @@ def test_voice_turn_streams_ndjson(post_signed, fixtures_dir):
     assert response.status_code == 200
     assert response.mimetype == "application/x-ndjson"
     assert response.headers["X-Accel-Buffering"] == "no"
+    assert response.headers["Cache-Control"] == "no-cache, no-transform"
     lines = response.get_data(as_text=True).split("\n")
     assert lines[-1] == ""
     objects = [json.loads(line) for line in lines[:-1]]

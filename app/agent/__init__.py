@@ -11,6 +11,9 @@ Writing your own: subclass ``Agent`` and implement ``respond(turn)``; give it to
 
 import importlib
 
+from flask import current_app
+
+from app import metrics
 from app.agent.base import TRANSFER, Agent, CallRecord, Reaction, Reply, Turn
 from app.agent.tools import (
     Tool,
@@ -25,7 +28,8 @@ from app.agent.tools import (
 
 __all__ = [
     "TRANSFER", "Agent", "CallRecord", "Reaction", "Reply", "Tool", "ToolCall", "ToolError",
-    "ToolResult", "Toolbox", "Turn", "init_app", "load_factory", "run_tools", "tool", "tools_of",
+    "ToolResult", "Toolbox", "Turn", "get_agent", "init_app", "load_factory", "run_tools", "tool",
+    "tools_of",
 ]
 
 
@@ -37,8 +41,25 @@ def load_factory(path):
     return getattr(importlib.import_module(module_name), attr)
 
 
+def get_agent(agent_id=None):
+    """The agent that answers for AgentPhone agent ``agent_id``: its own (``AGENTS``), else
+    the default one."""
+    return current_app.extensions["agents"].get(agent_id) or current_app.extensions["agent"]
+
+
+def _made(factory, app):
+    # A callable (embedding, tests) or a setting's module:callable path.
+    return (load_factory(factory) if isinstance(factory, str) else factory)(app)
+
+
 def init_app(app):
     agent = app.config.get("AGENT")
     if agent is None:
-        agent = load_factory(app.config["AGENT_FACTORY"])(app)
+        agent = _made(app.config["AGENT_FACTORY"], app)
     app.extensions["agent"] = agent
+    app.extensions["agents"] = {
+        agent_id: _made(factory, app)
+        for agent_id, factory in (app.config.get("AGENT_FACTORIES") or {}).items()
+    }
+    for served in (agent, *app.extensions["agents"].values()):
+        served.observe_tools(metrics.tool_called)

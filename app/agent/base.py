@@ -60,8 +60,11 @@ class Turn:
 
     @property
     def session_id(self):
-        """What ties turns of one conversation together: the call, else the conversation."""
-        return self.call_id or self.conversation_id or self.caller
+        """What ties turns of one conversation together: the call, else the conversation,
+        else the caller; scoped to the AgentPhone agent, so that agents behind one server
+        never share memory."""
+        base = self.call_id or self.conversation_id or self.caller
+        return f"{self.agent_id}/{base}" if base and self.agent_id else base
 
 
 TRANSFER = "transfer"
@@ -98,14 +101,42 @@ class Agent:
     """Base class for agents; subclasses implement `respond`."""
 
     acknowledgement = "One moment, please."
+    #: Spoken in turn, one each time a voice turn stays silent for ``filler_after`` seconds.
+    fillers = ("Still with you, just a moment.", "Thanks for waiting, I'm still on it.")
+    #: Seconds of silence before a filler line; None: the VOICE_FILLER_AFTER setting; 0: never.
+    filler_after = None
 
     def acknowledge(self, turn):
         """The interim line spoken while the agent works. Must return at once (no I/O)."""
         return self.acknowledgement
 
+    def filler(self, turn, count):
+        """The interim line spoken when the turn has said nothing for ``filler_after`` seconds.
+
+        ``count`` is 1 for the turn's first filler, then 2, 3, ...; None says nothing this
+        time. Must return at once (no I/O): it runs while the agent's own work is waiting.
+        """
+        return self.fillers[(count - 1) % len(self.fillers)] if self.fillers else None
+
     def respond(self, turn):
         """Yield ``str`` chunks to speak now, then one ``Reply`` that ends the turn."""
         raise NotImplementedError
+
+    def observe_tools(self, callback):
+        """Report every tool call this agent makes to ``callback(name, arguments, value,
+        error, seconds)``: how the metrics, scenario runs and the ``phone`` test fixture
+        see tool calls.
+
+        Covers the agent's ``@tool`` methods and, when it has one, its ``toolbox``. An agent
+        that calls tools some other way overrides this.
+        """
+        from app.agent.tools import Toolbox, observed, tools_of
+
+        for t in tools_of(self):
+            setattr(self, t._attr, observed(t, callback))
+        box = getattr(self, "toolbox", None)
+        if isinstance(box, Toolbox):
+            box.tools = {name: observed(t, callback) for name, t in box.tools.items()}
 
     def on_call_ended(self, record):
         """A call ended (``agent.call_ended``); runs in a background job.

@@ -129,6 +129,36 @@ def tool(fn=None, *, name=None, description=None, parameters=None, timeout=None)
     return wrap(fn) if fn is not None else wrap
 
 
+def observed(t, callback):
+    """A copy of Tool ``t`` that reports each call: ``callback(name, arguments, value,
+    error, seconds)`` after it returns or raises (``arguments`` without the injected
+    ``turn``)."""
+    fn = t.fn
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def watched(*args, **kwargs):
+        try:
+            arguments = dict(signature.bind_partial(*args, **kwargs).arguments)
+        except TypeError:
+            arguments = dict(kwargs)
+        for name in INJECTED:
+            arguments.pop(name, None)
+        started = time.monotonic()
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:
+            callback(t.name, arguments, None, exc, time.monotonic() - started)
+            raise
+        callback(t.name, arguments, value, None, time.monotonic() - started)
+        return value
+
+    copy = object.__new__(Tool)
+    copy.__dict__.update(t.__dict__)
+    copy.fn = watched
+    return copy
+
+
 def tools_of(obj):
     """Every ``@tool`` method of an object, bound to it, in definition order."""
     found = {}

@@ -39,6 +39,7 @@ from app.agentphone.pagination import (
     walk_offset,
 )
 from app.agentphone.sse import parse_sse, transcript_event
+from app.metrics import API_REQUESTS, endpoint
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +99,16 @@ class AgentPhoneClient:
         """Send one call (retries included) and return the response, or raise AgentPhoneError."""
         url = self.base_url + path
         kwargs.setdefault("timeout", self.timeout)
+        where = endpoint(path)
         try:
             with transport.call_deadline(self.budget):
                 response = self._session.request(
                     method, url, params=_drop_none(params or {}), json=json, **kwargs
                 )
         except requests.RequestException as exc:
+            API_REQUESTS.labels(method, where, "error").inc()
             raise APIConnectionError(f"{method} {path} failed: {exc}") from exc
+        API_REQUESTS.labels(method, where, str(response.status_code)).inc()
         if response.status_code >= 300:
             try:
                 raise error_from_response(response.status_code, response.text, response.headers,
@@ -397,14 +401,16 @@ def _arrived_chunks(raw, size=65536):
         yield chunk
 
 
-def from_config(config):
-    """A client from a mapping with AGENTPHONE_API_KEY and (optionally) AGENTPHONE_API_URL."""
+def from_config(config, **options):
+    """A client from a mapping with AGENTPHONE_API_KEY and (optionally) AGENTPHONE_API_URL;
+    ``options`` are AgentPhoneClient's (timeouts, retries)."""
     return AgentPhoneClient(
         config.get("AGENTPHONE_API_KEY"),
         base_url=config.get("AGENTPHONE_API_URL") or DEFAULT_BASE_URL,
+        **options,
     )
 
 
-def client_from_app(app):
+def client_from_app(app, **options):
     """A client configured from a Flask app's config."""
-    return from_config(app.config)
+    return from_config(app.config, **options)

@@ -20,6 +20,7 @@ from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
 from app.agentphone.errors import parse_retry_after
+from app.metrics import API_RETRIES, API_RETRY_AFTER, endpoint
 
 IDEMPOTENT_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 POST_RETRY_STATUSES = frozenset({429, 503})
@@ -74,9 +75,13 @@ class AgentPhoneRetry(Retry):
                   _stacktrace=None):
         new = super().increment(method, url, response, error, _pool, _stacktrace)
         deadline = _deadline.get()
-        if deadline is not None and time.monotonic() + new.planned_wait(response) > deadline:
+        wait = new.planned_wait(response)
+        if deadline is not None and time.monotonic() + wait > deadline:
             reason = error or ResponseError("retry budget exhausted")
             raise MaxRetryError(_pool, url, reason) from reason
+        API_RETRIES.labels(method or "-", endpoint(url or "")).inc()
+        if response is not None and self.get_retry_after(response):
+            API_RETRY_AFTER.inc(wait)
         return new
 
 

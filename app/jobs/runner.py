@@ -14,6 +14,8 @@ import socket
 import threading
 import time
 
+from app import logs
+from app.metrics import JOB_OUTCOMES, JOB_SECONDS
 from app.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -205,14 +207,18 @@ class JobRunner:
             log.error("job %s: no handler for kind %r, dead-lettered", job.id, job.kind)
             self.store.fail_job(job.id, f"no handler for {job.kind!r}")
             return
+        logs.bind(job_id=job.id, attempt=job.attempts, delivery_id=job.delivery_id)
         started = time.monotonic()
         try:
             with self.app.app_context():
                 handler(job)
         except Exception as exc:
+            JOB_SECONDS.labels(job.kind).observe(time.monotonic() - started)
             self._failed(job, exc)
             return
+        JOB_SECONDS.labels(job.kind).observe(time.monotonic() - started)
         self.store.finish_job(job.id)
+        JOB_OUTCOMES.labels(job.kind, "done").inc()
         log.info("job %s (%s) done in %.0f ms, attempt %d", job.id, job.kind,
                  (time.monotonic() - started) * 1000, job.attempts)
 
@@ -222,7 +228,9 @@ class JobRunner:
             log.error("job %s (%s) dead after %d attempts: %s", job.id, job.kind,
                       job.attempts, error)
             self.store.fail_job(job.id, error)
+            JOB_OUTCOMES.labels(job.kind, "dead").inc()
             return
+        JOB_OUTCOMES.labels(job.kind, "retry").inc()
         delay = retry_delay(job.attempts)
         log.warning("job %s (%s) attempt %d failed, retrying in %.0fs: %s", job.id, job.kind,
                     job.attempts, delay, error)

@@ -9,9 +9,12 @@ import logging
 import threading
 import time
 
+from app.metrics import STORE_SECONDS
 from app.store.base import Job, Retention, StoreUnavailable
+from app.store.console import ConsoleMixin
 from app.store.records import RecordsMixin
 from app.store.schema import MIGRATIONS, statements
+from app.store.secrets import SecretsMixin
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +27,7 @@ JOB_COLUMNS = (
 )
 
 
-class SQLStore(RecordsMixin):
+class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
     """Shared implementation; subclasses define `backend`, `types`, `lock_clause`, `_connection`,
     `_cursor(transaction)` and `errors` (the driver's base exception classes)."""
 
@@ -54,11 +57,14 @@ class SQLStore(RecordsMixin):
         return self._execute(fn, transaction)
 
     def _execute(self, fn, transaction):
+        started = time.perf_counter()
         try:
             with self._cursor(transaction) as cur:
                 return fn(cur)
         except self.errors as exc:
             raise StoreUnavailable(f"{self.backend} store error: {exc}") from exc
+        finally:
+            STORE_SECONDS.observe(time.perf_counter() - started)
 
     def _one(self, sql, params=()):
         """One autocommit statement; its first row (the statement must return rows)."""
@@ -282,6 +288,19 @@ class SQLStore(RecordsMixin):
             ]
         )
 
+    def open_job_counts(self):
+        """``(kind, status, count)`` of every job not yet done, for the metrics."""
+        return self.run(lambda cur: _fetchall(
+            cur, "SELECT kind, status, COUNT(*) FROM jobs WHERE status <> 'done' "
+            "GROUP BY kind, status"), transaction=False)
+
+    def unsure_reply_count(self, older_than=300.0):
+        """Replies that may or may not have gone out: the API did not answer (``unknown``),
+        or a send began ``older_than`` seconds ago and never finished (``sending``)."""
+        cutoff = self.clock() - older_than
+        return self._one("SELECT COUNT(*) FROM outbox WHERE status = 'unknown' OR "
+                         "(status = 'sending' AND updated_at < ?)", (cutoff,))[0]
+
     def job_counts(self):
         rows = self.run(
             lambda cur: _fetchall(cur, "SELECT status, COUNT(*) FROM jobs GROUP BY status")
@@ -292,8 +311,8 @@ class SQLStore(RecordsMixin):
 
     def prune(self, retention=DEFAULT_RETENTION):
         """Delete what has outlived its use: delivery ids with their voice replies and reply
-        outbox rows, finished jobs, and idle agent sessions. Call records, reactions and dead
-        jobs are kept."""
+        outbox rows and log, finished jobs, idle agent sessions and expired webhook secrets.
+        Call records, reactions and dead jobs are kept."""
         now = self.clock()
         deliveries = now - retention.deliveries
         expired = [
@@ -303,10 +322,17 @@ class SQLStore(RecordsMixin):
             ("DELETE FROM jobs WHERE status = 'done' AND updated_at < ?",
              now - retention.finished_jobs),
             ("DELETE FROM agent_sessions WHERE updated_at < ?", now - retention.sessions),
+            ("DELETE FROM webhook_secrets WHERE expires_at < ?", deliveries),
+            ("DELETE FROM delivery_log WHERE received_at < ?", deliveries),
+            # Bounded by count too: at thousands of deliveries a second a week is too many.
+            ("DELETE FROM delivery_log WHERE received_at < (SELECT received_at FROM "
+             f"delivery_log ORDER BY received_at DESC LIMIT 1 OFFSET {retention.log_rows})",
+             None),
         ]
 
         def prune(cur):
-            return sum(_rowcount(cur, sql, (cutoff,)) for sql, cutoff in expired)
+            return sum(_rowcount(cur, sql, () if cutoff is None else (cutoff,))
+                       for sql, cutoff in expired)
 
         return self.run(prune)
 
