@@ -289,4 +289,4 @@ def test_a_text_turn_carries_its_message_id_and_media(make_app, fixtures_dir, ca
         ("imessage", "msg_003", ("https://media.example/img.jpg",)),
         ("sms", None, ()),
     ]
-    assert "reply to +15559876543 on mms not sent: 'Got 2 picture(s).'" in caplog.text
+    assert "reply to +15559876543 on mms not sent" in caplog.text
