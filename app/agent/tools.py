@@ -348,8 +348,8 @@ def run_tools(calls, tools, turn=None, timeout=None):
     """Run ``calls`` (ToolCall, or (name, arguments) pairs) concurrently; results in order.
 
     ``tools`` is a Toolbox or an iterable of Tools. Each call gets its tool's timeout, capped
-    by ``timeout`` when given; a call still running then is cancelled (killed under gevent,
-    abandoned as a daemon thread otherwise) and reported as timed out.
+    by ``timeout`` when given; a call still running then is cancelled (see app.tasks) and
+    reported as timed out.
     """
     box = tools if isinstance(tools, Toolbox) else Toolbox(tools)
     calls = [c if isinstance(c, ToolCall) else ToolCall(*c) for c in calls]

@@ -14,18 +14,21 @@ from app.agentphone.client import (
 from app.agentphone.errors import (
     AgentPhoneError,
     APIConnectionError,
+    APITimeoutError,
     AuthenticationError,
     BadRequestError,
     MissingAPIKeyError,
     NotFoundError,
     RateLimitError,
     ServerError,
+    StreamLimitError,
 )
 from app.agentphone.pagination import Page
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "APIConnectionError",
+    "APITimeoutError",
     "AgentPhoneClient",
     "AgentPhoneError",
     "AuthenticationError",
@@ -35,6 +38,7 @@ __all__ = [
     "Page",
     "RateLimitError",
     "ServerError",
+    "StreamLimitError",
     "client_from_app",
     "from_config",
 ]

@@ -85,7 +85,14 @@ MIGRATIONS = [
         created_at {real} NOT NULL
     );
     """,
-    # 3: webhook signing secrets the CLI stored (`agentphone webhook set|rotate`): several
+    # 3: a voice claim names its holder (a process) and the attempt, renewed by a heartbeat
+    # while the turn runs, so that a retry can take over a turn whose worker died.
+    """
+    ALTER TABLE deliveries ADD COLUMN owner TEXT;
+    ALTER TABLE deliveries ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deliveries ADD COLUMN heartbeat_at {real}
+    """,
+    # 4: webhook signing secrets the CLI stored (`agentphone webhook set|rotate`): several
     # per account or agent while a rotated one is in its grace period.
     """
     CREATE TABLE IF NOT EXISTS webhook_secrets (
@@ -98,7 +105,7 @@ MIGRATIONS = [
     );
     CREATE INDEX IF NOT EXISTS webhook_secrets_scope ON webhook_secrets (scope)
     """,
-    # 4: the console's log of recent deliveries (written in batches, pruned like delivery ids).
+    # 5: the console's log of recent deliveries (written in batches, pruned like delivery ids).
     """
     CREATE TABLE IF NOT EXISTS delivery_log (
         id TEXT PRIMARY KEY,
@@ -116,9 +123,21 @@ MIGRATIONS = [
         first_line_ms {real},
         final_ms {real}
     );
-    CREATE INDEX IF NOT EXISTS delivery_log_received_at ON delivery_log (received_at);
+    CREATE INDEX IF NOT EXISTS delivery_log_received_at ON delivery_log (received_at, outcome);
     CREATE INDEX IF NOT EXISTS delivery_log_call ON delivery_log (call_id, received_at);
-    CREATE INDEX IF NOT EXISTS delivery_log_channel ON delivery_log (channel, received_at)
+    CREATE INDEX IF NOT EXISTS delivery_log_channel
+        ON delivery_log (channel, received_at, first_line_ms);
+    CREATE INDEX IF NOT EXISTS delivery_log_in_flight ON delivery_log (received_at)
+        WHERE outcome = 'in-flight';
+    CREATE INDEX IF NOT EXISTS delivery_log_failures ON delivery_log (received_at)
+        WHERE status >= 400 OR outcome IN ('deadline', 'agent_error');
+    CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id);
+    CREATE INDEX IF NOT EXISTS outbox_by_status ON outbox (status, updated_at)
+    """,
+    # 6: the job that wrote each reply outbox row, so that a reply whose fate is unknown can
+    # be listed with its job and resent from it.
+    """
+    ALTER TABLE outbox ADD COLUMN job_id INTEGER
     """,
 ]
 

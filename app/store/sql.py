@@ -12,7 +12,7 @@ import time
 from app.metrics import STORE_SECONDS
 from app.store.base import Job, Retention, StoreUnavailable
 from app.store.console import ConsoleMixin
-from app.store.records import RecordsMixin
+from app.store.records import OUTBOX, RecordsMixin, _select_one
 from app.store.schema import MIGRATIONS, statements
 from app.store.secrets import SecretsMixin
 
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RETENTION = Retention()
 CORE_SCHEMA = "schema_version"  # the core's version table
 MIGRATE_WAIT_SECONDS = 5.0  # longest wait for another caller's deferred migration
+RENEW_BATCH = 500  # delivery ids per heartbeat statement (SQLite's variable limit is 999+)
 
 JOB_COLUMNS = (
     "id, kind, payload, attempts, status, delivery_id, run_at, last_error, created_at, updated_at"
@@ -154,10 +155,6 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
 
     # -- deliveries -------------------------------------------------------------------------
 
-    def claim_delivery(self, delivery_id, event):
-        """Record a delivery id; True if this call is the first to see it."""
-        return self.run(lambda cur: self._claim(cur, delivery_id, event))
-
     def _claim(self, cur, delivery_id, event):
         cur.execute(
             "INSERT INTO deliveries (id, event, received_at) VALUES (?, ?, ?) "
@@ -182,14 +179,68 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
 
         return self.run(claim)
 
-    # -- voice replies ----------------------------------------------------------------------
+    # -- voice claims and replies -----------------------------------------------------------
 
-    def save_voice_reply(self, delivery_id, reply):
-        self._exec(
-            "INSERT INTO voice_replies (delivery_id, reply, created_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (delivery_id) DO NOTHING",
-            (delivery_id, json.dumps(reply), self.clock()),
+    def claim_voice(self, delivery_id, event, owner):
+        """Claim a voice delivery for ``owner`` (attempt 0, heartbeat now); True if it was new."""
+        now = self.clock()
+        return self._exec(
+            "INSERT INTO deliveries (id, event, received_at, owner, attempt, heartbeat_at) "
+            "VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (id) DO NOTHING",
+            (delivery_id, event, now, owner, now),
+        ) == 1
+
+    def voice_claim(self, delivery_id):
+        """(stored final line or None, time of the holder's last heartbeat) of a voice
+        delivery; None when it was never claimed."""
+        row = self._one(
+            "SELECT r.reply, COALESCE(d.heartbeat_at, d.received_at) FROM deliveries d "
+            "LEFT JOIN voice_replies r ON r.delivery_id = d.id WHERE d.id = ?",
+            (delivery_id,),
         )
+        if row is None:
+            return None
+        return (json.loads(row[0]) if row[0] is not None else None), row[1]
+
+    def take_over_voice(self, delivery_id, owner, stale):
+        """Compare-and-set: give ``owner`` a voice claim whose heartbeat is older than ``stale``
+        seconds and that has no final line. The new attempt number, or None (the claim is
+        live, answered, or another caller took it first)."""
+        now = self.clock()
+        row = self._one(
+            "UPDATE deliveries SET owner = ?, attempt = attempt + 1, heartbeat_at = ? "
+            "WHERE id = ? AND COALESCE(heartbeat_at, received_at) < ? "
+            "AND NOT EXISTS (SELECT 1 FROM voice_replies WHERE delivery_id = ?) "
+            "RETURNING attempt",
+            (owner, now, delivery_id, now - stale, delivery_id),
+        )
+        return row[0] if row else None
+
+    def renew_voice_claims(self, owner, delivery_ids):
+        """Heartbeat: mark the claims ``owner`` still holds among ``delivery_ids`` alive now."""
+        now = self.clock()
+        ids = list(delivery_ids)
+
+        def renew(cur):
+            for start in range(0, len(ids), RENEW_BATCH):
+                chunk = ids[start:start + RENEW_BATCH]
+                cur.execute(
+                    "UPDATE deliveries SET heartbeat_at = ? WHERE owner = ? "
+                    f"AND id IN ({', '.join('?' * len(chunk))})",
+                    (now, owner, *chunk),
+                )
+
+        self.run(renew)
+
+    def save_voice_reply(self, delivery_id, reply, owner, attempt):
+        """Store the final line of attempt ``attempt`` by ``owner``, unless the claim has
+        been taken over since (or a line is stored already); True if it was stored."""
+        return self._exec(
+            "INSERT INTO voice_replies (delivery_id, reply, created_at) SELECT ?, ?, ? "
+            "WHERE EXISTS (SELECT 1 FROM deliveries WHERE id = ? AND owner = ? AND attempt = ?) "
+            "ON CONFLICT (delivery_id) DO NOTHING",
+            (delivery_id, json.dumps(reply), self.clock(), delivery_id, owner, attempt),
+        ) == 1
 
     def voice_reply(self, delivery_id):
         row = self._one("SELECT reply FROM voice_replies WHERE delivery_id = ?", (delivery_id,))
@@ -263,13 +314,25 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
 
     def retry_job(self, job_id):
         """Put a dead (or any) job back in the queue with a fresh set of attempts."""
-        now = self.clock()
-        changed = self._exec(
-            "UPDATE jobs SET status = 'pending', attempts = 0, run_at = ?, lease_until = NULL, "
-            "updated_at = ? WHERE id = ?",
-            (now, now, job_id),
-        )
-        return changed == 1
+        return self.run(lambda cur: _requeue(cur, job_id, self.clock()))
+
+    def resend_reply(self, job_id):
+        """An operator's decision to send an unsure reply again: mark the job's outbox row
+        ``resend`` and queue the job. Returns the outbox row, or None when job ``job_id`` has no
+        unsure reply or is running (its send may be in flight right now)."""
+
+        def resend(cur):
+            row = _select_one(cur, OUTBOX, "FROM outbox WHERE job_id = ? AND status IN "
+                                           "('sending', 'unknown')", (job_id,))
+            status = _fetchone(cur, "SELECT status FROM jobs WHERE id = ?", (job_id,))
+            if row is None or status is None or status[0] == "running":
+                return None
+            cur.execute("UPDATE outbox SET status = 'resend', updated_at = ? "
+                        "WHERE delivery_id = ?", (self.clock(), row["delivery_id"]))
+            _requeue(cur, job_id, self.clock())
+            return row
+
+        return self.run(resend)
 
     def job(self, job_id):
         row = self._one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
@@ -293,13 +356,6 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
         return self.run(lambda cur: _fetchall(
             cur, "SELECT kind, status, COUNT(*) FROM jobs WHERE status <> 'done' "
             "GROUP BY kind, status"), transaction=False)
-
-    def unsure_reply_count(self, older_than=300.0):
-        """Replies that may or may not have gone out: the API did not answer (``unknown``),
-        or a send began ``older_than`` seconds ago and never finished (``sending``)."""
-        cutoff = self.clock() - older_than
-        return self._one("SELECT COUNT(*) FROM outbox WHERE status = 'unknown' OR "
-                         "(status = 'sending' AND updated_at < ?)", (cutoff,))[0]
 
     def job_counts(self):
         rows = self.run(
@@ -335,6 +391,15 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
                        for sql, cutoff in expired)
 
         return self.run(prune)
+
+
+def _requeue(cur, job_id, now):
+    cur.execute(
+        "UPDATE jobs SET status = 'pending', attempts = 0, run_at = ?, lease_until = NULL, "
+        "updated_at = ? WHERE id = ?",
+        (now, now, job_id),
+    )
+    return cur.rowcount == 1
 
 
 def _fetchone(cur, sql, params=()):

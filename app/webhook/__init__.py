@@ -5,6 +5,7 @@ import time
 
 from app.config import REFUSAL_WITHOUT_KEY, ConfigError
 from app.store import StoreUnavailable
+from app.voice.claims import VoiceClaims
 from app.webhook.secrets import SecretSource
 from app.webhook.views import bp
 
@@ -12,9 +13,11 @@ log = logging.getLogger(__name__)
 
 
 def init_app(app, require_secret=True):
-    """Register the blueprint and its secrets. Unless ``require_secret`` is False (a process
-    that takes no webhooks), refuse to start with no secret configured or stored."""
+    """Register the blueprint, its voice claims and its secrets. Unless ``require_secret`` is
+    False (a process that takes no webhooks), refuse to start with no secret configured or
+    stored."""
     store = app.extensions["store"]
+    app.extensions["voice_claims"] = VoiceClaims(store)
     source = SecretSource(app.config["WEBHOOK_SECRETS"], store.webhook_secrets,
                           clock=app.config.get("CLOCK", time.time))
     app.extensions["webhook_secrets"] = source

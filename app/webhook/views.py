@@ -128,30 +128,31 @@ def _ack():
 
 
 def _voice_turn(event, delivery_id):
-    store = get_store()
+    claims = current_app.extensions["voice_claims"]
     turn = Turn.from_event(event, delivery_id)
+    agent = get_agent(turn.agent_id)
     deadline = deadline_for(current_app.config["VOICE_TIMEOUT"])
     environ = request.environ
     sock = caller_socket(environ)
     filler_after = current_app.config["VOICE_FILLER_AFTER"]
     # Claimed here, in the view: Flask tears down the request context before the stream runs.
-    if store.claim_delivery(delivery_id, event.event):
+    claim = claims.claim(delivery_id, event.event)
+    if claim is not None:
         g.outcome = "accepted"
-        agent = get_agent(turn.agent_id)
-        # Partials rather than closures: they live as long as the held stream, and are smaller.
-        on_final = functools.partial(store.save_voice_reply, delivery_id)
+        # The claim stores the final line; partials rather than closures: they live as long
+        # as the held stream, and are smaller.
         report = functools.partial(JOURNAL.voice_finished, _journal(IN_FLIGHT, 200))
-        lines = stream_turn(agent, turn, deadline, on_final, sock, filler_after=filler_after,
+        lines = stream_turn(agent, turn, deadline, claim, sock, filler_after=filler_after,
                             environ=environ, arrived=g.arrived, report=report)
     else:
         g.outcome = "duplicate"
-        stored = store.voice_reply(delivery_id)
+        stored = get_store().voice_reply(delivery_id)
         if stored is not None:
             log.info("delivery %s: duplicate voice turn, replaying stored reply", delivery_id)
             lines = iter([line(stored)])
         else:
             log.info("delivery %s: duplicate voice turn still running, waiting", delivery_id)
-            agent = ReplayAgent(store, delivery_id, deadline)
-            lines = stream_turn(agent, turn, deadline, None, sock, filler_after=filler_after,
-                                environ=environ)
+            retry = ReplayAgent(claims, agent, delivery_id, deadline)
+            lines = stream_turn(retry, turn, deadline, retry.finish, sock,
+                                filler_after=filler_after, environ=environ)
     return StreamResponse(lines)
