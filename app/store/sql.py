@@ -12,7 +12,7 @@ import time
 from app.metrics import STORE_SECONDS
 from app.store.base import Job, Retention, StoreUnavailable
 from app.store.console import ConsoleMixin
-from app.store.records import OUTBOX, RecordsMixin, _select_one
+from app.store.records import OUTBOX, RecordsMixin, select_one
 from app.store.schema import MIGRATIONS, statements
 from app.store.secrets import SecretsMixin
 
@@ -322,8 +322,8 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
         unsure reply or is running (its send may be in flight right now)."""
 
         def resend(cur):
-            row = _select_one(cur, OUTBOX, "FROM outbox WHERE job_id = ? AND status IN "
-                                           "('sending', 'unknown')", (job_id,))
+            row = select_one(cur, OUTBOX, "FROM outbox WHERE job_id = ? AND status IN "
+                                          "('sending', 'unknown')", (job_id,))
             status = _fetchone(cur, "SELECT status FROM jobs WHERE id = ?", (job_id,))
             if row is None or status is None or status[0] == "running":
                 return None
