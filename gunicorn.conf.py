@@ -83,7 +83,10 @@ def post_worker_init(worker):
 def worker_exit(server, worker):
     """On a graceful stop (a deploy, SIGTERM) let this worker's running jobs finish for up to
     JOB_GRACE seconds and hand the rest back to the queue, rather than leave them to wait out
-    their lease."""
+    their lease; then close the store's connections."""
     app = getattr(worker, "wsgi", None)
-    if app is not None and app.config.get("JOB_RUNNER"):
+    if app is None:
+        return
+    if app.config.get("JOB_RUNNER"):
         app.extensions["job_runner"].stop()
+    app.extensions["store"].close()

@@ -9,6 +9,8 @@ from flask import Flask
 from app import config, errors, logs
 from app.logs import configure as configure_logging
 
+__version__ = "0.2.0"
+
 
 def create_app(test_config=None, require_secret=True):
     """Build the app; `test_config` replaces settings read from the environment.
@@ -33,13 +35,17 @@ def create_app(test_config=None, require_secret=True):
     app.before_request(logs.clear)  # a kept-alive connection's next request starts afresh
     errors.init_app(app)
     store.init_app(app)
-    agent.init_app(app)
-    jobs.init_app(app)
-    webhook.init_app(app, require_secret=require_secret)
-    health.init_app(app)
-    metrics.init_app(app)
-    console.init_app(app)
-    cli_commands.init_app(app)
+    try:
+        agent.init_app(app)
+        jobs.init_app(app)
+        webhook.init_app(app, require_secret=require_secret)
+        health.init_app(app)
+        metrics.init_app(app)
+        console.init_app(app)
+        cli_commands.init_app(app)
+    except BaseException:
+        app.extensions["store"].close()  # an app that failed to build keeps no connections
+        raise
     return app
 
 

@@ -28,8 +28,9 @@ SETTINGS = {
                             "is sent before it."),
     "VOICE_FILLER_AFTER": ("8", "Seconds a voice turn may say nothing before a short filler line "
                                 "is spoken (again after each such silence); 0 = never."),
-    "AGENT": (None, "Import path module:callable of your agent factory, called with the app; "
-                    "default: the built-in agent."),
+    "AGENT": ("app.demo:create_agent", "Import path module:callable of your agent factory, "
+                                       "called with the app; the default is the demo "
+                                       "receptionist (its tables are created only then)."),
     "AGENTS": (None, "Several agents behind one server: agent_id=module:callable pairs, "
                      "comma-separated; deliveries for other agents go to AGENT."),
     "AGENTS_FILE": (None, "A TOML or JSON file mapping AgentPhone agent ids to module:callable "

@@ -19,7 +19,9 @@ def secret():
 
 @pytest.fixture
 def make_app(tmp_path):
-    """Build an app on a fresh SQLite file; keyword arguments override config."""
+    """Build an app on a fresh SQLite file; keyword arguments override config. Every app's
+    store is closed after the test."""
+    apps = []
 
     def make(**overrides):
         config = {
@@ -33,9 +35,12 @@ def make_app(tmp_path):
             "AGENTPHONE_API_URL": "http://127.0.0.1:9",
         }
         config.update(overrides)
-        return create_app(config)
+        apps.append(create_app(config))
+        return apps[-1]
 
-    return make
+    yield make
+    for app in apps:
+        app.extensions["store"].close()
 
 
 @pytest.fixture

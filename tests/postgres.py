@@ -6,8 +6,10 @@ fixtures fail rather than skip: PostgreSQL support is tested on every run.
 
 Test modules load the fixtures with ``pytest_plugins = ["tests.postgres"]`` and use only
 fixtures (importing this module directly would defeat pytest's assertion rewriting):
-``pg_server`` (the shared server), ``pg_url`` (a fresh database on it) and
-``pg_own_server`` (a server of the test's own, which it may stop and start).
+``pg_server`` (the shared server), ``pg_url`` (a fresh database on it),
+``pg_own_server`` (a server of the test's own, which it may stop and start) and
+``database_url`` (a test run on each backend: a fresh SQLite file, then a fresh database on
+``pg_server``).
 """
 
 import contextlib
@@ -167,4 +169,12 @@ def pg_url(pg_server):
     name = pg_server.create_database()
     yield pg_server.url(name)
     pg_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path):
+    """The URL of a fresh, empty database on each backend in turn."""
+    if request.param == "sqlite":
+        return "sqlite:///" + str(tmp_path / "test.db")
+    return request.getfixturevalue("pg_url")
 

@@ -1,4 +1,5 @@
-"""The README's agent example runs as written: tools overlap, chunks stream, actions work."""
+"""The README's agent example runs as written: tools overlap, chunks stream, actions work,
+the call-ended hook runs in the job."""
 
 import json
 import re
@@ -11,7 +12,9 @@ import pytest
 
 from app.agent import Agent, Turn
 from app.agent.llm import LLMAgent
+from app.simulator import payload, signed_request
 from app.voice.streamer import stream_turn
+from tests.conftest import NOW, SECRET
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -58,3 +61,12 @@ def test_readme_example_agent(myagent, make_app):
                                tools=[myagent.next_free_visit, myagent.callout_fee],
                                store=app.extensions["store"])
     assert {"next_free_visit", "callout_fee"} <= set(llm.toolbox.tools)
+
+
+def test_readme_example_hook(myagent, make_app):
+    app = make_app(AGENT=myagent.create_agent(None))
+    raw, headers = signed_request(SECRET, payload("call_ended", callSuccessful=False), None, NOW)
+    assert app.test_client().post("/webhook", data=raw, headers=headers).status_code == 200
+    assert app.extensions["job_runner"].run_pending() == 1
+    assert myagent.CALL_BACKS == [("+15559876543", "Caller asked about an order.")]
+    assert app.extensions["store"].call_record("call_sim")["successful"] is False

@@ -1,6 +1,7 @@
 """The demo receptionist through the real gunicorn gevent server: every intent end to end,
 context across two workers, and retried turns that cannot book twice."""
 
+import contextlib
 import sqlite3
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +38,7 @@ def tool_runs(server, delivery_id):
 
 
 def appointments(tmp_path, day):
-    with sqlite3.connect(tmp_path / "events.db") as conn:
+    with contextlib.closing(sqlite3.connect(tmp_path / "events.db")) as conn:
         return conn.execute(
             "SELECT slot_time, name, delivery_id FROM demo_appointments "
             "WHERE day = ? AND status = 'booked' ORDER BY slot_time", (day,)).fetchall()

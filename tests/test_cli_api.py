@@ -2,7 +2,6 @@ import json
 
 import pytest
 
-from app import create_app
 from app.cli.api import format_table
 from app.cli.output import terminal_safe
 from tests.fake_agentphone import (  # noqa: F401
@@ -31,13 +30,9 @@ STATS = {"total": 2, "success": 1, "failed": 1, "pending": 0, "successRate": 50.
 
 
 @pytest.fixture
-def run(fake_api, tmp_path):
+def run(fake_api, make_app):
     """Invoke `flask --app wsgi agentphone ...` against the fake; returns click's Result."""
-    app = create_app({
-        "TESTING": True, "WEBHOOK_SECRETS": ("whsec_test",),
-        "DATABASE_URL": "sqlite:///" + str(tmp_path / "t.db"), "AGENTPHONE_API_KEY": "sk_test",
-        "AGENTPHONE_API_URL": fake_api.url, "JOB_RUNNER": False,
-    })
+    app = make_app(AGENTPHONE_API_KEY="sk_test", AGENTPHONE_API_URL=fake_api.url)
     runner = app.test_cli_runner()
     return lambda *args: runner.invoke(args=["agentphone", *args])
 
@@ -69,10 +64,8 @@ def test_api_error_goes_to_stderr_with_field_details(fake_api, run):
     assert result.stderr == "Error: HTTP 422: unknown status\n  - status: unknown status\n"
 
 
-def test_missing_api_key_is_reported(fake_api, tmp_path):
-    app = create_app({"TESTING": True, "WEBHOOK_SECRETS": ("whsec_test",),
-                      "DATABASE_URL": "sqlite:///" + str(tmp_path / "t.db"),
-                      "AGENTPHONE_API_KEY": None, "JOB_RUNNER": False})
+def test_missing_api_key_is_reported(fake_api, make_app):
+    app = make_app(AGENTPHONE_API_KEY=None)
     result = app.test_cli_runner().invoke(args=["agentphone", "calls"])
     assert result.exit_code == 1
     assert "AGENTPHONE_API_KEY" in result.stderr

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from app import config, create_app
+from app import __version__, config, create_app
 from app.store.sqlite import path_from_url
 from tests.servers import GUNICORN, ROOT, Server, free_port, wait_healthy
 
@@ -54,6 +54,7 @@ def test_dotenv_is_read_but_environment_wins(clean_env, tmp_path):
     (tmp_path / ".env").write_text("AGENTPHONE_WEBHOOK_SECRET=whsec_dotenv\nVOICE_TIMEOUT=12\n")
     clean_env.setenv("VOICE_TIMEOUT", "20")
     app = create_app()
+    app.extensions["store"].close()
     assert app.config["WEBHOOK_SECRETS"] == ("whsec_dotenv",)
     assert app.config["VOICE_TIMEOUT"] == 20
 
@@ -82,6 +83,19 @@ def test_readme_table_is_the_settings_table():
     readme = (ROOT / "README.md").read_text()
     rows = re.findall(r"^\| `([A-Z_]+)` \| (?:`([^`]*)`|—) \|", readme, re.MULTILINE)
     assert rows == [(name, default or "") for name, (default, _) in config.SETTINGS.items()]
+
+
+def test_env_example_is_the_settings_table():
+    text = (ROOT / ".env.example").read_text()
+    entries = re.findall(r"^# (.+)\n([A-Z_]+)=(.*)$", text, re.MULTILINE)
+    assert entries == [(meaning, name, default or "")
+                       for name, (default, meaning) in config.SETTINGS.items()]
+
+
+def test_one_version_number():
+    assert "\nversion = attr: app.__version__\n" in (ROOT / "setup.cfg").read_text()
+    assert re.search(rf"^## \[{re.escape(__version__)}\]", (ROOT / "CHANGELOG.md").read_text(),
+                     re.MULTILINE)
 
 
 def test_pool_limit_reaches_the_postgres_pool(make_app, pg_url):

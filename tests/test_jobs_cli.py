@@ -6,21 +6,12 @@ import time
 
 import pytest
 
-pytest_plugins = ["tests.postgres"]  # pg_server, pg_url
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        return "sqlite:///" + str(tmp_path / "cli.db")
-    return request.getfixturevalue("pg_url")
+pytest_plugins = ["tests.postgres"]  # database_url
 
 
 @pytest.fixture
-def app(make_app, db_url):
-    app = make_app(DATABASE_URL=db_url, CLOCK=time.time)
-    yield app
-    app.extensions["store"].close()
+def app(make_app, database_url):
+    return make_app(DATABASE_URL=database_url, CLOCK=time.time)
 
 
 def test_jobs_list_dead_and_retry(app):

@@ -1,6 +1,7 @@
 """The ``phone`` fixture that the package's pytest plugin (entry point ``agentphone``) gives
 every project's tests."""
 
+from app.demo import DemoRecords
 from tests.scenario_agents import Weather
 
 
@@ -28,10 +29,10 @@ def test_the_demo_by_voice_keeps_the_call_and_its_side_effects(phone):
     reply = call.say("Tuesday at 11 under Kim Lo")
     assert "booked for Tuesday at 11 AM, Kim Lo" in reply.text
     assert reply.tool_calls[-1].name == "book_appointment"
-    booked = call.server.store.demo_appointments(phone="+15550009999")
+    booked = DemoRecords(call.server.store).appointments(phone="+15550009999")
     assert [(a["day"], a["slot_time"]) for a in booked] == [("tuesday", "11:00")]
     assert call.retry().text == reply.text  # the platform's retry: same answer, no new booking
-    assert len(call.server.store.demo_appointments(phone="+15550009999")) == 1
+    assert len(DemoRecords(call.server.store).appointments(phone="+15550009999")) == 1
     assert call.say("bye").action == "hangup"
     assert call.end() == 200
 

@@ -1,5 +1,6 @@
 """Background jobs through the real gunicorn gevent workers: once-only, durable across crashes."""
 
+import contextlib
 import os
 import re
 import signal
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def jobs(tmp_path, columns="delivery_id, status, attempts"):
-    with sqlite3.connect(tmp_path / "events.db") as conn:
+    with contextlib.closing(sqlite3.connect(tmp_path / "events.db")) as conn:
         return conn.execute(f"SELECT {columns} FROM jobs ORDER BY id").fetchall()
 
 

@@ -12,7 +12,7 @@ from app.store.postgres import PostgresStore
 from app.store.schema import MIGRATIONS
 from tests.servers import free_port
 
-pytest_plugins = ["tests.postgres"]  # pg_server, pg_url
+pytest_plugins = ["tests.postgres"]  # pg_server, database_url
 
 NOW = 1_736_942_400.0
 
@@ -28,20 +28,13 @@ class Clock:
         self.now += seconds
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        return "sqlite:///" + str(tmp_path / "store.db")
-    return request.getfixturevalue("pg_url")
-
-
 @pytest.fixture
-def opened(store_url):
+def opened(database_url):
     """``opened()`` -> a new store on the test database (migrated unless told), closed after."""
     stores = []
 
     def make(migrate=True, url=None):
-        store = open_store(url or store_url)
+        store = open_store(url or database_url)
         store.clock = Clock()
         if migrate:
             store.migrate()
@@ -304,8 +297,8 @@ def test_concurrent_migrate(opened):
 # -- failures -------------------------------------------------------------------------------
 
 
-def test_broken_database_raises_store_unavailable(store_url, tmp_path, opened):
-    if store_url.startswith("sqlite"):
+def test_broken_database_raises_store_unavailable(database_url, tmp_path, opened):
+    if database_url.startswith("sqlite"):
         (tmp_path / "dir.db").mkdir()
         broken = "sqlite:///" + str(tmp_path / "dir.db")  # a directory: cannot be opened
     else:

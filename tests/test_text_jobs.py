@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from app.agent import Agent, CallRecord, Reaction, Reply
 from app.simulator import payload, signed_request
 from tests.conftest import NOW, SECRET
 from tests.fake_agentphone import API_KEY, fake_api_fixture, json_reply  # noqa: F401
@@ -303,3 +304,74 @@ def test_a_text_the_model_could_not_answer_is_retried_then_apologised_for(
     run_jobs(app)
     sent = [r.body["body"] for r in fake_api.requests if r.path == "/v1/messages"]
     assert sent == ([TEXT_FAILURE_MESSAGE] if written_apology else ["It shipped."])
+
+
+# -- an agent's own hooks, run by the jobs ------------------------------------------------------
+
+
+class HookAgent(Agent):
+    """Keeps what each hook got; stores call records like the default, reactions not."""
+
+    def __init__(self, fail_reactions=0):
+        self.turns, self.records, self.reactions = [], [], []
+        self.fail_reactions = fail_reactions
+
+    def respond(self, turn):
+        self.turns.append(turn)
+        yield Reply(f"Got {len(turn.media_urls)} picture(s).")
+
+    def on_call_ended(self, record):
+        self.records.append(record)
+        super().on_call_ended(record)
+
+    def on_reaction(self, reaction):
+        if self.fail_reactions:
+            self.fail_reactions -= 1
+            raise RuntimeError("CRM is down")
+        self.reactions.append(reaction)
+
+
+def test_a_custom_agent_hears_call_ends_and_reactions(make_app, fixtures_dir):
+    agent = HookAgent(fail_reactions=1)
+    app = make_app(AGENT=agent)
+    store = app.extensions["store"]
+    deliver(app, json.loads((fixtures_dir / "call_ended-voice.json").read_text()), "whd_call")
+    reaction = deliver(app, REACTION)
+    assert run_jobs(app) == 2
+    [record] = agent.records
+    assert isinstance(record, CallRecord)
+    assert (record.call_id, record.from_number, record.duration_seconds, record.sentiment,
+            record.successful, record.delivery_id) == (
+        "call_ghi012", "+15559876543", 330, "Positive", True, "whd_call")
+    assert record.transcript == [{"role": "agent", "content": "Hello"},
+                                 {"role": "user", "content": "I need help"}]
+    assert store.call_record("call_ghi012")["summary"] == "Customer called about an order."
+    # The reaction hook failed: the job is retried, and this agent does not store reactions.
+    job = job_for(app, reaction)
+    assert (job.status, job.last_error) == ("pending", "RuntimeError: CRM is down")
+    assert agent.reactions == []
+    store.retry_job(job.id)
+    assert run_jobs(app) == 1
+    [got] = agent.reactions
+    assert isinstance(got, Reaction)
+    assert (got.reaction_type, got.message_id, got.message_body, got.from_number,
+            got.delivery_id, got.channel) == ("love", "msg_003", "Hey", JANE, reaction, "imessage")
+    assert store.reactions() == []
+
+
+def test_a_text_turn_carries_its_message_id_and_media(make_app, fixtures_dir, caplog):
+    agent = HookAgent()
+    app = make_app(AGENT=agent)
+    mms = sms("", messageId="msg_mms", mediaUrl="https://media.example/a.jpg",
+              mediaUrls=["https://media.example/a.jpg", "https://media.example/b.jpg"])
+    with caplog.at_level(logging.INFO, logger="app.jobs.handlers"):
+        deliver(app, {**mms, "channel": "mms"})
+        deliver(app, json.loads((fixtures_dir / "message-imessage.json").read_text()))
+        deliver(app, sms("no pictures"))
+        assert run_jobs(app) == 3
+    assert [(t.channel, t.message_id, t.media_urls) for t in agent.turns] == [
+        ("mms", "msg_mms", ("https://media.example/a.jpg", "https://media.example/b.jpg")),
+        ("imessage", "msg_003", ("https://media.example/img.jpg",)),
+        ("sms", None, ()),
+    ]
+    assert "reply to +15559876543 on mms not sent" in caplog.text

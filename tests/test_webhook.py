@@ -1,5 +1,6 @@
 """The POST /webhook contract: verification, status codes, error envelope, idempotent acks."""
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -20,7 +21,7 @@ def _error(response):
 
 def _jobs(app):
     path = app.config["DATABASE_URL"][len("sqlite:///"):]
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         return conn.execute("SELECT delivery_id, kind, status FROM jobs").fetchall()
 
 
@@ -240,7 +241,7 @@ def test_options_is_answered_without_auth_or_effects(app, client, path):
     assert response.data == b""
     assert _jobs(app) == []
     path = app.config["DATABASE_URL"][len("sqlite:///"):]
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT count(*) FROM deliveries").fetchone() == (0,)
 
 

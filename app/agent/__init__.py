@@ -1,8 +1,9 @@
 """The agent that answers turns, chosen at start-up.
 
 Precedence: an ``AGENT`` object in the app config (tests, embedding), then the ``AGENT``
-setting (``module:callable``, called with the app), then the LLM agent when ``LLM_BASE_URL``
-or ``LLM_API_KEY`` is set (with the demo receptionist's tools), else the demo receptionist.
+setting (``module:callable``, called with the app), whose default is the built-in demo
+(``app.demo:create_agent``: the receptionist, or the LLM agent with its tools when
+``LLM_BASE_URL`` or ``LLM_API_KEY`` is set). The demo package is imported only then.
 
 Writing your own: subclass ``Agent`` and implement ``respond(turn)``; give it tools with
 ``@tool`` and run several at once with ``run_tools``. See the README's Agent section.
@@ -13,8 +14,7 @@ import importlib
 from flask import current_app
 
 from app import metrics
-from app.agent.base import TRANSFER, Agent, Reply, Turn
-from app.agent.demo import Receptionist
+from app.agent.base import TRANSFER, Agent, CallRecord, Reaction, Reply, Turn
 from app.agent.tools import (
     Tool,
     Toolbox,
@@ -27,9 +27,9 @@ from app.agent.tools import (
 )
 
 __all__ = [
-    "TRANSFER", "Agent", "Receptionist", "Reply", "Tool", "ToolCall", "ToolError", "ToolResult",
-    "Toolbox", "Turn", "build_agent", "get_agent", "init_app", "load_factory", "run_tools",
-    "tool", "tools_of",
+    "TRANSFER", "Agent", "CallRecord", "Reaction", "Reply", "Tool", "ToolCall", "ToolError",
+    "ToolResult", "Toolbox", "Turn", "get_agent", "init_app", "load_factory", "run_tools", "tool",
+    "tools_of",
 ]
 
 
@@ -39,17 +39,6 @@ def load_factory(path):
     if not module_name or not attr:
         raise ValueError(f"AGENT must look like package.module:factory, got {path!r}")
     return getattr(importlib.import_module(module_name), attr)
-
-
-def build_agent(app):
-    """The built-in agent for this app's configuration."""
-    store = app.extensions["store"]
-    receptionist = Receptionist(store, app.config["DEMO_TOOL_LATENCY"])
-    if app.config.get("LLM_BASE_URL") or app.config.get("LLM_API_KEY"):
-        from app.agent.llm import LLMAgent
-
-        return LLMAgent.from_config(app.config, tools=tools_of(receptionist), store=store)
-    return receptionist
 
 
 def get_agent(agent_id=None):
@@ -65,11 +54,8 @@ def _made(factory, app):
 
 def init_app(app):
     agent = app.config.get("AGENT")
-    factory = app.config.get("AGENT_FACTORY")
-    if agent is None and factory:
-        agent = _made(factory, app)
     if agent is None:
-        agent = build_agent(app)
+        agent = _made(app.config["AGENT_FACTORY"], app)
     app.extensions["agent"] = agent
     app.extensions["agents"] = {
         agent_id: _made(factory, app)

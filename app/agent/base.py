@@ -1,16 +1,27 @@
-"""The agent interface: a parsed turn in, reply chunks out.
+"""The agent interface: a parsed turn in, reply chunks out; hooks for the other events.
 
 An agent's ``respond(turn)`` is a generator. Each ``str`` it yields is spoken at once as an
 interim line; the ``Reply`` it yields last ends the turn (text plus optional hangup, transfer
 or DTMF digits). The voice streamer owns the timing: interim-first, deadline, one final line.
+``on_call_ended(record)`` and ``on_reaction(reaction)`` run in background jobs.
 """
 
+import dataclasses
+import logging
 from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Turn:
-    """What the agent needs to answer one caller utterance or one inbound text."""
+    """What the agent needs to answer one caller utterance or one inbound text.
+
+    ``text`` is the transcript or the message (empty when an MMS carries only media);
+    ``channel`` is ``voice``, ``sms``, ``mms`` or ``imessage``; ``delivery_id`` is the same
+    on a retried delivery, so key side effects by it. Texts also carry the platform's
+    ``message_id`` and the attachments' ``media_urls`` (MMS, iMessage).
+    """
 
     text: str
     channel: str
@@ -23,10 +34,13 @@ class Turn:
     conversation_state: dict | None = None
     recent_history: list = field(default_factory=list)
     test: bool = False
+    message_id: str | None = None
+    media_urls: tuple[str, ...] = ()
     deadline: float | None = None  # time.monotonic() by which a voice turn's final line goes out
 
     @classmethod
     def from_event(cls, event, delivery_id=None):
+        """The turn of a parsed ``agent.message`` delivery."""
         data = event.data
         text = data.get("transcript") if event.is_voice_turn else data.get("message")
         return cls(
@@ -41,6 +55,8 @@ class Turn:
             conversation_state=event.conversation_state,
             recent_history=event.recent_history,
             test=event.test,
+            message_id=_str(data.get("messageId")),
+            media_urls=_media_urls(data.get("mediaUrls"), data.get("mediaUrl")),
         )
 
     @property
@@ -124,6 +140,142 @@ class Agent:
         if isinstance(box, Toolbox):
             box.tools = {name: observed(t, callback) for name, t in box.tools.items()}
 
+    def on_call_ended(self, record):
+        """A call ended (``agent.call_ended``); runs in a background job.
+
+        The default stores the ``CallRecord`` once per call id (``agentphone calls --local``
+        lists them); call ``super().on_call_ended(record)`` from an override to keep that.
+        Raise to have the job retried. A job may run more than once: key side effects by
+        ``record.call_id``.
+        """
+        new = record.save()
+        log.info("call %s: record %s", record.call_id, "stored" if new else "already stored")
+
+    def on_reaction(self, reaction):
+        """Someone reacted to a message (``agent.reaction``); runs in a background job.
+
+        The default stores the ``Reaction`` once per delivery; nothing is sent back. Raise to
+        have the job retried; key side effects by ``reaction.delivery_id``.
+        """
+        new = reaction.save()
+        log.info("%s reaction on message %s %s", reaction.reaction_type, reaction.message_id,
+                 "recorded" if new else "already recorded")
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """A finished call as ``agent.call_ended`` reports it, given to ``Agent.on_call_ended``.
+
+    ``transcript`` is the list of ``{"role", "content"}`` turns; ``store`` is the app's store.
+    """
+
+    call_id: str
+    agent_id: str | None = None
+    from_number: str | None = None
+    to_number: str | None = None
+    direction: str | None = None
+    status: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    duration_seconds: float | None = None
+    disconnection_reason: str | None = None
+    transcript: list = field(default_factory=list)
+    summary: str | None = None
+    sentiment: str | None = None
+    successful: bool | None = None
+    delivery_id: str | None = None
+    test: bool = False
+    store: object = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_event(cls, event, delivery_id=None, store=None):
+        """The record of a parsed ``agent.call_ended`` delivery that has a ``callId``."""
+        data = event.data
+        transcript = data.get("transcript")
+        duration = data.get("durationSeconds")
+        successful = data.get("callSuccessful")
+        return cls(
+            call_id=data["callId"],
+            agent_id=event.agent_id,
+            from_number=_str(data.get("from")),
+            to_number=_str(data.get("to")),
+            direction=_str(data.get("direction")),
+            status=_str(data.get("status")),
+            started_at=_str(data.get("startedAt")),
+            ended_at=_str(data.get("endedAt")),
+            duration_seconds=duration if isinstance(duration, int | float)
+            and not isinstance(duration, bool) else None,
+            disconnection_reason=_str(data.get("disconnectionReason")),
+            transcript=[t for t in transcript if isinstance(t, dict)]
+            if isinstance(transcript, list) else [],
+            summary=_str(data.get("summary")),
+            sentiment=_str(data.get("userSentiment")),
+            successful=successful if isinstance(successful, bool) else None,
+            delivery_id=delivery_id,
+            test=event.test,
+            store=store,
+        )
+
+    def save(self):
+        """Store the record unless this call's is stored already; True if it was new."""
+        return self.store.save_call_record(_fields(self), delivery_id=self.delivery_id)
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """A reaction to a message (``agent.reaction``), given to ``Agent.on_reaction``.
+
+    ``message_id`` and ``message_body`` are those of the message reacted to; ``delivery_id``
+    identifies the reaction itself; ``store`` is the app's store.
+    """
+
+    delivery_id: str
+    reaction_type: str | None = None
+    message_id: str | None = None
+    message_body: str | None = None
+    conversation_id: str | None = None
+    from_number: str | None = None
+    direction: str | None = None
+    agent_id: str | None = None
+    channel: str | None = None
+    test: bool = False
+    store: object = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_event(cls, event, delivery_id, store=None):
+        """The reaction of a parsed ``agent.reaction`` delivery."""
+        data = event.data
+        return cls(
+            delivery_id=delivery_id,
+            reaction_type=_str(data.get("reactionType")),
+            message_id=_str(data.get("messageId")),
+            message_body=_str(data.get("messageBody")),
+            conversation_id=_str(data.get("conversationId")),
+            from_number=_str(data.get("fromNumber") or data.get("from")),
+            direction=_str(data.get("direction")),
+            agent_id=event.agent_id,
+            channel=event.channel or None,
+            test=event.test,
+            store=store,
+        )
+
+    def save(self):
+        """Store the reaction unless this delivery's is stored already; True if it was new."""
+        return self.store.save_reaction(self.delivery_id, _fields(self))
+
+
+def _fields(record):
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)
+            if f.name != "store"}
+
 
 def _str(value):
     return value if isinstance(value, str) else None
+
+
+def _media_urls(urls, url):
+    """Every attachment URL once, in order: ``mediaUrls``, else the single ``mediaUrl``."""
+    found = [u for u in urls if isinstance(u, str) and u] if isinstance(urls, list) else []
+    if isinstance(url, str) and url and url not in found:
+        found.insert(0, url)
+    return tuple(dict.fromkeys(found))

@@ -27,7 +27,7 @@ from flask import current_app
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from app.agent import get_agent
-from app.agent.base import Reply, Turn
+from app.agent.base import CallRecord, Reaction, Reply, Turn
 from app.store import get_store
 from app.store.records import RESENDABLE
 from app.webhook import events
@@ -176,53 +176,26 @@ def _never_connected(exc):
 
 
 def reaction(job):
+    """``agent.reaction``: the agent's ``on_reaction`` hook (by default, the reaction is stored)."""
     event = events.parse(job.payload.encode("utf-8"))
-    data = event.data
-    new = get_store().save_reaction(job.delivery_id or f"job:{job.id}", {
-        "conversation_id": _str(data.get("conversationId")),
-        "message_id": _str(data.get("messageId")),
-        "reaction_type": _str(data.get("reactionType")),
-        "from_number": _str(data.get("fromNumber") or data.get("from")),
-        "direction": _str(data.get("direction")),
-    })
-    log.info("job %s: %s reaction on message %s %s", job.id, data.get("reactionType"),
-             data.get("messageId"), "recorded" if new else "already recorded")
+    reaction = Reaction.from_event(event, job.delivery_id or f"job:{job.id}", get_store())
+    log.info("job %s: %s reaction on message %s", job.id, reaction.reaction_type,
+             reaction.message_id)
+    get_agent(event.agent_id).on_reaction(reaction)
 
 
 def call_ended(job):
+    """``agent.call_ended``: the agent's ``on_call_ended`` hook (by default, the record is
+    stored)."""
     event = events.parse(job.payload.encode("utf-8"))
     data = event.data
-    call_id = _str(data.get("callId"))
-    if not call_id:
+    if not isinstance(data.get("callId"), str) or not data["callId"]:
         log.warning("job %s: call_ended without a callId, not stored", job.id)
         return
-    transcript = data.get("transcript")
-    duration = data.get("durationSeconds")
-    successful = data.get("callSuccessful")
-    new = get_store().save_call_record({
-        "call_id": call_id,
-        "agent_id": event.agent_id,
-        "from_number": _str(data.get("from")),
-        "to_number": _str(data.get("to")),
-        "direction": _str(data.get("direction")),
-        "status": _str(data.get("status")),
-        "started_at": _str(data.get("startedAt")),
-        "ended_at": _str(data.get("endedAt")),
-        "duration_seconds": duration if isinstance(duration, int | float)
-        and not isinstance(duration, bool) else None,
-        "disconnection_reason": _str(data.get("disconnectionReason")),
-        "transcript": [t for t in transcript if isinstance(t, dict)]
-        if isinstance(transcript, list) else [],
-        "summary": _str(data.get("summary")),
-        "sentiment": _str(data.get("userSentiment")),
-        "successful": successful if isinstance(successful, bool) else None,
-    }, delivery_id=job.delivery_id)
-    log.info("job %s: call %s ended after %ss (%s), record %s", job.id, call_id, duration,
-             data.get("disconnectionReason"), "stored" if new else "already stored")
-
-
-def _str(value):
-    return value if isinstance(value, str) else None
+    record = CallRecord.from_event(event, job.delivery_id, get_store())
+    log.info("job %s: call %s ended after %ss (%s)", job.id, record.call_id,
+             record.duration_seconds, record.disconnection_reason)
+    get_agent(event.agent_id).on_call_ended(record)
 
 
 HANDLERS = {"text_message": text_message, "reaction": reaction, "call_ended": call_ended}

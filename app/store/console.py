@@ -30,7 +30,7 @@ class ConsoleMixin:
             for row in rows:
                 cur.execute(sql, tuple(row.get(c) for c in LOG_COLUMNS))
 
-        self._run(write)
+        self.run(write)
 
     def delivery_log(self, limit: int = 100, channel: str | None = None,
                      voice: bool | None = None, call_id: str | None = None,
@@ -46,12 +46,12 @@ class ConsoleMixin:
         if voice is not None:
             where.append("channel = 'voice'" if voice else "channel <> 'voice'")
         clause = ("WHERE " + " AND ".join(where) + " ") if where else ""
-        rows = self._rows(LOG_COLUMNS, f"FROM delivery_log {clause}ORDER BY received_at DESC "
+        rows = self.rows(LOG_COLUMNS, f"FROM delivery_log {clause}ORDER BY received_at DESC "
                           "LIMIT ?", (*params, limit))
         if not failures_first:
             return rows
         # Two index walks, not a sort of the whole table: the newest failures, then the rest.
-        failures = self._rows(LOG_COLUMNS, f"FROM delivery_log WHERE {FAILED} ORDER BY "
+        failures = self.rows(LOG_COLUMNS, f"FROM delivery_log WHERE {FAILED} ORDER BY "
                               "received_at DESC LIMIT ?", (limit,))
         seen = {row["id"] for row in failures}
         return (failures + [row for row in rows if row["id"] not in seen])[:limit]
@@ -60,20 +60,20 @@ class ConsoleMixin:
         """Voice turns started after ``since`` and not finished (as far as the log knows);
         only voice turns are ever in flight."""
         # The literal matches the partial index delivery_log_in_flight (a parameter would not).
-        return self._rows(LOG_COLUMNS, f"FROM delivery_log WHERE outcome = '{IN_FLIGHT}' AND "
+        return self.rows(LOG_COLUMNS, f"FROM delivery_log WHERE outcome = '{IN_FLIGHT}' AND "
                           "received_at > ? ORDER BY received_at", (since,))
 
     def recent_voice_latencies(self, since: float, limit: int = 5000) -> list[tuple]:
         """``(received_at, first_line_ms)`` of finished voice turns since ``since``, newest
         first, at most ``limit`` (a sample large enough for a p99)."""
-        return self._run(lambda cur: _all(
+        return self.run(lambda cur: _all(
             cur, "SELECT received_at, first_line_ms FROM delivery_log WHERE channel = 'voice' "
             "AND received_at > ? AND first_line_ms IS NOT NULL ORDER BY received_at DESC "
             "LIMIT ?", (since, limit)), transaction=False)
 
     def delivery_counts(self, since: float) -> dict[str, int]:
         """Log rows since ``since`` by outcome."""
-        rows = self._run(lambda cur: _all(
+        rows = self.run(lambda cur: _all(
             cur, "SELECT outcome, COUNT(*) FROM delivery_log WHERE received_at > ? "
             "GROUP BY outcome", (since,)), transaction=False)
         return dict(rows)
@@ -83,8 +83,8 @@ class ConsoleMixin:
         if not delivery_ids:
             return {}
         marks = ", ".join("?" for _ in delivery_ids)
-        rows = self._rows(("delivery_id", "status", "body", "error", "updated_at"),
-                          f"FROM outbox WHERE delivery_id IN ({marks})", tuple(delivery_ids))
+        rows = self.rows(("delivery_id", "status", "body", "error", "updated_at"),
+                         f"FROM outbox WHERE delivery_id IN ({marks})", tuple(delivery_ids))
         return {row["delivery_id"]: row for row in rows}
 
 

@@ -1,5 +1,5 @@
-"""Store operations for the agent: per-call context, the reply outbox, call records,
-reactions and the demo business data (customers, orders, calendar, appointments).
+"""Store operations for the agent: per-call context, the reply outbox, call records and
+reactions.
 
 Mixed into SQLStore; every method is one statement or one short transaction with no other
 I/O inside (under gevent a SQLite call never yields).
@@ -52,7 +52,7 @@ class RecordsMixin:
             )
             return "sending", True
 
-        return self._run(begin)
+        return self.run(begin)
 
     def outbox_finish(self, delivery_id, status, message_id=None, error=None):
         """Record the outcome: ``sent``, ``failed`` (safe to retry) or ``unknown``."""
@@ -63,12 +63,12 @@ class RecordsMixin:
         )
 
     def outbox_entry(self, delivery_id):
-        return self._row(OUTBOX, "FROM outbox WHERE delivery_id = ?", (delivery_id,))
+        return self.row(OUTBOX, "FROM outbox WHERE delivery_id = ?", (delivery_id,))
 
     def unsure_replies(self, limit=50):
         """Outbox rows whose text may or may not have gone out (``sending`` left by a process
         that died, ``unknown`` after a failure mid-request), newest first."""
-        return self._rows(OUTBOX, "FROM outbox WHERE status IN ('sending', 'unknown') "
+        return self.rows(OUTBOX, "FROM outbox WHERE status IN ('sending', 'unknown') "
                                   "ORDER BY updated_at DESC LIMIT ?", (limit,))
 
     def unsure_reply_count(self):
@@ -101,12 +101,12 @@ class RecordsMixin:
     def call_records(self, limit=20, status=None):
         """Stored call records, newest first (only those with ``status`` if given)."""
         where, params = ("WHERE status = ? ", (status,)) if status else ("", ())
-        rows = self._rows(CALL, f"FROM call_records {where}ORDER BY created_at DESC, call_id "
-                          "LIMIT ?", (*params, limit))
+        rows = self.rows(CALL, f"FROM call_records {where}ORDER BY created_at DESC, call_id "
+                         "LIMIT ?", (*params, limit))
         return [_call(r) for r in rows]
 
     def call_record(self, call_id):
-        row = self._row(CALL, "FROM call_records WHERE call_id = ?", (call_id,))
+        row = self.row(CALL, "FROM call_records WHERE call_id = ?", (call_id,))
         return _call(row) if row else None
 
     def save_reaction(self, delivery_id, data):
@@ -124,130 +124,20 @@ class RecordsMixin:
         return changed == 1
 
     def reactions(self, limit=50):
-        return self._rows(REACTION, "FROM reactions ORDER BY created_at DESC LIMIT ?",
-                          (limit,))
-
-    # -- demo business: customers and orders ------------------------------------------------
-
-    def demo_customers(self, name=None, phone=None, limit=5):
-        """Customers whose name contains ``name`` (any case) and/or whose phone is ``phone``."""
-        where, params = [], []
-        if name:
-            where.append("LOWER(name) LIKE ?")
-            params.append(f"%{name.lower()}%")
-        if phone:
-            where.append("phone = ?")
-            params.append(phone)
-        clause = " WHERE " + " AND ".join(where) if where else ""
-        return self._rows(("id", "name", "phone", "email", "notes"),
-                          f"FROM demo_customers{clause} ORDER BY name LIMIT ?", (*params, limit))
-
-    def demo_order(self, order_id):
-        return self._row(ORDER, ORDER_FROM + "WHERE o.id = ?", (order_id,))
-
-    def demo_orders_for_phone(self, phone):
-        return self._rows(ORDER, ORDER_FROM + "WHERE c.phone = ? ORDER BY o.id", (phone,))
-
-    # -- demo business: calendar ------------------------------------------------------------
-
-    def demo_open_slots(self, day=None):
-        """Free (day, time) slots in calendar order, optionally for one day."""
-        clause, params = ("AND s.day = ? ", (day,)) if day else ("", ())
-        return self._rows(
-            ("s.day", "s.slot_time"),
-            "FROM demo_slots s LEFT JOIN demo_appointments a ON a.day = s.day "
-            "AND a.slot_time = s.slot_time AND a.status = 'booked' "
-            f"WHERE a.id IS NULL {clause}ORDER BY s.day_index, s.slot_time",
-            params,
-        )
-
-    def demo_appointments(self, phone=None, status="booked"):
-        clause, params = ("AND phone = ? ", (status, phone)) if phone else ("", (status,))
-        return self._rows(APPOINTMENT, f"FROM demo_appointments WHERE status = ? {clause}"
-                          "ORDER BY id", params)
-
-    def demo_book(self, day, slot_time, name, phone=None, delivery_id=None):
-        """Book a slot. Returns (outcome, appointment): ``booked``; ``repeated`` when this
-        delivery already booked (a retried turn: its booking is returned, nothing new is
-        made); ``taken``; ``no_such_slot``. The slot index makes a double booking impossible
-        even for two processes racing."""
-
-        def book(cur):
-            if delivery_id is not None:
-                earlier = _select_one(cur, APPOINTMENT, BY_DELIVERY, (delivery_id,))
-                if earlier:
-                    return "repeated", earlier
-            cur.execute(
-                "SELECT 1 FROM demo_slots WHERE day = ? AND slot_time = ?", (day, slot_time)
-            )
-            if cur.fetchone() is None:
-                return "no_such_slot", None
-            now = self.clock()
-            cur.execute(
-                "INSERT INTO demo_appointments (day, slot_time, name, phone, status, "
-                "delivery_id, created_at, updated_at) VALUES (?, ?, ?, ?, 'booked', ?, ?, ?) "
-                "ON CONFLICT DO NOTHING",
-                (day, slot_time, name, phone, delivery_id, now, now),
-            )
-            if cur.rowcount == 1:
-                return "booked", _select_one(
-                    cur, APPOINTMENT,
-                    "FROM demo_appointments WHERE day = ? AND slot_time = ? AND status = 'booked'",
-                    (day, slot_time),
-                )
-            if delivery_id is not None:
-                # Lost a race against another attempt of the same turn.
-                earlier = _select_one(cur, APPOINTMENT, BY_DELIVERY, (delivery_id,))
-                if earlier:
-                    return "repeated", earlier
-            return "taken", None
-
-        return self._run(book)
-
-    def demo_cancel(self, appointment_id, delivery_id=None):
-        """Cancel a booked appointment. Returns (outcome, appointment): ``cancelled``;
-        ``repeated`` when this delivery already cancelled it; ``not_found``."""
-
-        def cancel(cur):
-            row = _select_one(cur, (*APPOINTMENT, "cancel_delivery_id"),
-                              "FROM demo_appointments WHERE id = ?", (appointment_id,))
-            if row is None:
-                return "not_found", None
-            by = row.pop("cancel_delivery_id")
-            if row["status"] == "cancelled" and delivery_id is not None and by == delivery_id:
-                return "repeated", row
-            if row["status"] != "booked":
-                return "not_found", None
-            cur.execute(
-                "UPDATE demo_appointments SET status = 'cancelled', cancel_delivery_id = ?, "
-                "updated_at = ? WHERE id = ? AND status = 'booked'",
-                (delivery_id, self.clock(), appointment_id),
-            )
-            row["status"] = "cancelled"
-            return ("cancelled", row) if cur.rowcount == 1 else ("not_found", None)
-
-        return self._run(cancel)
-
-    def demo_cancelled_by(self, delivery_id):
-        """The appointment a delivery cancelled, if any (for retried turns)."""
-        return self._row(APPOINTMENT, "FROM demo_appointments WHERE cancel_delivery_id = ?",
-                         (delivery_id,))
+        return self.rows(REACTION, "FROM reactions ORDER BY created_at DESC LIMIT ?",
+                         (limit,))
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _row(self, columns, rest, params=()):
+    def row(self, columns, rest, params=()):
         """The first row of ``SELECT columns rest`` as a dict (None when there is none)."""
-        return self._run(lambda cur: _select_one(cur, columns, rest, params), transaction=False)
+        return self.run(lambda cur: select_one(cur, columns, rest, params), transaction=False)
 
-    def _rows(self, columns, rest, params=()):
+    def rows(self, columns, rest, params=()):
         """Every row of ``SELECT columns rest`` as dicts keyed by column name."""
-        return self._run(lambda cur: _select(cur, columns, rest, params), transaction=False)
+        return self.run(lambda cur: select(cur, columns, rest, params), transaction=False)
 
 
-BY_DELIVERY = "FROM demo_appointments WHERE delivery_id = ?"
-APPOINTMENT = ("id", "day", "slot_time", "name", "phone", "status")
-ORDER = ("o.id", "o.item", "o.status", "o.detail", "c.name", "c.phone")
-ORDER_FROM = "FROM demo_orders o JOIN demo_customers c ON c.id = o.customer_id "
 OUTBOX = ("delivery_id", "status", "to_number", "body", "message_id", "error", "job_id",
           "created_at", "updated_at")
 # Outbox states in which a send may start: nothing went out, or an operator asked for it.
@@ -259,15 +149,18 @@ REACTION = ("delivery_id", "conversation_id", "message_id", "reaction_type", "fr
             "direction", "created_at")
 
 
-def _select(cur, columns, rest, params=()):
+def select(cur, columns, rest, params=()):
+    """Every row of ``SELECT columns rest`` on ``cur`` as dicts keyed by column name (the part
+    after the last dot)."""
     # Names come from the column list: not every driver wrapper exposes cursor.description.
     cur.execute(f"SELECT {', '.join(columns)} {rest}", params)
     names = [c.rsplit(".", 1)[-1] for c in columns]
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def _select_one(cur, columns, rest, params=()):
-    rows = _select(cur, columns, rest, params)
+def select_one(cur, columns, rest, params=()):
+    """The first row of ``select`` (None when there is none)."""
+    rows = select(cur, columns, rest, params)
     return rows[0] if rows else None
 
 

@@ -1,6 +1,9 @@
 """Versioned schema shared by every backend; `{types}` are filled in per dialect.
 
-Append a migration to add or change tables; never edit one that has shipped.
+Append a migration to add or change tables; never edit one that has shipped. A package with
+tables of its own keeps its migrations next to its code and adds them with
+``store.add_schema`` (see app/demo/schema.py). No semicolons inside literals: statements are
+split on them.
 """
 
 MIGRATIONS = [
@@ -33,9 +36,9 @@ MIGRATIONS = [
     );
     CREATE INDEX IF NOT EXISTS jobs_due ON jobs (status, run_at);
     """,
-    # 2: the agent's records: per-call context, sent replies (outbox), call records,
-    # reactions, and the demo business (customers, orders, a weekly calendar, appointments).
-    # No semicolons inside literals: statements are split on them.
+    # 2: the agent's records: per-call context, sent replies (outbox), call records and
+    # reactions. Up to 0.1.0 it also created the demo business's tables: they now belong to
+    # app/demo, whose own migrations adopt them in place where they exist.
     """
     CREATE TABLE IF NOT EXISTS agent_sessions (
         session_id TEXT PRIMARY KEY,
@@ -81,71 +84,6 @@ MIGRATIONS = [
         direction TEXT,
         created_at {real} NOT NULL
     );
-    CREATE TABLE IF NOT EXISTS demo_customers (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        phone TEXT NOT NULL UNIQUE,
-        email TEXT,
-        notes TEXT
-    );
-    CREATE TABLE IF NOT EXISTS demo_orders (
-        id TEXT PRIMARY KEY,
-        customer_id TEXT NOT NULL,
-        item TEXT NOT NULL,
-        status TEXT NOT NULL,
-        detail TEXT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS demo_orders_customer ON demo_orders (customer_id);
-    CREATE TABLE IF NOT EXISTS demo_slots (
-        day TEXT NOT NULL,
-        slot_time TEXT NOT NULL,
-        day_index INTEGER NOT NULL,
-        PRIMARY KEY (day, slot_time)
-    );
-    CREATE TABLE IF NOT EXISTS demo_appointments (
-        id {serial},
-        day TEXT NOT NULL,
-        slot_time TEXT NOT NULL,
-        name TEXT NOT NULL,
-        phone TEXT,
-        status TEXT NOT NULL DEFAULT 'booked',
-        delivery_id TEXT UNIQUE,
-        cancel_delivery_id TEXT,
-        created_at {real} NOT NULL,
-        updated_at {real} NOT NULL
-    );
-    CREATE UNIQUE INDEX IF NOT EXISTS demo_appointments_one_per_slot
-        ON demo_appointments (day, slot_time) WHERE status = 'booked';
-    CREATE INDEX IF NOT EXISTS demo_appointments_phone ON demo_appointments (phone);
-    INSERT INTO demo_customers (id, name, phone, email, notes) VALUES
-        ('cus_1', 'Jane Doe', '+15559876543', 'jane@example.com', 'Prefers mornings'),
-        ('cus_2', 'Sam Patel', '+15550001111', 'sam@example.com', 'Loyalty member'),
-        ('cus_3', 'Maria Garcia', '+15550002222', 'maria@example.com', NULL),
-        ('cus_4', 'Lee Chen', '+15550003333', 'lee@example.com', 'Allergic to latex')
-        ON CONFLICT DO NOTHING;
-    INSERT INTO demo_orders (id, customer_id, item, status, detail) VALUES
-        ('4521', 'cus_1', 'a pair of running shoes', 'shipped',
-            'It shipped yesterday by FedEx, due Thursday'),
-        ('4522', 'cus_2', 'a gift card', 'delivered', 'It was delivered by email on Monday'),
-        ('4523', 'cus_3', 'a rain jacket', 'processing', 'It is being packed, ships tomorrow'),
-        ('4524', 'cus_1', 'two water bottles', 'backordered', 'It is back-ordered until month end')
-        ON CONFLICT DO NOTHING;
-    INSERT INTO demo_slots (day, slot_time, day_index) VALUES
-        ('monday', '09:00', 1), ('monday', '10:00', 1), ('monday', '11:00', 1),
-        ('monday', '14:00', 1), ('monday', '15:00', 1), ('monday', '16:00', 1),
-        ('tuesday', '09:00', 2), ('tuesday', '10:00', 2), ('tuesday', '11:00', 2),
-        ('tuesday', '14:00', 2), ('tuesday', '15:00', 2), ('tuesday', '16:00', 2),
-        ('wednesday', '09:00', 3), ('wednesday', '10:00', 3), ('wednesday', '11:00', 3),
-        ('wednesday', '14:00', 3), ('wednesday', '15:00', 3), ('wednesday', '16:00', 3),
-        ('thursday', '09:00', 4), ('thursday', '10:00', 4), ('thursday', '11:00', 4),
-        ('thursday', '14:00', 4), ('thursday', '15:00', 4), ('thursday', '16:00', 4),
-        ('friday', '09:00', 5), ('friday', '10:00', 5), ('friday', '11:00', 5),
-        ('friday', '14:00', 5), ('friday', '15:00', 5), ('friday', '16:00', 5),
-        ('saturday', '10:00', 6), ('saturday', '11:00', 6), ('saturday', '12:00', 6)
-        ON CONFLICT DO NOTHING;
-    INSERT INTO demo_appointments (day, slot_time, name, phone, status, created_at, updated_at)
-        VALUES ('monday', '09:00', 'Maria Garcia', '+15550002222', 'booked', 0, 0)
-        ON CONFLICT DO NOTHING
     """,
     # 3: a voice claim names its holder (a process) and the attempt, renewed by a heartbeat
     # while the turn runs, so that a retry can take over a turn whose worker died.

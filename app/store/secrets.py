@@ -43,13 +43,13 @@ class SecretsMixin:
                 (secret, scope, webhook_id, url, now),
             )
 
-        self._run(add)
+        self.run(add)
 
     def webhook_secrets(self, live_only: bool = True) -> list[StoredSecret]:
         """Stored secrets, newest first; by default only those not yet expired."""
         clause, params = ("WHERE expires_at IS NULL OR expires_at > ? ", (self.clock(),)) \
             if live_only else ("", ())
-        rows = self._run(lambda cur: _all(
+        rows = self.run(lambda cur: _all(
             cur, "SELECT secret, scope, webhook_id, url, created_at, expires_at "
             f"FROM webhook_secrets {clause}ORDER BY created_at DESC", params),
             transaction=False)

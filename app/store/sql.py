@@ -12,13 +12,14 @@ import time
 from app.metrics import STORE_SECONDS
 from app.store.base import Job, Retention, StoreUnavailable
 from app.store.console import ConsoleMixin
-from app.store.records import OUTBOX, RecordsMixin, _select_one
+from app.store.records import OUTBOX, RecordsMixin, select_one
 from app.store.schema import MIGRATIONS, statements
 from app.store.secrets import SecretsMixin
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RETENTION = Retention()
+CORE_SCHEMA = "schema_version"  # the core's version table
 MIGRATE_WAIT_SECONDS = 5.0  # longest wait for another caller's deferred migration
 RENEW_BATCH = 500  # delivery ids per heartbeat statement (SQLite's variable limit is 999+)
 
@@ -40,15 +41,20 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
 
     def __init__(self, clock=time.time):
         self.clock = clock
+        self._schemas = {CORE_SCHEMA: MIGRATIONS}  # version table -> its migrations, in order
         self._migrate_pending = False
         self._migrate_lock = threading.Lock()
         self._migrate_attempt = threading.Event()
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _run(self, fn, transaction=True):
+    def run(self, fn, transaction=True):
         """Run ``fn(cursor)``, in one transaction unless told otherwise; driver errors become
-        StoreUnavailable (503) so that the platform retries instead of losing the event."""
+        StoreUnavailable (503) so that the platform retries instead of losing the event.
+
+        The cursor takes ``?`` placeholders on every backend. Packages with tables of their own
+        (``app.demo``) use it on the tables they add with ``add_schema``.
+        """
         if self._migrate_pending:
             self._migrate_now()
         return self._execute(fn, transaction)
@@ -70,37 +76,54 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
 
     def _one(self, sql, params=()):
         """One autocommit statement; its first row (the statement must return rows)."""
-        return self._run(lambda cur: _fetchone(cur, sql, params), transaction=False)
+        return self.run(lambda cur: _fetchone(cur, sql, params), transaction=False)
 
     def _exec(self, sql, params=()):
         """One autocommit statement; the number of rows it changed."""
-        return self._run(lambda cur: _rowcount(cur, sql, params), transaction=False)
+        return self.run(lambda cur: _rowcount(cur, sql, params), transaction=False)
 
     def migrate(self):
-        """Create or upgrade the schema; safe to run from many processes at once."""
+        """Create or upgrade the schema (the core's and every added one); safe to run from
+        many processes at once. Returns the core schema's version."""
 
         def upgrade(cur):
             self._lock_migrations(cur)
-            cur.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version "
-                f"(version INTEGER PRIMARY KEY, applied_at {self.types['real']} NOT NULL)"
-            )
-            cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
-            current = cur.fetchone()[0]
-            for version, migration in enumerate(MIGRATIONS, start=1):
-                if version <= current:
-                    continue
-                for statement in statements(migration, self.types):
-                    cur.execute(statement)
-                cur.execute(
-                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
-                    (version, self.clock()),
-                )
+            for table, migrations in self._schemas.items():
+                self._upgrade(cur, table, migrations)
             return len(MIGRATIONS)
 
         version = self._execute(upgrade, transaction=True)
         self._migrate_pending = False
         return version
+
+    def _upgrade(self, cur, table, migrations):
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} "
+            f"(version INTEGER PRIMARY KEY, applied_at {self.types['real']} NOT NULL)"
+        )
+        cur.execute(f"SELECT COALESCE(MAX(version), 0) FROM {table}")
+        current = cur.fetchone()[0]
+        for version, migration in enumerate(migrations, start=1):
+            if version <= current:
+                continue
+            for statement in statements(migration, self.types):
+                cur.execute(statement)
+            cur.execute(f"INSERT INTO {table} (version, applied_at) VALUES (?, ?)",
+                        (version, self.clock()))
+
+    def add_schema(self, version_table, migrations):
+        """Keep a package's own tables in this database: its ``migrations`` (each a string of
+        statements, as in ``app.store.schema``), tracked in ``version_table``, are applied now
+        and by every later ``migrate``. A database that is down defers them to first use."""
+        self._schemas[version_table] = migrations
+        if self._migrate_pending:
+            return
+        try:
+            self.migrate()
+        except StoreUnavailable as exc:
+            log.error("database unavailable, will create %s's tables on first use: %s",
+                      version_table, exc)
+            self.migrate_on_first_use()
 
     def migrate_on_first_use(self):
         """The database could not be migrated at start-up (e.g. it is restarting): every
@@ -132,8 +155,10 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
     def ping(self):
         self._one("SELECT 1")
 
-    def schema_version(self):
-        return self._one("SELECT MAX(version) FROM schema_version")[0]
+    def schema_version(self, version_table=None):
+        """The applied version of the core schema, or of the one tracked in ``version_table``."""
+        table = version_table or CORE_SCHEMA
+        return self._one(f"SELECT MAX(version) FROM {table}")[0]
 
     # -- deliveries -------------------------------------------------------------------------
 
@@ -159,7 +184,7 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
             )
             return True
 
-        return self._run(claim)
+        return self.run(claim)
 
     # -- voice claims and replies -----------------------------------------------------------
 
@@ -212,7 +237,7 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
                     (now, owner, *chunk),
                 )
 
-        self._run(renew)
+        self.run(renew)
 
     def save_voice_reply(self, delivery_id, reply, owner, attempt):
         """Store the final line of attempt ``attempt`` by ``owner``, unless the claim has
@@ -296,7 +321,7 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
 
     def retry_job(self, job_id):
         """Put a dead (or any) job back in the queue with a fresh set of attempts."""
-        return self._run(lambda cur: _requeue(cur, job_id, self.clock()))
+        return self.run(lambda cur: _requeue(cur, job_id, self.clock()))
 
     def resend_reply(self, job_id):
         """An operator's decision to send an unsure reply again: mark the job's outbox row
@@ -304,8 +329,8 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
         unsure reply or is running (its send may be in flight right now)."""
 
         def resend(cur):
-            row = _select_one(cur, OUTBOX, "FROM outbox WHERE job_id = ? AND status IN "
-                                           "('sending', 'unknown')", (job_id,))
+            row = select_one(cur, OUTBOX, "FROM outbox WHERE job_id = ? AND status IN "
+                                          "('sending', 'unknown')", (job_id,))
             status = _fetchone(cur, "SELECT status FROM jobs WHERE id = ?", (job_id,))
             if row is None or status is None or status[0] == "running":
                 return None
@@ -314,7 +339,7 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
             _requeue(cur, job_id, self.clock())
             return row
 
-        return self._run(resend)
+        return self.run(resend)
 
     def job(self, job_id):
         row = self._one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
@@ -322,7 +347,7 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
 
     def jobs(self, status=None, limit=50):
         where, params = ("WHERE status = ?", (status,)) if status else ("", ())
-        return self._run(
+        return self.run(
             lambda cur: [
                 Job(*r)
                 for r in _fetchall(
@@ -335,12 +360,12 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
 
     def open_job_counts(self):
         """``(kind, status, count)`` of every job not yet done, for the metrics."""
-        return self._run(lambda cur: _fetchall(
+        return self.run(lambda cur: _fetchall(
             cur, "SELECT kind, status, COUNT(*) FROM jobs WHERE status <> 'done' "
             "GROUP BY kind, status"), transaction=False)
 
     def job_counts(self):
-        rows = self._run(
+        rows = self.run(
             lambda cur: _fetchall(cur, "SELECT status, COUNT(*) FROM jobs GROUP BY status")
         )
         return dict(rows)
@@ -372,7 +397,7 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
             return sum(_rowcount(cur, sql, () if cutoff is None else (cutoff,))
                        for sql, cutoff in expired)
 
-        return self._run(prune)
+        return self.run(prune)
 
 
 def _requeue(cur, job_id, now):

@@ -196,8 +196,10 @@ class SQLiteStore(SQLStore):
         except sqlite3.Error as exc:
             self._discard(conn, exc)
             raise
-        else:
-            self._checkin(conn)
+        except BaseException:
+            self._checkin(conn)  # rolled back: fit for the next caller
+            raise
+        self._checkin(conn)
 
     def _writable(self):
         if self.path == ":memory:":

@@ -2,7 +2,7 @@
 
 It books and cancels appointments, looks up orders, searches the customer list and tells
 the opening hours, asks for what is missing, transfers to a person or hangs up on request.
-Its tools are real ``@tool`` methods over the demo tables (see app/store/records.py), each
+Its tools are real ``@tool`` methods over the demo tables (see records.py), each
 taking ``DEMO_TOOL_LATENCY`` seconds like a slow upstream; the LLM agent uses the same
 tools. What a call has said so far (the pending request and its details) is kept in the
 database under the call or conversation id, so any worker can take the next turn.
@@ -20,6 +20,7 @@ from typing import Literal
 
 from app.agent.base import TRANSFER, Agent, Reply
 from app.agent.tools import ToolError, tool
+from app.demo.records import DemoRecords
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +148,14 @@ def normalize_phone(phone):
 
 
 class Receptionist(Agent):
-    """The demo agent: see the module docstring. ``store`` is the app's store."""
+    """The demo agent: see the module docstring. ``store`` is the app's store; the demo tables
+    are added to its database if they are not there yet."""
 
     acknowledgement = "One moment."
 
     def __init__(self, store, tool_latency=0.5):
         self.store = store
+        self.records = DemoRecords(store)
         self.tool_latency = tool_latency
 
     def _upstream(self, name, turn=None):
@@ -171,7 +174,7 @@ class Receptionist(Agent):
         """
         self._upstream("check_availability", turn)
         day = parse_day(day) if day else None
-        slots = self.store.demo_open_slots(day)
+        slots = self.records.open_slots(day)
         if day:
             return {"day": day, "open_times": [s["slot_time"] for s in slots]}
         return {"next_openings": [{"day": s["day"], "time": s["slot_time"]} for s in slots[:4]]}
@@ -190,7 +193,7 @@ class Receptionist(Agent):
         if not day_ or not slot_time:
             raise ToolError("give the day of the week and a time such as 10:00")
         self._upstream("book_appointment", turn)
-        outcome, appointment = self.store.demo_book(
+        outcome, appointment = self.records.book(
             day_, slot_time, name.strip(), normalize_phone(turn.caller) if turn else None,
             turn.delivery_id if turn else None,
         )
@@ -199,7 +202,7 @@ class Receptionist(Agent):
             result["appointment"] = appointment
         if outcome in ("taken", "no_such_slot"):
             result["other_times_that_day"] = [
-                s["slot_time"] for s in self.store.demo_open_slots(day_)
+                s["slot_time"] for s in self.records.open_slots(day_)
             ]
         return result
 
@@ -212,10 +215,10 @@ class Receptionist(Agent):
         """
         self._upstream("cancel_appointment", turn)
         delivery = turn.delivery_id if turn else None
-        if delivery and (done := self.store.demo_cancelled_by(delivery)):
+        if delivery and (done := self.records.cancelled_by(delivery)):
             return {"outcome": "cancelled", "appointment": done}
         phone = normalize_phone(turn.caller) if turn else None
-        booked = self.store.demo_appointments(phone=phone) if phone else []
+        booked = self.records.appointments(phone=phone) if phone else []
         day = parse_day(day) if day else None
         if day:
             booked = [a for a in booked if a["day"] == day]
@@ -223,7 +226,7 @@ class Receptionist(Agent):
             return {"outcome": "not_found"}
         if len(booked) > 1:
             return {"outcome": "which_one", "appointments": booked}
-        outcome, appointment = self.store.demo_cancel(booked[0]["id"], delivery)
+        outcome, appointment = self.records.cancel(booked[0]["id"], delivery)
         outcome = "cancelled" if outcome == "repeated" else outcome
         return {"outcome": outcome, "appointment": appointment}
 
@@ -237,10 +240,10 @@ class Receptionist(Agent):
         self._upstream("lookup_order", turn)
         if order_id:
             number = parse_order_number(order_id) or order_id.strip()
-            order = self.store.demo_order(number)
+            order = self.records.order(number)
             return {"orders": [order] if order else [], "searched": number}
         phone = normalize_phone(turn.caller) if turn else None
-        return {"orders": self.store.demo_orders_for_phone(phone) if phone else [],
+        return {"orders": self.records.orders_for_phone(phone) if phone else [],
                 "searched": "caller's phone number"}
 
     @tool(timeout=8)
@@ -255,7 +258,7 @@ class Receptionist(Agent):
         if not name and not phone:
             raise ToolError("give a name or a phone number")
         self._upstream("search_customers", turn)
-        return {"customers": self.store.demo_customers(name=name, phone=normalize_phone(phone))}
+        return {"customers": self.records.customers(name=name, phone=normalize_phone(phone))}
 
     @tool
     def opening_hours(self) -> str:
@@ -479,5 +482,3 @@ def _looks_like_name(text, state):
     return bool(state.get("asked_name")) and 1 <= len(words) <= 3 and all(
         w[:1].isupper() for w in words)
 
-
-DemoAgent = Receptionist

@@ -1,15 +1,20 @@
-"""The demo receptionist in-process: each intent, follow-up questions, context kept in the
-database, and side effects that a retried turn or a race cannot repeat."""
+"""The demo package: the receptionist in-process (each intent, follow-up questions, context
+kept in the database, side effects that a retried turn or a race cannot repeat), and its
+tables, which exist only where the demo runs."""
 
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from app.agent import Reply, Turn
-from app.agent.demo import Receptionist, detect_intent, parse_day, parse_name, parse_time
-from app.store import open_store
+from app.agent import Agent, Reply, Turn
+from app.demo import DemoRecords, Receptionist, schema
+from app.demo.agent import detect_intent, parse_day, parse_name, parse_time
+from app.store import StoreUnavailable, open_store
+from app.store.schema import statements
 
-pytest_plugins = ["tests.postgres"]  # pg_server, pg_url
+pytest_plugins = ["tests.postgres"]  # pg_server, database_url
 
 JANE = "+15559876543"  # a customer in the demo data, with orders 4521 and 4524
 STRANGER = "+15550009999"
@@ -30,8 +35,22 @@ def say(agent, text, call="call_1", caller=JANE, delivery=None, channel="voice")
     return interim, final
 
 
+@pytest.fixture
+def opened(app):
+    """``opened()`` -> another store on the app's database (another worker's), closed after."""
+    stores = []
+
+    def make():
+        stores.append(open_store(app.config["DATABASE_URL"]))
+        return stores[-1]
+
+    yield make
+    for store in stores:
+        store.close()
+
+
 def booked(store):
-    return [(a["day"], a["slot_time"], a["name"]) for a in store.demo_appointments()]
+    return [(a["day"], a["slot_time"], a["name"]) for a in DemoRecords(store).appointments()]
 
 
 def test_it_is_the_default_agent(agent):
@@ -123,14 +142,14 @@ def test_availability_and_cancel(app, agent):
     assert final.text.startswith("I couldn't find an appointment under this number.")
 
 
-def test_a_retried_turn_repeats_its_answer_without_booking_again(app, tmp_path):
+def test_a_retried_turn_repeats_its_answer_without_booking_again(app, opened):
     store = app.extensions["store"]
     first = Receptionist(store, 0)
     say(first, "book thursday", call="c7", delivery="t1")
     interim, final = say(first, "at 10", call="c7", delivery="t2")
     assert final.text.startswith("You're booked for Thursday at 10 AM")
     # Another worker (its own store on the same file) gets the same delivery again.
-    other = Receptionist(open_store(app.config["DATABASE_URL"]), 0)
+    other = Receptionist(opened(), 0)
     assert say(other, "at 10", call="c7", delivery="t2") == (interim, final)
     assert booked(store).count(("thursday", "10:00", "Jane Doe")) == 1
     # Even with the call's context lost, the booking is keyed by the delivery id.
@@ -140,9 +159,9 @@ def test_a_retried_turn_repeats_its_answer_without_booking_again(app, tmp_path):
     assert [a for a in booked(store) if a[0] == "thursday"] == [("thursday", "10:00", "Jane Doe")]
 
 
-def test_context_is_shared_between_workers(app):
-    a = Receptionist(open_store(app.config["DATABASE_URL"]), 0)
-    b = Receptionist(open_store(app.config["DATABASE_URL"]), 0)
+def test_context_is_shared_between_workers(opened):
+    a = Receptionist(opened(), 0)
+    b = Receptionist(opened(), 0)
     say(a, "I need an appointment", call="shared")
     _, final = say(b, "Saturday", call="shared")
     assert final.text.startswith("On Saturday I have 10 AM, 11 AM and noon.")
@@ -172,44 +191,129 @@ def test_parsers():
 # -- the calendar's guarantees on both databases ----------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        url = "sqlite:///" + str(tmp_path / "records.db")
-    else:
-        url = request.getfixturevalue("pg_url")
-    store = open_store(url)
+@pytest.fixture
+def core_store(database_url):
+    """A store with the core schema only, as any app's."""
+    store = open_store(database_url)
     store.migrate()
-    store.migrate()  # the seed is idempotent
     yield store
     store.close()
 
 
-def test_racing_callers_cannot_double_book_a_slot(store):
+@pytest.fixture
+def records(core_store):
+    DemoRecords(core_store)
+    return DemoRecords(core_store)  # a second start: the seed is idempotent
+
+
+def test_racing_callers_cannot_double_book_a_slot(records):
     with ThreadPoolExecutor(8) as pool:
         outcomes = list(pool.map(
-            lambda i: store.demo_book("friday", "10:00", f"Caller {i}", f"+1555000{i:04d}",
-                                      f"whd_{i}")[0],
+            lambda i: records.book("friday", "10:00", f"Caller {i}", f"+1555000{i:04d}",
+                                   f"whd_{i}")[0],
             range(8)))
     assert sorted(outcomes) == ["booked"] + ["taken"] * 7
-    assert len([a for a in store.demo_appointments() if a["day"] == "friday"]) == 1
+    assert len([a for a in records.appointments() if a["day"] == "friday"]) == 1
 
 
-def test_concurrent_retries_of_one_turn_book_once(store):
+def test_concurrent_retries_of_one_turn_book_once(records):
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(
-            lambda slot: store.demo_book("friday", slot, "Jane Doe", JANE, "whd_same"),
+            lambda slot: records.book("friday", slot, "Jane Doe", JANE, "whd_same"),
             ["11:00"] * 4 + ["14:00"] * 4))
     assert sorted(r[0] for r in results).count("booked") == 1
     assert {r[0] for r in results} <= {"booked", "repeated"}
     assert len({r[1]["id"] for r in results}) == 1
-    assert len(store.demo_appointments(phone=JANE)) == 1
+    assert len(records.appointments(phone=JANE)) == 1
 
 
-def test_cancel_is_idempotent_per_delivery_and_frees_the_slot(store):
-    _, appointment = store.demo_book("monday", "14:00", "Jane Doe", JANE, "b1")
-    assert store.demo_cancel(appointment["id"], "c1")[0] == "cancelled"
-    assert store.demo_cancel(appointment["id"], "c1")[0] == "repeated"
-    assert store.demo_cancel(appointment["id"], "c2")[0] == "not_found"
-    assert store.demo_book("monday", "14:00", "Sam Patel", None, "b2")[0] == "booked"
-    assert store.demo_book("sunday", "10:00", "Sam Patel", None, "b3") == ("no_such_slot", None)
+def test_cancel_is_idempotent_per_delivery_and_frees_the_slot(records):
+    _, appointment = records.book("monday", "14:00", "Jane Doe", JANE, "b1")
+    assert records.cancel(appointment["id"], "c1")[0] == "cancelled"
+    assert records.cancel(appointment["id"], "c1")[0] == "repeated"
+    assert records.cancel(appointment["id"], "c2")[0] == "not_found"
+    assert records.book("monday", "14:00", "Sam Patel", None, "b2")[0] == "booked"
+    assert records.book("sunday", "10:00", "Sam Patel", None, "b3") == ("no_such_slot", None)
+
+
+# -- the demo's tables exist only where the demo runs -----------------------------------------
+
+
+class QuietAgent(Agent):
+    def respond(self, turn):
+        yield Reply("Hello.")
+
+
+def tables(store):
+    if store.backend == "sqlite":
+        rows = store.rows(("name",), "FROM sqlite_master WHERE type = 'table'")
+    else:
+        rows = store.rows(("tablename",), "FROM pg_tables WHERE schemaname = 'public'")
+    return {next(iter(row.values())) for row in rows}
+
+
+def test_a_custom_agent_gets_no_demo_tables(make_app, database_url):
+    names = tables(make_app(DATABASE_URL=database_url, AGENT=QuietAgent()).extensions["store"])
+    assert {"deliveries", "jobs", "agent_sessions", "outbox", "call_records"} <= names
+    assert sorted(n for n in names if n.startswith("demo_")) == []
+    # The demo agent on the same database adds them.
+    store = make_app(DATABASE_URL=database_url).extensions["store"]
+    assert {"demo_customers", "demo_orders", "demo_slots", "demo_appointments",
+            "demo_schema_version"} <= tables(store)
+    assert store.schema_version(schema.VERSION_TABLE) == len(schema.MIGRATIONS)
+
+
+@pytest.mark.parametrize(("agent", "name", "unused"), [
+    ("None", "Receptionist", "openai"),  # the default: the demo, without the LLM client
+    ("Agent()", "Agent", "app.demo"),  # another agent: no demo
+])
+def test_what_the_app_imports(tmp_path, agent, name, unused):
+    code = (
+        "import sys\n"
+        "from app import create_app\n"
+        "from app.agent import Agent\n"
+        f"app = create_app({{'WEBHOOK_SECRETS': ('s',), 'AGENT': {agent}, 'LLM_BASE_URL': None, "
+        f"'LLM_API_KEY': None, 'DATABASE_URL': 'sqlite:///{tmp_path}/x.db'}})\n"
+        "app.extensions['store'].close()\n"
+        "print(type(app.extensions['agent']).__name__)\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('app.', 'openai'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    created, modules = out.stdout.splitlines()
+    assert created == name
+    assert "'app.agent'" in modules
+    assert f"'{unused}" not in modules
+
+
+def test_a_0_1_0_database_keeps_its_demo_data(core_store):
+    # 0.1.0's core migration 2 made the demo tables and seeded them, with no version of their
+    # own; since then Maria's seeded appointment was cancelled.
+    core_store.run(lambda cur: [cur.execute(statement) for statement in
+                                statements(schema.MIGRATIONS[0], core_store.types)])
+    core_store.run(lambda cur: cur.execute("UPDATE demo_appointments SET status = 'cancelled'"))
+    records = DemoRecords(core_store)
+    assert core_store.schema_version(schema.VERSION_TABLE) == len(schema.MIGRATIONS)
+    assert records.appointments() == []  # not booked again by the seed
+    assert len(records.appointments(status="cancelled")) == 1
+    assert [c["name"] for c in records.customers()] == [
+        "Jane Doe", "Lee Chen", "Maria Garcia", "Sam Patel"]
+    assert records.open_slots("monday")[0] == {"day": "monday", "slot_time": "09:00"}
+
+
+def test_demo_tables_wait_for_a_database_that_is_down(tmp_path):
+    path = tmp_path / "later.db"
+    path.mkdir()  # a directory: the database cannot be opened yet
+    store = open_store(f"sqlite:///{path}")
+    try:
+        with pytest.raises(StoreUnavailable):
+            store.migrate()
+        store.migrate_on_first_use()
+        records = DemoRecords(store)  # the app still starts
+        with pytest.raises(StoreUnavailable):
+            records.customers()
+        path.rmdir()
+        assert len(records.customers()) == 4
+        assert store.schema_version(schema.VERSION_TABLE) == len(schema.MIGRATIONS)
+    finally:
+        store.close()
