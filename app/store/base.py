@@ -8,10 +8,21 @@ DAY = 86400.0
 
 
 class StoreUnavailable(ServiceUnavailable):
-    """The database cannot be reached or written; the platform should retry (503)."""
+    """The database cannot be reached or written; the platform should retry (503).
+
+    ``detail`` (the driver's own words) is what ``str()`` gives, for logs and the operator's
+    CLI; a response body carries only ``message``, which names no internals.
+    """
 
     code = "STORE_UNAVAILABLE"
     message = "Event store unavailable, retry later"
+
+    def __init__(self, detail=None):
+        super().__init__()
+        self.detail = detail
+
+    def __str__(self):
+        return self.detail or self.message
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,10 @@ class SQLStore(RecordsMixin):
         """Serialize concurrent migrations; the backend's transaction may already do it."""
 
     def ping(self):
-        self._one("SELECT 1")
+        """Raise StoreUnavailable unless the store takes a write: a transaction that takes the
+        write lock and changes nothing (a read-only file or standby fails it)."""
+        self._run(lambda cur: cur.execute(
+            "UPDATE schema_version SET applied_at = applied_at WHERE version < 0"))
 
     def schema_version(self):
         return self._one("SELECT MAX(version) FROM schema_version")[0]
