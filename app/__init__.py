@@ -41,10 +41,20 @@ def create_app(test_config=None):
 def _configure_logging(level):
     root = logging.getLogger()
     if not any(getattr(h, "_agentphone", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stdout)
+        handler = EscapingStreamHandler(sys.stdout)
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
         )
         handler._agentphone = True
         root.addHandler(handler)
     root.setLevel(level)
+
+
+class EscapingStreamHandler(logging.StreamHandler):
+    """A stream handler that never drops a line: characters the stream cannot encode (a lone
+    surrogate from a delivery, say) are written as backslash escapes."""
+
+    def format(self, record):
+        text = super().format(record)
+        encoding = getattr(self.stream, "encoding", None) or "utf-8"
+        return text.encode(encoding, "backslashreplace").decode(encoding)
