@@ -16,8 +16,7 @@ def create_app(test_config=None):
     config.load_dotenv_file()
     app.config.update(config.from_env(app.instance_path, require_secret=test_config is None))
     app.config.update(test_config or {})
-    if not app.config["WEBHOOK_SECRETS"]:
-        raise config.ConfigError("no webhook secret configured")
+    config.check_secrets(app.config["WEBHOOK_SECRETS"])
     _configure_logging(app.config.get("LOG_LEVEL", "INFO"))
     if app.config.get("DEV_MODE"):
         app.logger.warning(
