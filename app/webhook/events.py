@@ -47,11 +47,25 @@ class Event:
         return None
 
 
+MAX_ID_LENGTH = 200
+HASHED = "sha256:"
+
+
 def delivery_id(header_value, body):
-    """The idempotency key: X-Webhook-ID, else a hash of the signed body."""
-    if header_value and header_value.strip():
-        return header_value.strip()[:200]
-    return "sha256:" + hashlib.sha256(body).hexdigest()
+    """The idempotency key: X-Webhook-ID, else a hash of the signed body.
+
+    An id kept verbatim is short printable ASCII; any other id (too long for the key columns,
+    control characters, or one that looks like a hash) is stored as ``sha256:id:<hex>`` of
+    the whole id, so distinct ids never share a key. A body hash is ``sha256:<hex>``.
+    """
+    value = (header_value or "").strip()
+    if not value:
+        return HASHED + hashlib.sha256(body).hexdigest()
+    if (len(value) <= MAX_ID_LENGTH and value.isascii() and value.isprintable()
+            and not value.startswith(HASHED)):
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
+    return f"{HASHED}id:{digest}"
 
 
 def parse(body):
