@@ -5,9 +5,10 @@ import logging
 import time
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
+from gunicorn.http.errors import ParseException
 
 from app.agent.base import Turn
-from app.errors import PayloadTooLarge
+from app.errors import BadRequest, PayloadTooLarge, field_error
 from app.store import get_store
 from app.voice.hangup import caller_socket
 from app.voice.ndjson import Body, line
@@ -41,13 +42,19 @@ def verify_signature():
 
 def _raw_body():
     """The body bytes exactly as sent, before any JSON parsing (SPEC 1.5)."""
-    body = request.get_data(cache=True)
-    # A chunked body has no Content-Length: Werkzeug stops reading at the limit without
-    # saying so, and the truncated body would be rejected as a bad signature instead.
-    if (request.content_length is None
-            and len(body) >= current_app.config["MAX_CONTENT_LENGTH"]
-            and request.environ["wsgi.input"].read(1)):
-        raise PayloadTooLarge()
+    try:
+        body = request.get_data(cache=True)
+        # A chunked body has no Content-Length: Werkzeug stops reading at the limit without
+        # saying so, and the truncated body would be rejected as a bad signature instead.
+        if (request.content_length is None
+                and len(body) >= current_app.config["MAX_CONTENT_LENGTH"]
+                and request.environ["wsgi.input"].read(1)):
+            raise PayloadTooLarge()
+    except (OSError, ParseException) as exc:
+        # A malformed chunk size or terminator, or a body cut short: the client's fault.
+        log.warning("unreadable body from %s: %s", request.remote_addr, type(exc).__name__)
+        raise BadRequest("Request body could not be read",
+                         [field_error("body", "malformed or incomplete")]) from None
     return body
 
 
