@@ -22,6 +22,7 @@ from flask import current_app
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from app.agent.base import Reply, Turn
+from app.errors import BadRequest, Unretryable
 from app.store import get_store
 from app.webhook import events
 
@@ -41,7 +42,7 @@ def collect_text(agent, turn):
 
 
 def text_message(job):
-    event = events.parse(job.payload.encode("utf-8"))
+    event = _event(job)
     if event.data.get("direction") != "inbound":
         log.info("job %s: %s message is not inbound, no reply", job.id, event.channel)
         return
@@ -134,7 +135,7 @@ def _never_connected(exc):
 
 
 def reaction(job):
-    event = events.parse(job.payload.encode("utf-8"))
+    event = _event(job)
     data = event.data
     new = get_store().save_reaction(job.delivery_id or f"job:{job.id}", {
         "conversation_id": _str(data.get("conversationId")),
@@ -148,7 +149,7 @@ def reaction(job):
 
 
 def call_ended(job):
-    event = events.parse(job.payload.encode("utf-8"))
+    event = _event(job)
     data = event.data
     call_id = _str(data.get("callId"))
     if not call_id:
@@ -177,6 +178,14 @@ def call_ended(job):
     }, delivery_id=job.delivery_id)
     log.info("job %s: call %s ended after %ss (%s), record %s", job.id, call_id, duration,
              data.get("disconnectionReason"), "stored" if new else "already stored")
+
+
+def _event(job):
+    """The job's stored delivery, parsed; one that fails the checks never will."""
+    try:
+        return events.parse(job.payload.encode("utf-8"))
+    except BadRequest as exc:
+        raise Unretryable(f"stored delivery is invalid: {exc.message} {exc.details}") from None
 
 
 def _str(value):

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from app.errors import ServiceUnavailable
+from app.errors import BadRequest, ServiceUnavailable, Unretryable
 
 DAY = 86400.0
 
@@ -23,6 +23,13 @@ class StoreUnavailable(ServiceUnavailable):
 
     def __str__(self):
         return self.detail or self.message
+
+
+class UnstorableValue(BadRequest, Unretryable):
+    """The database refused a value (out of range, not encodable): the same value is refused
+    every time, so a request gets 400 and a job is dead-lettered at once."""
+
+    message = "A value in the delivery cannot be stored"
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 
-from app.store.base import Job, Retention, StoreUnavailable
+from app.store.base import Job, Retention, StoreUnavailable, UnstorableValue
 from app.store.records import RecordsMixin
 from app.store.schema import MIGRATIONS, statements
 
@@ -25,12 +25,14 @@ JOB_COLUMNS = (
 
 class SQLStore(RecordsMixin):
     """Shared implementation; subclasses define `backend`, `types`, `lock_clause`, `_connection`,
-    `_cursor(transaction)` and `errors` (the driver's base exception classes)."""
+    `_cursor(transaction)`, `errors` (the driver's base exception classes) and
+    `value_errors` (raised for a value the database can never take)."""
 
     backend = "sql"
     types = {}
     lock_clause = ""
     errors = ()
+    value_errors = (OverflowError, UnicodeEncodeError)
 
     def __init__(self, clock=time.time):
         self.clock = clock
@@ -51,6 +53,9 @@ class SQLStore(RecordsMixin):
         try:
             with self._cursor(transaction) as cur:
                 return fn(cur)
+        except self.value_errors as exc:
+            log.warning("%s store refused a value: %s", self.backend, exc)
+            raise UnstorableValue() from exc
         except self.errors as exc:
             raise StoreUnavailable(f"{self.backend} store error: {exc}") from exc
 
