@@ -32,6 +32,23 @@ class UnstorableValue(BadRequest, Unretryable):
     message = "A value in the delivery cannot be stored"
 
 
+class Replayed(Exception):
+    """These signed bytes were accepted before under another delivery id: a replay."""
+
+    def __init__(self, first_delivery_id):
+        super().__init__(first_delivery_id)
+        self.first_delivery_id = first_delivery_id
+
+
+@dataclass(frozen=True)
+class SignedBytes:
+    """What a delivery's signature covers (a digest of timestamp and body), remembered until
+    ``expires_at``, after which a copy could no longer pass verification."""
+
+    digest: str
+    expires_at: float
+
+
 @dataclass(frozen=True)
 class Job:
     id: int

@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 
-from app.store.base import Job, Retention, StoreUnavailable, UnstorableValue
+from app.store.base import Job, Replayed, Retention, StoreUnavailable, UnstorableValue
 from app.store.records import RecordsMixin
 from app.store.schema import MIGRATIONS, statements
 
@@ -131,11 +131,14 @@ class SQLStore(RecordsMixin):
 
     # -- deliveries -------------------------------------------------------------------------
 
-    def claim_delivery(self, delivery_id, event):
-        """Record a delivery id; True if this call is the first to see it."""
-        return self._run(lambda cur: self._claim(cur, delivery_id, event))
+    def claim_delivery(self, delivery_id, event, signed=None):
+        """Record a delivery id; True if this call is the first to see it. With ``signed``
+        (SignedBytes), raises Replayed when those bytes came before under another id."""
+        return self._run(lambda cur: self._claim(cur, delivery_id, event, signed))
 
-    def _claim(self, cur, delivery_id, event):
+    def _claim(self, cur, delivery_id, event, signed=None):
+        if signed is not None:
+            self._refuse_replay(cur, delivery_id, signed)
         cur.execute(
             "INSERT INTO deliveries (id, event, received_at) VALUES (?, ?, ?) "
             "ON CONFLICT (id) DO NOTHING",
@@ -143,11 +146,28 @@ class SQLStore(RecordsMixin):
         )
         return cur.rowcount == 1
 
-    def claim_with_job(self, delivery_id, event, kind, payload):
-        """Claim a delivery and enqueue its job atomically; True if it was new."""
+    def _refuse_replay(self, cur, delivery_id, signed):
+        # In the claim's transaction: a replay leaves nothing behind, and costs no commit.
+        cur.execute(
+            "INSERT INTO signed_requests (digest, delivery_id, expires_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (digest) DO NOTHING",
+            (signed.digest, delivery_id, signed.expires_at),
+        )
+        if cur.rowcount == 1:
+            return
+        cur.execute("SELECT delivery_id FROM signed_requests WHERE digest = ?",
+                    (signed.digest,))
+        row = cur.fetchone()
+        # The same id again is a plain duplicate (a resend of the very same request).
+        if row is not None and row[0] != delivery_id:
+            raise Replayed(row[0])
+
+    def claim_with_job(self, delivery_id, event, kind, payload, signed=None):
+        """Claim a delivery and enqueue its job atomically; True if it was new. ``signed`` as
+        for claim_delivery."""
 
         def claim(cur):
-            if not self._claim(cur, delivery_id, event):
+            if not self._claim(cur, delivery_id, event, signed):
                 return False
             now = self.clock()
             cur.execute(
@@ -275,8 +295,8 @@ class SQLStore(RecordsMixin):
 
     def prune(self, retention=DEFAULT_RETENTION):
         """Delete what has outlived its use: delivery ids with their voice replies and reply
-        outbox rows, finished jobs, and idle agent sessions. Call records, reactions and dead
-        jobs are kept."""
+        outbox rows, finished jobs, idle agent sessions, and signed bytes too old to pass
+        verification. Call records, reactions and dead jobs are kept."""
         now = self.clock()
         deliveries = now - retention.deliveries
         expired = [
@@ -286,6 +306,7 @@ class SQLStore(RecordsMixin):
             ("DELETE FROM jobs WHERE status = 'done' AND updated_at < ?",
              now - retention.finished_jobs),
             ("DELETE FROM agent_sessions WHERE updated_at < ?", now - retention.sessions),
+            ("DELETE FROM signed_requests WHERE expires_at < ?", now),
         ]
 
         def prune(cur):

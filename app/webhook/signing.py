@@ -10,6 +10,8 @@ import hmac
 from app.errors import Unauthorized
 
 TOLERANCE = 300
+# Kept this much past the tolerance: servers sharing a store may disagree about the time.
+REPLAY_MARGIN = 300
 PREFIX = "sha256="
 
 
@@ -62,3 +64,10 @@ def verify(secrets, signature, timestamp, body, now, tolerance=TOLERANCE):
         matched |= hmac.compare_digest(expected, given)
     if not matched:
         raise InvalidSignature()
+
+
+def signed_digest(timestamp, body):
+    """A digest of exactly what the signature covers, and until when (unix seconds) a copy
+    of it could still pass ``verify``: the key for refusing replays."""
+    digest = hashlib.sha256(timestamp.encode("utf-8") + b"." + body).hexdigest()
+    return digest, parse_timestamp(timestamp) + TOLERANCE + REPLAY_MARGIN

@@ -9,7 +9,7 @@ from gunicorn.http.errors import ParseException
 
 from app.agent.base import Turn
 from app.errors import BadRequest, PayloadTooLarge, field_error
-from app.store import get_store
+from app.store import Replayed, SignedBytes, get_store
 from app.voice.hangup import caller_socket
 from app.voice.ndjson import Body, line
 from app.voice.replay import ReplayAgent
@@ -37,6 +37,7 @@ def verify_signature():
         log.warning("rejected delivery from %s: %s", request.remote_addr, exc.code)
         raise
     g.delivery_id = events.delivery_id(request.headers.get("X-Webhook-ID"), body)
+    g.signed = SignedBytes(*signing.signed_digest(request.headers["X-Webhook-Timestamp"], body))
     g.event = events.parse(body)
 
 
@@ -69,7 +70,7 @@ def receive():
                  delivery_id, event.event, event.channel)
         return _ack()
     payload = request.get_data(as_text=True)
-    if get_store().claim_with_job(delivery_id, event.event, kind, payload):
+    if get_store().claim_with_job(delivery_id, event.event, kind, payload, g.signed):
         log.info("delivery %s: %s queued as %s job", delivery_id, event.event, kind)
         current_app.extensions["job_runner"].wake()
     else:
@@ -81,13 +82,21 @@ def _ack():
     return jsonify(ok=True)
 
 
+@bp.errorhandler(Replayed)
+def _replayed(exc):
+    """The same signed bytes under a new delivery id: acknowledged, with no effect."""
+    log.warning("delivery %s from %s: replay of delivery %s, ignored", g.delivery_id,
+                request.remote_addr, exc.first_delivery_id)
+    return _ack()
+
+
 def _voice_turn(event, delivery_id):
     store = get_store()
     turn = Turn.from_event(event, delivery_id)
     deadline = deadline_for(current_app.config["VOICE_TIMEOUT"])
     sock = caller_socket(request.environ)
     # Claimed here, in the view: Flask tears down the request context before the stream runs.
-    if store.claim_delivery(delivery_id, event.event):
+    if store.claim_delivery(delivery_id, event.event, g.signed):
         agent = current_app.extensions["agent"]
         # A partial rather than a closure: it lives as long as the held stream, and is smaller.
         on_final = functools.partial(store.save_voice_reply, delivery_id)
