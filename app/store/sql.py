@@ -121,6 +121,9 @@ class SQLStore(RecordsMixin):
         """Serialize concurrent migrations; the backend's transaction may already do it."""
 
     def ping(self):
+        self._one("SELECT 1")
+
+    def check_writable(self):
         """Raise StoreUnavailable unless the store takes a write: a transaction that takes the
         write lock and changes nothing (a read-only file or standby fails it)."""
         self._run(lambda cur: cur.execute(
