@@ -2,6 +2,13 @@
 
 import gc
 import os
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+# Before PORT and WEB_CONCURRENCY are read: the app would load .env only in the workers, too
+# late for them. Real environment variables win, as in the app.
+load_dotenv(Path.cwd() / ".env", override=False)
 
 bind = f"0.0.0.0:{os.environ.get('PORT') or 8000}"
 workers = int(os.environ.get("WEB_CONCURRENCY") or 2)
@@ -28,12 +35,20 @@ os.environ.setdefault("GEVENT_TRACK_GREENLET_TREE", "0")
 def post_worker_init(worker):
     """Freeze start-up objects out of the garbage collector (a full collection walking them
     stopped every held stream for ~10 ms), then start this worker's job runner, so that jobs
-    left by a crash run without waiting for the next request."""
+    left by a crash run without waiting for the next request. In development mode the first
+    worker logs the webhook URL at the address really bound."""
     gc.collect()
     gc.freeze()
     app = worker.wsgi
     if app.config.get("JOB_RUNNER"):
         app.extensions["job_runner"].start()
+    if worker.age == 1:  # the first worker speaks for all: one banner per server
+        from app import log_dev_banner
+
+        for listener in worker.sockets:
+            address = listener.getsockname()
+            if isinstance(address, tuple):  # TCP, not a unix socket
+                log_dev_banner(app, *address[:2])
 
 
 

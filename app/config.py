@@ -2,11 +2,13 @@
 table)."""
 
 import contextlib
+import logging
 import os
 import secrets
 from pathlib import Path
 
 from dotenv import load_dotenv
+from flask import Flask
 
 DEFAULT_API_URL = "https://api.agentphone.ai"
 
@@ -23,6 +25,8 @@ SETTINGS = {
     "AGENTPHONE_API_URL": (DEFAULT_API_URL, "Base URL of the AgentPhone REST API."),
     "VOICE_TIMEOUT": ("30", "Seconds the platform waits for a voice reply (5-120); the final line "
                             "is sent before it."),
+    "VOICE_FILLER_AFTER": ("8", "Seconds a voice turn may say nothing before a short filler line "
+                                "is spoken (again after each such silence); 0 = never."),
     "AGENT": (None, "Import path module:callable of your agent factory, called with the app; "
                     "default: the built-in agent."),
     "DEMO_TOOL_LATENCY": ("0.5", "Seconds each demo tool takes (simulates a slow upstream)."),
@@ -38,7 +42,7 @@ SETTINGS = {
                               "may be shorter); a late call is reported to the model as timed "
                               "out."),
     "JOB_RUNNER": ("on", "on = run background jobs in each web worker; off = leave them to "
-                         "`flask agentphone worker`."),
+                         "`agentphone worker`."),
     "JOB_CONCURRENCY": ("4", "Jobs one process runs at the same time."),
     "JOB_MAX_ATTEMPTS": ("5", "Attempts before a job is dead-lettered."),
     "JOB_LEASE": ("60", "Seconds a claimed job is reserved for its worker before another may "
@@ -65,6 +69,20 @@ def env(name):
 def load_dotenv_file():
     """Read .env from the working directory (development); real environment variables win."""
     load_dotenv(Path.cwd() / ".env", override=False)
+
+
+def instance_path():
+    """The instance folder of the app (development secret, default SQLite file), without
+    building the app."""
+    return Flask("app", instance_relative_config=True).instance_path
+
+
+def log_level():
+    """LOG_LEVEL as a logging level name; raises ConfigError for one logging does not know."""
+    level = env("LOG_LEVEL").upper()
+    if level not in logging.getLevelNamesMapping():
+        raise ConfigError(f"LOG_LEVEL={env('LOG_LEVEL')!r} is not a logging level")
+    return level
 
 
 def parse_secrets(raw):
@@ -140,6 +158,7 @@ def from_env(instance_path, require_secret=True):
         "AGENTPHONE_API_KEY": env("AGENTPHONE_API_KEY"),
         "AGENTPHONE_API_URL": env("AGENTPHONE_API_URL").rstrip("/"),
         "VOICE_TIMEOUT": _number("VOICE_TIMEOUT", float, 5, 120),
+        "VOICE_FILLER_AFTER": _number("VOICE_FILLER_AFTER", float, 0, 120),
         "AGENT_FACTORY": env("AGENT"),
         "DEMO_TOOL_LATENCY": _number("DEMO_TOOL_LATENCY", float, 0, 600),
         "LLM_BASE_URL": env("LLM_BASE_URL"),
@@ -154,5 +173,5 @@ def from_env(instance_path, require_secret=True):
         "JOB_MAX_ATTEMPTS": _number("JOB_MAX_ATTEMPTS", int, 1, 100),
         "JOB_LEASE": _number("JOB_LEASE", float, 1, 86400),
         "JOB_GRACE": _number("JOB_GRACE", float, 0, 3600),
-        "LOG_LEVEL": env("LOG_LEVEL").upper(),
+        "LOG_LEVEL": log_level(),
     }

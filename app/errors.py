@@ -67,7 +67,12 @@ def _http_exception(exc):
     err = APIError(exc.description)
     err.status = exc.code or 500
     err.code = (exc.name or "error").upper().replace(" ", "_")
-    return render(err)
+    response = render(err)
+    # Keep the headers the status calls for (Allow on a 405), not Werkzeug's HTML type.
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
 
 
 def _unexpected(exc):

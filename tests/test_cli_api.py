@@ -31,7 +31,7 @@ STATS = {"total": 2, "success": 1, "failed": 1, "pending": 0, "successRate": 50.
 
 @pytest.fixture
 def run(fake_api, tmp_path):
-    """Invoke `flask agentphone ...` against the fake; returns click's Result."""
+    """Invoke `flask --app wsgi agentphone ...` against the fake; returns click's Result."""
     app = create_app({
         "TESTING": True, "WEBHOOK_SECRETS": ("whsec_test",),
         "DATABASE_URL": "sqlite:///" + str(tmp_path / "t.db"), "AGENTPHONE_API_KEY": "sk_test",
@@ -151,11 +151,33 @@ def test_send(fake_api, run):
         "msg_9")
 
 
-def test_send_needs_a_sender(fake_api, run):
+def agent(agent_id):
+    return {"id": agent_id, "name": "Front desk", "description": None, "voiceMode": "webhook",
+            "createdAt": "2025-01-15T12:00:00Z"}
+
+
+def test_send_from_the_accounts_only_agent(fake_api, run):
+    fake_api.on("GET", "/v1/agents", offset_list([agent("agt_only")]))
+    fake_api.on("POST", "/v1/messages", {"id": "msg_9", "status": "sent", "channel": "sms",
+                                         "from_number": "+14155550001",
+                                         "to_number": "+14155552671"})
+    result = run("send", "+14155552671", "hi")
+    assert result.exit_code == 0, result.output
+    assert fake_api.last("POST", "/v1/messages").body == {
+        "agent_id": "agt_only", "to_number": "+14155552671", "body": "hi"}
+
+
+@pytest.mark.parametrize(("agents", "said"), [
+    (["agt_a", "agt_b"], "this account has 2 agents (agt_a, agt_b): give --agent-id"),
+    ([f"agt_{n}" for n in range(12)], "this account has 12 agents (agt_0, agt_1, "),
+    ([], "this account has no agent to send from"),
+])
+def test_send_without_a_sender_asks_for_one(fake_api, run, agents, said):
+    fake_api.on("GET", "/v1/agents", offset_list([agent(a) for a in agents]))
     result = run("send", "+14155552671", "hi")
     assert result.exit_code == 2
-    assert "--agent-id or --number-id" in result.stderr
-    assert fake_api.requests == []
+    assert said in result.stderr
+    assert fake_api.count("POST", "/v1/messages") == 0
 
 
 def test_send_validation_error_lists_fields(fake_api, run):

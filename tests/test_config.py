@@ -1,13 +1,15 @@
 """Configuration: fail closed without a secret, development secret, validated settings."""
 
+import os
 import re
 import subprocess
+import time
 
 import pytest
 
 from app import config, create_app
 from app.store.sqlite import path_from_url
-from tests.servers import GUNICORN, ROOT, free_port
+from tests.servers import GUNICORN, ROOT, Server, free_port, wait_healthy
 
 pytest_plugins = ["tests.postgres"]  # pg_server, pg_url
 
@@ -88,3 +90,28 @@ def test_pool_limit_reaches_the_postgres_pool(make_app, pg_url):
     assert store.max_size == 3
     with app.test_client() as client:
         assert client.get("/healthz").get_json() == {"ok": True, "store": "postgresql"}
+
+
+@pytest.mark.slow
+def test_gunicorn_takes_port_and_workers_from_dotenv(tmp_path):
+    port = free_port()
+    (tmp_path / ".env").write_text(
+        f"PORT={port}\nWEB_CONCURRENCY=3\nAGENTPHONE_WEBHOOK_SECRET=whsec_dotenv\n"
+        f"DATABASE_URL=sqlite:///{tmp_path / 'dotenv.db'}\n")
+    env = {k: v for k, v in os.environ.items() if k not in config.SETTINGS}
+    log_path = tmp_path / "gunicorn.log"
+    log_file = log_path.open("w")
+    # Started from the folder holding .env, as a VM's service or a Procfile runs it.
+    process = subprocess.Popen([str(GUNICORN), "-c", str(ROOT / "gunicorn.conf.py"),
+                                "--pythonpath", str(ROOT), "wsgi:app"], cwd=tmp_path, env=env,
+                               stdout=log_file, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", process, log_path, log_file)
+    try:
+        wait_healthy(server.url, process, log_path)
+        deadline = time.monotonic() + 20
+        while len(server.worker_pids()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(server.worker_pids()) == 3
+        assert f"Listening at: http://0.0.0.0:{port}" in server.log()
+    finally:
+        server.stop()

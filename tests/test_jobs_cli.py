@@ -1,5 +1,6 @@
-"""`flask agentphone jobs [--dead]`, `jobs retry ID` and the worker process's loop."""
+"""`agentphone jobs [--dead|--status S] [--json]`, `jobs retry ID` and the worker process's loop."""
 
+import json
 import threading
 import time
 
@@ -56,6 +57,31 @@ def test_jobs_list_dead_and_retry(app):
     assert "no job 999999" in result.output
 
 
+def test_jobs_json_and_status(app):
+    store = app.extensions["store"]
+    done = store.enqueue("reaction", '{"event": "agent.reaction"}', delivery_id="whd_1")
+    store.claim_job("w", 60)
+    store.finish_job(done)
+    pending = store.enqueue("call_ended", "{}")
+    cli = app.test_cli_runner()
+
+    result = cli.invoke(args=["agentphone", "jobs", "--json", "--status", "done"])
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.stdout)
+    assert listed["totals"] == {"done": 1, "pending": 1}
+    [job] = listed["jobs"]
+    assert {k: job[k] for k in ("id", "kind", "status", "attempts", "delivery_id", "payload")} == {
+        "id": done, "kind": "reaction", "status": "done", "attempts": 1,
+        "delivery_id": "whd_1", "payload": '{"event": "agent.reaction"}'}
+    result = cli.invoke(args=["agentphone", "jobs", "--json", "--status", "pending"])
+    assert [j["id"] for j in json.loads(result.stdout)["jobs"]] == [pending]
+
+    result = cli.invoke(args=["agentphone", "jobs", "--status", "failed"])
+    assert result.exit_code == 2
+    assert "'failed' is not one of 'pending', 'running', 'done', 'dead'" in result.stderr
+    assert cli.invoke(args=["agentphone", "jobs", "--limit", "0"]).exit_code == 2
+
+
 def test_jobs_when_the_store_is_down(app, monkeypatch):
     from app.store import StoreUnavailable
 
@@ -68,13 +94,13 @@ def test_jobs_when_the_store_is_down(app, monkeypatch):
     assert "connection refused" in result.output
 
 
-# -- the worker loop (threads, as in `flask agentphone worker`) ----------------------------
+# -- the worker loop (threads, as in `agentphone worker`) ----------------------------------
 
 
 @pytest.fixture
 def worker(app):
     """``worker(handlers, lease=..., grace=...)`` -> the job runner running in a thread, as in
-    `flask agentphone worker`."""
+    `agentphone worker`."""
     started = []
 
     def start(handlers, lease=60.0, grace=5.0, concurrency=4):

@@ -47,6 +47,6 @@ def test_the_app_log_keeps_a_line_with_a_lone_surrogate(tmp_path):
                             timeout=60, check=False, env={"PYTHONIOENCODING": "utf-8:strict",
                                                            "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
-    assert b"caller said hi \\ud800 there" in result.stdout
-    assert b"after" in result.stdout
+    assert b"caller said hi \\ud800 there" in result.stderr
+    assert b"after" in result.stderr
     assert b"Logging error" not in result.stderr

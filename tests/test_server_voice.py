@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from app.agent.base import Agent
 from app.simulator import payload, signed_request
 from app.voice.streamer import LATE_TEXT
 from tests.conftest import SECRET
@@ -107,3 +108,43 @@ def test_fifty_concurrent_copies_of_one_voice_turn_run_once(voice_server, effect
     finals = {json.dumps(check_stream(lines)[-1]) for _, lines in results}
     assert finals == {json.dumps({"text": "Tool said done for once."})}
     assert effects() == [headers["X-Webhook-ID"]]
+
+
+def test_long_silence_gets_filler_lines_while_the_tool_runs(voice_server, effects):
+    server = voice_server(TEST_TOOL_SECONDS=2.5, VOICE_FILLER_AFTER=1)
+    raw, headers = signed_request(SECRET, payload("voice", "slow"))
+    response, lines = post_stream(server.webhook, raw, headers)
+    assert response.headers["Cache-Control"] == "no-cache, no-transform"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    assert check_stream(lines) == [{"text": "Checking.", "interim": True},
+                                   {"text": "Still here.", "interim": True},
+                                   *({"text": text, "interim": True} for text in Agent.fillers),
+                                   {"text": "Tool said done for slow."}]
+    first_filler_at, final_at = lines[2][0], lines[-1][0]
+    assert 0.9 <= first_filler_at < 2.5 <= final_at  # while the tool was still running
+    assert effects() == [headers["X-Webhook-ID"]]
+
+
+def test_filler_lines_reach_an_http_1_0_client(voice_server):
+    server = voice_server(TEST_TOOL_SECONDS=1.5, VOICE_FILLER_AFTER=1)
+    raw, headers = signed_request(SECRET, payload("voice", "old"))
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        sock.sendall(f"POST /webhook HTTP/1.0\r\nContent-Length: {len(raw)}\r\n{head}\r\n"
+                     .encode() + raw)
+        received = b""
+        while chunk := sock.recv(4096):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") and b"chunked" not in head.lower()
+    assert [json.loads(line)["text"] for line in body.splitlines()] == [
+        "Checking.", "Still here.", Agent.fillers[0], "Tool said done for old."]
+
+
+def test_filler_after_zero_turns_fillers_off(voice_server):
+    server = voice_server(TEST_TOOL_SECONDS=1.5, VOICE_FILLER_AFTER=0)
+    raw, headers = signed_request(SECRET, payload("voice", "quiet"))
+    _, lines = post_stream(server.webhook, raw, headers)
+    assert [obj["text"] for obj in check_stream(lines)] == [
+        "Checking.", "Still here.", "Tool said done for quiet."]

@@ -136,3 +136,39 @@ def test_open_connection_is_not_mistaken_for_a_hang_up():
 @pytest.mark.parametrize(("timeout", "deadline"), [(5, 4.0), (30, 25.0), (120, 115.0)])
 def test_deadline_leaves_a_margin(timeout, deadline):
     assert deadline_for(timeout) == deadline
+
+
+def test_long_silence_gets_filler_lines_then_one_final():
+    objects = run(ScriptedAgent("Working.", 1.0, Reply("Done.")), filler_after=0.4)
+    texts = [o["text"] for o in objects]
+    assert texts == ["One moment, please.", "Working.", *Agent.fillers, "Done."]
+
+
+def test_filler_after_zero_says_nothing_extra():
+    objects = run(ScriptedAgent("Working.", 0.5, Reply("Done.")), filler_after=0)
+    assert [o["text"] for o in objects] == ["One moment, please.", "Working.", "Done."]
+
+
+def test_agent_chooses_its_filler_interval_and_lines():
+    class Patient(Agent):
+        filler_after = 0.4
+
+        def filler(self, turn, count):
+            return None if count == 2 else f"Filler {count} for {turn.text}."
+
+        def respond(self, turn):
+            time.sleep(1.4)
+            yield Reply("Done.")
+
+    texts = [o["text"] for o in run(Patient(), filler_after=0)]
+    assert texts == ["One moment, please.", "Filler 1 for hello.", "Filler 3 for hello.",
+                     "Done."]
+
+
+def test_failing_filler_is_skipped():
+    class Broken(ScriptedAgent):
+        def filler(self, turn, count):
+            raise RuntimeError("no words")
+
+    objects = run(Broken(0.5, Reply("Done.")), filler_after=0.2)
+    assert [o["text"] for o in objects] == ["One moment, please.", "Done."]

@@ -128,6 +128,7 @@ def test_voice_turn_streams_ndjson(post_signed, fixtures_dir):
     assert response.status_code == 200
     assert response.mimetype == "application/x-ndjson"
     assert response.headers["X-Accel-Buffering"] == "no"
+    assert response.headers["Cache-Control"] == "no-cache, no-transform"
     lines = response.get_data(as_text=True).split("\n")
     assert lines[-1] == ""
     objects = [json.loads(line) for line in lines[:-1]]
@@ -182,3 +183,65 @@ def test_other_routes_answer_json_errors(client, method, path, status):
     response = client.open(path, method=method)
     assert response.status_code == status
     _error(response)
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("GET", "/webhook", {"OPTIONS", "POST"}), ("DELETE", "/webhook/", {"OPTIONS", "POST"}),
+    ("PUT", "/healthz", {"GET", "HEAD", "OPTIONS"}),
+])
+def test_405_names_the_allowed_methods(client, method, path, allow):
+    response = client.open(path, method=method)
+    assert response.status_code == 405
+    assert set(response.headers["Allow"].split(", ")) == allow
+    assert response.mimetype == "application/json"
+    assert _error(response)["code"] == "METHOD_NOT_ALLOWED"
+
+
+@pytest.mark.parametrize("path", ["/webhook", "/webhook/"])
+def test_options_is_answered_without_auth_or_effects(app, client, path):
+    response = client.options(path, data=b'{"event": "agent.message"}')
+    assert response.status_code == 200
+    assert set(response.headers["Allow"].split(", ")) == {"OPTIONS", "POST"}
+    assert response.data == b""
+    assert _jobs(app) == []
+    path = app.config["DATABASE_URL"][len("sqlite:///"):]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM deliveries").fetchone() == (0,)
+
+
+def test_trailing_slash_is_served_without_a_redirect(app, client):
+    raw, headers = signed_request(SECRET, payload("sms"), "whd_slash", timestamp=NOW)
+    response = client.post("/webhook/", data=raw, headers=headers)
+    assert (response.status_code, response.get_json()) == (200, {"ok": True})
+    assert _jobs(app) == [("whd_slash", "text_message", "pending")]
+    raw, headers = signed_request(SECRET, payload("voice"), timestamp=NOW)
+    response = client.post("/webhook/", data=raw, headers=headers)
+    assert response.status_code == 200
+    lines = [json.loads(line) for line in response.data.splitlines()]
+    assert lines[0]["interim"] is True and "interim" not in lines[-1]
+    raw, headers = signed_request("whsec_wrong", payload("sms"), timestamp=NOW)
+    assert client.post("/webhook/", data=raw, headers=headers).status_code == 401
+
+
+@pytest.mark.parametrize("name", ["call_ended-voice.json", "reaction-imessage.json"])
+def test_call_ended_and_reaction_need_no_channel(app, post_signed, fixtures_dir, name):
+    body = json.loads((fixtures_dir / name).read_text())
+    del body["channel"]
+    response = post_signed(body, delivery_id="whd_nochannel")
+    assert (response.status_code, response.get_json()) == (200, {"ok": True})
+    assert app.extensions["job_runner"].run_pending() == 1
+    store = app.extensions["store"]
+    assert [(j.delivery_id, j.status) for j in store.jobs()] == [("whd_nochannel", "done")]
+    if body["event"] == "agent.call_ended":
+        assert store.call_record("call_ghi012")["duration_seconds"] == 330
+    else:
+        assert [r["reaction_type"] for r in store.reactions()] == ["love"]
+
+
+@pytest.mark.parametrize("channel", [None, ""])
+def test_a_message_still_needs_its_channel(post_signed, channel):
+    body = payload("sms")
+    body["channel"] = channel
+    response = post_signed(body)
+    assert response.status_code == 400
+    assert _error(response)["details"] == [{"field": "channel", "message": "required string"}]

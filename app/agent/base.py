@@ -82,10 +82,22 @@ class Agent:
     """Base class for agents; subclasses implement `respond`."""
 
     acknowledgement = "One moment, please."
+    #: Spoken in turn, one each time a voice turn stays silent for ``filler_after`` seconds.
+    fillers = ("Still with you, just a moment.", "Thanks for waiting, I'm still on it.")
+    #: Seconds of silence before a filler line; None: the VOICE_FILLER_AFTER setting; 0: never.
+    filler_after = None
 
     def acknowledge(self, turn):
         """The interim line spoken while the agent works. Must return at once (no I/O)."""
         return self.acknowledgement
+
+    def filler(self, turn, count):
+        """The interim line spoken when the turn has said nothing for ``filler_after`` seconds.
+
+        ``count`` is 1 for the turn's first filler, then 2, 3, ...; None says nothing this
+        time. Must return at once (no I/O): it runs while the agent's own work is waiting.
+        """
+        return self.fillers[(count - 1) % len(self.fillers)] if self.fillers else None
 
     def respond(self, turn):
         """Yield ``str`` chunks to speak now, then one ``Reply`` that ends the turn."""

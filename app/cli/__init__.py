@@ -1,12 +1,10 @@
-"""The `flask --app wsgi agentphone ...` command group."""
+"""The `agentphone` console script, also reachable as `flask --app wsgi agentphone`."""
 
-from flask.cli import AppGroup
+from app.cli import api, jobs, simulate  # noqa: F401 (each module registers its commands)
+from app.cli.base import agentphone
 
-agentphone = AppGroup("agentphone", help="AgentPhone backend tools: simulator, API client, jobs.")
+__all__ = ["agentphone", "init_app"]
 
 
 def init_app(app):
-    # Imported here so each module can register its commands on the group.
-    from app.cli import api, jobs, simulate  # noqa: F401
-
     app.cli.add_command(agentphone)

@@ -1,4 +1,4 @@
-"""`flask agentphone calls|transcript|deliveries|webhook test|send`: the REST API from a shell.
+"""`agentphone calls|transcript|deliveries|webhook test|send`: the REST API from a shell.
 
 Tables for people by default, `--json` for scripts. API failures go to stderr with their
 field details and exit with status 1.
@@ -8,11 +8,10 @@ import contextlib
 import json
 
 import click
-from flask import current_app
 
-from app.agentphone import AgentPhoneError, client_from_app
+from app.agentphone import AgentPhoneError
 from app.agentphone.models import StreamConnected, StreamEnded, TranscriptTurn
-from app.cli import agentphone
+from app.cli.base import agentphone, uses
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
@@ -27,9 +26,10 @@ class APICommandError(click.ClickException):
 
 @contextlib.contextmanager
 def api_client():
-    """A client from the app's config; API errors become APICommandError."""
+    """A client from the settings (only the API key is required); API errors become
+    APICommandError."""
     try:
-        with client_from_app(current_app) as client:
+        with uses().api_client() as client:
             yield client
     except AgentPhoneError as error:
         raise APICommandError(error) from error
@@ -60,9 +60,7 @@ def echo_json(value):
 def calls(status, limit, local, as_json):
     """List calls from the AgentPhone API (or, with --local, from this server's database)."""
     if local:
-        from app.store import get_store
-
-        records = get_store().call_records(limit=limit, status=status)
+        records = uses().store().call_records(limit=limit, status=status)
         if as_json:
             echo_json(records)
             return
@@ -181,14 +179,15 @@ def webhook_test(agent_id, as_json):
 @agentphone.command("send")
 @click.argument("to")
 @click.argument("text")
-@click.option("--agent-id", help="Sending agent (its first number unless --number-id).")
+@click.option("--agent-id", help="Sending agent (its first number unless --number-id); "
+                                 "default: the account's agent, when it has only one.")
 @click.option("--number-id", help="Number to send from.")
 @json_option
 def send(to, text, agent_id, number_id, as_json):
     """Send an SMS/iMessage TEXT to TO (E.164 number, email or group id)."""
-    if not (agent_id or number_id):
-        raise click.UsageError("give --agent-id or --number-id")
     with api_client() as client:
+        if not (agent_id or number_id):
+            agent_id = only_agent(client)
         sent = client.send_message(agent_id=agent_id, to_number=to, body=text,
                                    number_id=number_id)
     if as_json:
@@ -196,3 +195,16 @@ def send(to, text, agent_id, number_id, as_json):
     else:
         click.echo(f"{sent.status or 'sent'}: {sent.id} via {sent.channel} "
                    f"{sent.from_number} -> {sent.to_number}")
+
+
+def only_agent(client):
+    """The id of the account's one agent; a usage error naming them when there are more."""
+    page = client.list_agents(limit=10)
+    if len(page.items) == 1 and not page.has_more:
+        return page.items[0].id
+    if not page.items:
+        raise click.UsageError("this account has no agent to send from: create one, or give "
+                               "--number-id")
+    listed = ", ".join(agent.id for agent in page.items) + (", ..." if page.has_more else "")
+    raise click.UsageError(f"this account has {page.total or len(page.items)} agents "
+                           f"({listed}): give --agent-id or --number-id")

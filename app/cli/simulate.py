@@ -1,27 +1,33 @@
-"""`flask agentphone simulate`: post a signed delivery like the platform and show the reply."""
+"""`agentphone simulate`: post a signed delivery like the platform and show the reply."""
 
 import time
 
 import click
 import requests
-from flask import current_app
 
-from app import simulator
-from app.cli import agentphone
+from app import config, simulator
+from app.cli.base import agentphone, uses
+
+
+def default_url():
+    """The local server's webhook: http://127.0.0.1:$PORT/webhook."""
+    return f"http://127.0.0.1:{config.env('PORT')}/webhook"
 
 
 @agentphone.command("simulate")
-@click.option("--url", default="http://127.0.0.1:8000/webhook", show_default=True,
+@click.option("--url", default=default_url, show_default="http://127.0.0.1:$PORT/webhook",
               help="The running server's webhook URL.")
 @click.option("--sms", "kind", flag_value="sms", help="Send an inbound SMS instead.")
 @click.option("--call-ended", "kind", flag_value="call_ended", help="Send a call-ended event.")
 @click.option("--voice", "kind", flag_value="voice", default=True, help="A voice turn (default).")
 @click.option("--text", default=None, help="What the caller says or texts.")
 @click.option("--id", "delivery_id", default=None, help="X-Webhook-ID (default: random).")
-@click.option("--secret", default=None, help="Signing secret (default: the configured one).")
+@click.option("--secret", default=None,
+              help="Signing secret (default: AGENTPHONE_WEBHOOK_SECRET, or the development "
+                   "secret with AGENTPHONE_DEV=1).")
 def simulate(url, kind, text, delivery_id, secret):
     """Sign and post a sample delivery; print each NDJSON line with its arrival time."""
-    secret = secret or current_app.config["WEBHOOK_SECRETS"][0]
+    secret = secret or uses().webhook_secret()
     raw, headers = simulator.signed_request(secret, simulator.payload(kind, text), delivery_id)
     click.echo(f"POST {url}  {kind}  X-Webhook-ID: {headers['X-Webhook-ID']}")
     started = time.monotonic()

@@ -1,7 +1,7 @@
 """The background job runner: claims due jobs from the store and runs them with retries.
 
 The same runner serves the web workers (``start()``: a greenlet under gevent, a thread under
-the dev server) and the dedicated ``flask agentphone worker`` process (``run()`` in the
+the dev server) and the dedicated ``agentphone worker`` process (``run()`` in the
 foreground). Jobs are leased, and the lease of every running job is renewed, so a slow job is
 never taken by a second worker while a job whose worker died is taken up by another once its
 lease runs out.

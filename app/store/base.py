@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from app.errors import BadRequest, ServiceUnavailable, Unretryable
 
 DAY = 86400.0
+# Every status a job goes through: queued, claimed by a worker, finished, or dead-lettered.
+JOB_STATES = ("pending", "running", "done", "dead")
 
 
 class StoreUnavailable(ServiceUnavailable):

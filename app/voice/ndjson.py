@@ -2,6 +2,10 @@
 
 import json
 
+from flask import Response
+
+WRITE_KEY = "agentphone.write"
+
 
 def line(obj):
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n"
@@ -26,3 +30,24 @@ class Body(map):
         if hasattr(lines, "close"):
             body.close = lines.close
         return body
+
+
+class StreamResponse(Response):
+    """The streamed NDJSON reply to a voice turn, made of ``lines`` (str).
+
+    It keeps the server's ``write`` callable (PEP 3333) in the WSGI environ under WRITE_KEY,
+    so that a line can be sent while the body iterator is busy."""
+
+    default_mimetype = "application/x-ndjson"
+
+    def __init__(self, lines):
+        # Proxies must pass each line on at once: no buffering (nginx), no compression or
+        # other transformation (HAProxy, CDNs), which would hold lines until the end.
+        super().__init__(Body(lines), headers={"X-Accel-Buffering": "no",
+                                               "Cache-Control": "no-cache, no-transform"},
+                         direct_passthrough=True)
+
+    def __call__(self, environ, start_response):
+        app_iter, status, headers = self.get_wsgi_response(environ)
+        environ[WRITE_KEY] = start_response(status, headers)
+        return app_iter

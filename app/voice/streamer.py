@@ -1,6 +1,8 @@
 """Streams one voice turn as NDJSON: an interim line at once, the agent's sentences as they
-come, then exactly one final line before the deadline, whatever the agent does."""
+come, a filler line after each long silence, then exactly one final line before the deadline,
+whatever the agent does."""
 
+import contextlib
 import logging
 import queue
 import time
@@ -8,7 +10,7 @@ import time
 from app.agent.base import Agent, Reply
 from app.tasks import gevent_active, spawn
 from app.voice.hangup import peer_closed
-from app.voice.ndjson import interim, line
+from app.voice.ndjson import WRITE_KEY, interim, line
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +24,7 @@ _LATE = "late"
 _GONE = "gone"  # the caller hung up
 _ENDED = "ended"  # the agent stopped without a final Reply
 _FAILED = "failed"
+_SILENT = "silent"  # the turn has said nothing for the filler interval
 
 
 def deadline_for(voice_timeout):
@@ -29,18 +32,36 @@ def deadline_for(voice_timeout):
     return max(voice_timeout - 5.0, voice_timeout * 0.8)
 
 
-def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.monotonic):
+def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.monotonic,
+                filler_after=0.0, environ=None):
     """Yield the NDJSON lines of one turn. ``on_final(line_dict)`` records the final line;
-    ``sock`` is the caller's connection, watched so that a hang-up cancels the work."""
+    ``sock`` is the caller's connection, watched so that a hang-up cancels the work.
+
+    After ``filler_after`` seconds in which nothing was said (the agent's ``filler_after``
+    wins when set; 0 = never) the agent's ``filler`` line is spoken. Under gevent it is sent
+    through the server's ``write`` in ``environ`` (see ``StreamResponse``) while the agent's
+    work goes on.
+    """
     started = clock()
     source = final = None
+    if agent.filler_after is not None:
+        filler_after = agent.filler_after
     try:
         yield interim(_acknowledgement(agent, turn))
-        source = (InlineSource if gevent_active() else PumpedSource)(agent, turn, sock)
+        if gevent_active():
+            write = (environ or {}).get(WRITE_KEY)
+            source = InlineSource(agent, turn, sock, filler_after if write else 0.0, write)
+        else:
+            source = PumpedSource(agent, turn, sock, filler_after)
         while final is None:
             remaining = started + deadline - clock()
             kind, chunk = source.next(remaining) if remaining > 0 else (_LATE, None)
             if kind is _WAIT:
+                continue
+            if kind is _SILENT:
+                text = _filler(agent, turn, source.fillers)
+                if text:
+                    yield interim(text)
                 continue
             if kind is _LATE:
                 log.warning("voice turn %s: no reply after %.1fs, sending fallback",
@@ -71,35 +92,37 @@ def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.mono
 class InlineSource:
     """gevent: the agent runs in the request's own greenlet, interrupted by a timer at the
     deadline or by a watcher on the caller's socket. No second greenlet, task or queue per
-    held call: those were most of a held stream's memory. For the same reason the timer and
+    held call: those were most of a held stream's memory. For the same reason the timers and
     the watcher are made once per turn, not per chunk, and only interrupt the greenlet while
-    it is inside the agent (never while it writes a line to the caller)."""
+    it is inside the agent (never while it writes a line to the caller).
 
-    __slots__ = ("_chunks", "_greenlet", "_in_agent", "_late", "_sock", "_timer", "_watcher")
+    A filler line cannot come out of this greenlet while it is inside the agent, so the
+    silence timer has a short-lived greenlet send it with the server's ``write``; the
+    request's greenlet waits for that write to finish before it sends anything itself."""
 
-    def __init__(self, agent, turn, sock):
+    __slots__ = ("_agent", "_chunks", "_filler_after", "_greenlet", "_in_agent", "_late",
+                 "_silence", "_sock", "_timer", "_turn", "_watcher", "_write", "_writer",
+                 "fillers")
+
+    def __init__(self, agent, turn, sock, filler_after=0.0, write=None):
+        self._agent, self._turn = agent, turn
         self._chunks = agent.respond(turn)
         self._sock = sock
-        self._greenlet = self._timer = self._watcher = None
+        self._filler_after, self._write = filler_after, write
+        self._greenlet = self._timer = self._watcher = self._silence = self._writer = None
         self._in_agent = self._late = False
+        self.fillers = 0
 
     def next(self, timeout):
         if self._timer is None:
-            import gevent
-
-            self._greenlet = gevent.getcurrent()
-            loop = gevent.get_hub().loop
-            self._timer = loop.timer(timeout)  # what is left of the deadline, for the turn
-            self._timer.start(self._deadline)
-            if self._sock is not None:
-                self._watcher = loop.io(self._sock.fileno(), 1)
+            self._start(timeout)
         if self._late:  # the timer went off while a line was being written
             return _LATE, None
         if self._watcher is not None:
             self._watcher.start(self._readable)
         self._in_agent = True
         try:
-            return None, next(self._chunks)
+            chunk = next(self._chunks)
         except StopIteration:
             return _ENDED, None
         except _Interrupt as interrupt:
@@ -110,11 +133,49 @@ class InlineSource:
             self._in_agent = False
             if self._watcher is not None:
                 self._watcher.stop()
+            if self._writer is not None:
+                self._writer.join()  # a filler on its way goes out before anything else
+        if self._silence is not None:
+            self._silence.again(self._silent)  # the agent spoke: silence counts from now
+        return None, chunk
+
+    def _start(self, timeout):
+        import gevent
+
+        self._greenlet = gevent.getcurrent()
+        loop = gevent.get_hub().loop
+        self._timer = loop.timer(timeout)  # what is left of the deadline, for the turn
+        self._timer.start(self._deadline)
+        if self._filler_after > 0:
+            self._silence = loop.timer(self._filler_after, self._filler_after)
+            self._silence.start(self._silent)
+        if self._sock is not None:
+            self._watcher = loop.io(self._sock.fileno(), 1)
 
     def _deadline(self):
         self._late = True
         if self._in_agent:
             self._greenlet.throw(_Interrupt(_LATE))
+
+    def _silent(self):
+        # Outside the agent a line is being written: the silence is over anyway.
+        if self._in_agent and self._writer is None:
+            import gevent
+
+            self._writer = gevent.spawn(self._say_filler)
+
+    def _say_filler(self):
+        """Runs in a greenlet of its own: the agent's filler() is its code, not the hub's."""
+        try:
+            if not self._in_agent:
+                return  # the agent spoke meanwhile: the silence is over
+            self.fillers += 1
+            text = _filler(self._agent, self._turn, self.fillers)
+            if text:
+                with contextlib.suppress(OSError):  # a hang-up: the watcher ends the turn
+                    self._write(interim(text).encode())
+        finally:
+            self._writer = None
 
     def _readable(self):
         self._watcher.stop()  # level-triggered: a pipelined request would spin otherwise
@@ -123,25 +184,38 @@ class InlineSource:
 
     def close(self):
         self._chunks.close()
-        for watcher in (self._timer, self._watcher):
+        for watcher in (self._timer, self._silence, self._watcher):
             if watcher is not None:
                 watcher.close()
 
 
 class PumpedSource:
     """Threads (the dev server): a thread cannot be interrupted, so the agent runs in a task
-    of its own and hands chunks over a queue; the socket is polled while waiting."""
+    of its own and hands chunks over a queue; the socket is polled while waiting, and a
+    silence longer than ``filler_after`` is reported as such."""
 
-    def __init__(self, agent, turn, sock):
+    def __init__(self, agent, turn, sock, filler_after=0.0):
         self._queue = queue.Queue()
         self._sock = sock
+        self._filler_after = filler_after
+        self._spoke = time.monotonic()
         self._task = spawn(_pump, agent, turn, self._queue)
+        self.fillers = 0
 
     def next(self, timeout):
+        if self._filler_after > 0:
+            silent_for = time.monotonic() - self._spoke
+            if silent_for >= self._filler_after:
+                self._spoke = time.monotonic()
+                self.fillers += 1
+                return _SILENT, None
+            timeout = min(timeout, self._filler_after - silent_for)
         try:
-            return self._queue.get(timeout=min(timeout, POLL_SECONDS))
+            item = self._queue.get(timeout=min(timeout, POLL_SECONDS))
         except queue.Empty:
             return (_GONE if self._sock is not None and peer_closed(self._sock) else _WAIT), None
+        self._spoke = time.monotonic()
+        return item
 
     def close(self):
         self._task.cancel()
@@ -162,6 +236,14 @@ def _acknowledgement(agent, turn):
     except Exception:
         log.exception("voice turn %s: acknowledge() failed", turn.delivery_id)
         return Agent.acknowledgement
+
+
+def _filler(agent, turn, count):
+    try:
+        return agent.filler(turn, count)
+    except Exception:
+        log.exception("voice turn %s: filler() failed", turn.delivery_id)
+        return None
 
 
 def _pump(agent, turn, chunks):

@@ -96,7 +96,8 @@ def parse(body):
     history = doc.get("recentHistory")
     if name in KNOWN_EVENTS:
         problems = []
-        if not isinstance(channel, str) or not channel:
+        # Only a message's channel chooses what happens (contract D39).
+        if name == MESSAGE and (not isinstance(channel, str) or not channel):
             problems.append(field_error("channel", "required string"))
         if not isinstance(data, dict):
             problems.append(field_error("data", "required object"))

@@ -4,14 +4,14 @@ import functools
 import logging
 import time
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 from gunicorn.http.errors import ParseException
 
 from app.agent.base import Turn
 from app.errors import BadRequest, PayloadTooLarge, field_error
 from app.store import Replayed, SignedBytes, get_store
 from app.voice.hangup import caller_socket
-from app.voice.ndjson import Body, line
+from app.voice.ndjson import StreamResponse, line
 from app.voice.replay import ReplayAgent
 from app.voice.streamer import deadline_for, stream_turn
 from app.webhook import events, signing
@@ -23,6 +23,8 @@ bp = Blueprint("webhook", __name__)
 @bp.before_request
 def verify_signature():
     """Fail closed: nothing below runs unless the body is signed with a configured secret."""
+    if request.method == "OPTIONS":
+        return  # Flask's automatic answer: Allow, no body read, nothing stored
     body = _raw_body()
     clock = current_app.config.get("CLOCK", time.time)
     try:
@@ -59,7 +61,8 @@ def _raw_body():
     return body
 
 
-@bp.post("/webhook")
+# strict_slashes=False: "/webhook/" is served as it is, not redirected (contract D40).
+@bp.post("/webhook", strict_slashes=False)
 def receive():
     event, delivery_id = g.event, g.delivery_id
     if event.is_voice_turn:
@@ -94,13 +97,16 @@ def _voice_turn(event, delivery_id):
     store = get_store()
     turn = Turn.from_event(event, delivery_id)
     deadline = deadline_for(current_app.config["VOICE_TIMEOUT"])
-    sock = caller_socket(request.environ)
+    environ = request.environ
+    sock = caller_socket(environ)
+    filler_after = current_app.config["VOICE_FILLER_AFTER"]
     # Claimed here, in the view: Flask tears down the request context before the stream runs.
     if store.claim_delivery(delivery_id, event.event, g.signed):
         agent = current_app.extensions["agent"]
         # A partial rather than a closure: it lives as long as the held stream, and is smaller.
         on_final = functools.partial(store.save_voice_reply, delivery_id)
-        lines = stream_turn(agent, turn, deadline, on_final, sock)
+        lines = stream_turn(agent, turn, deadline, on_final, sock, filler_after=filler_after,
+                            environ=environ)
     else:
         stored = store.voice_reply(delivery_id)
         if stored is not None:
@@ -109,6 +115,6 @@ def _voice_turn(event, delivery_id):
         else:
             log.info("delivery %s: duplicate voice turn still running, waiting", delivery_id)
             agent = ReplayAgent(store, delivery_id, deadline)
-            lines = stream_turn(agent, turn, deadline, None, sock)
-    return Response(Body(lines), mimetype="application/x-ndjson",
-                    headers={"X-Accel-Buffering": "no"}, direct_passthrough=True)
+            lines = stream_turn(agent, turn, deadline, None, sock, filler_after=filler_after,
+                                environ=environ)
+    return StreamResponse(lines)
