@@ -2,9 +2,12 @@
 
 import gc
 import os
+import shutil
 from pathlib import Path
 
 from dotenv import load_dotenv
+
+from app import logs
 
 # Before PORT and WEB_CONCURRENCY are read: the app would load .env only in the workers, too
 # late for them. Real environment variables win, as in the app.
@@ -23,13 +26,33 @@ keepalive = 75
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
 errorlog = "-"
 loglevel = (os.environ.get("LOG_LEVEL") or "info").lower()
+# gunicorn's error and access lines go through the app's handler: one stream, one format.
+logconfig_dict = logs.logconfig((os.environ.get("LOG_FORMAT") or "text").lower(),
+                                loglevel.upper())
 # One fixed control-socket path per user would collide between instances on one machine.
 control_socket_disable = True
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+access_log_format = ('access %(h)s "%(r)s" %(s)s %(b)s %(M)sms '
+                     'delivery=%({x-webhook-id}i)s')
 # gevent records, for every greenlet (one per connection), its spawning greenlet and a copy of
 # the spawning stack: debugging aids that cost each held voice call ~0.2 KB.
 # GEVENT_TRACK_GREENLET_TREE=1 in the environment brings them back.
 os.environ.setdefault("GEVENT_TRACK_GREENLET_TREE", "0")
+
+
+def on_starting(server):
+    """Give every process one metrics directory, emptied of a previous run's files."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "instance", "prometheus")
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+
+
+def child_exit(server, worker):
+    """A worker's live gauges (voice turns in flight) leave the totals with it."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def post_worker_init(worker):

@@ -1,14 +1,13 @@
 """Application factory: AgentPhone webhook backend."""
 
 import ipaddress
-import logging
-import sys
 
 import click
 import flask.cli
 from flask import Flask
 
-from app import config, errors
+from app import config, errors, logs
+from app.logs import configure as configure_logging
 
 
 def create_app(test_config=None, require_secret=True):
@@ -24,21 +23,24 @@ def create_app(test_config=None, require_secret=True):
     app.config.update(config.from_env(app.instance_path,
                                       require_secret=require_secret and test_config is None))
     app.config.update(test_config or {})
-    if require_secret or app.config["WEBHOOK_SECRETS"]:
+    if app.config["WEBHOOK_SECRETS"]:
         config.check_secrets(app.config["WEBHOOK_SECRETS"])
-    configure_logging(app.config.get("LOG_LEVEL", "INFO"))
+    configure_logging(app.config.get("LOG_LEVEL", "INFO"), app.config.get("LOG_FORMAT", "text"))
     if (address := _flask_run_address()) is not None:
         log_dev_banner(app, *address)
 
-    from app import agent, health, jobs, store, webhook
+    from app import agent, console, health, jobs, metrics, store, webhook
     from app import cli as cli_commands
 
+    app.before_request(logs.clear)  # a kept-alive connection's next request starts afresh
     errors.init_app(app)
     store.init_app(app)
     agent.init_app(app)
     jobs.init_app(app)
-    webhook.init_app(app)
+    webhook.init_app(app, require_secret=require_secret)
     health.init_app(app)
+    metrics.init_app(app)
+    console.init_app(app)
     cli_commands.init_app(app)
     return app
 
@@ -69,26 +71,3 @@ def _flask_run_address():
     if ctx is None or ctx.command is not flask.cli.run_command:
         return None
     return ctx.params["host"], ctx.params["port"]
-
-
-def configure_logging(level):
-    """Log records to stderr (stdout is for the CLI's data), once per process."""
-    root = logging.getLogger()
-    if not any(getattr(h, "_agentphone", False) for h in root.handlers):
-        handler = EscapingStreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-        )
-        handler._agentphone = True
-        root.addHandler(handler)
-    root.setLevel(level)
-
-
-class EscapingStreamHandler(logging.StreamHandler):
-    """A stream handler that never drops a line: characters the stream cannot encode (a lone
-    surrogate from a delivery, say) are written as backslash escapes."""
-
-    def format(self, record):
-        text = super().format(record)
-        encoding = getattr(self.stream, "encoding", None) or "utf-8"
-        return text.encode(encoding, "backslashreplace").decode(encoding)

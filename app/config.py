@@ -2,9 +2,11 @@
 table)."""
 
 import contextlib
+import json
 import logging
 import os
 import secrets
+import tomllib
 from pathlib import Path
 
 from dotenv import load_dotenv
@@ -29,6 +31,10 @@ SETTINGS = {
                                 "is spoken (again after each such silence); 0 = never."),
     "AGENT": (None, "Import path module:callable of your agent factory, called with the app; "
                     "default: the built-in agent."),
+    "AGENTS": (None, "Several agents behind one server: agent_id=module:callable pairs, "
+                     "comma-separated; deliveries for other agents go to AGENT."),
+    "AGENTS_FILE": (None, "A TOML or JSON file mapping AgentPhone agent ids to module:callable "
+                          "factories (an [agents] table, or a top-level mapping)."),
     "DEMO_TOOL_LATENCY": ("0.5", "Seconds each demo tool takes (simulates a slow upstream)."),
     "LLM_BASE_URL": (None, "OpenAI-compatible API base URL, e.g. https://api.openai.com/v1; "
                            "setting it (or LLM_API_KEY) switches to the LLM agent."),
@@ -47,12 +53,24 @@ SETTINGS = {
     "JOB_MAX_ATTEMPTS": ("5", "Attempts before a job is dead-lettered."),
     "JOB_LEASE": ("60", "Seconds a claimed job is reserved for its worker before another may "
                         "take it."),
+    "JOB_TIMEOUT": ("60", "Seconds one attempt of a job may run (1-3600); past it the attempt "
+                          "is cancelled and counts as failed."),
     "JOB_GRACE": ("20", "Seconds running jobs get to finish when a process stops, before they "
                         "are handed back to the queue."),
     "PORT": ("8000", "Port gunicorn binds (0.0.0.0:$PORT)."),
     "WEB_CONCURRENCY": ("2", "gunicorn worker processes."),
     "WORKER_CONNECTIONS": ("4000", "Open connections (held voice streams) per gevent worker."),
     "LOG_LEVEL": ("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR)."),
+    "LOG_FORMAT": ("text", "text (for people) or json (one object per line, for a log "
+                           "pipeline; recommended in production)."),
+    "CONSOLE_PASSWORD": (None, "Turns the operator console at /console on, behind this "
+                               "password (in development mode it is on without one)."),
+    "METRICS_TOKEN": (None, "When set, GET /metrics needs Authorization: Bearer <token>."),
+    "PROMETHEUS_MULTIPROC_DIR": (None, "Where every process writes its metrics for /metrics to "
+                                       "add up; default: prometheus/ in the instance folder, "
+                                       "emptied when gunicorn starts."),
+    "SECRET_GRACE": ("86400", "Seconds a webhook secret stays valid after `agentphone webhook "
+                              "rotate|set` replaced it (the platform retries for about a day)."),
 }
 
 
@@ -83,6 +101,11 @@ def log_level():
     if level not in logging.getLevelNamesMapping():
         raise ConfigError(f"LOG_LEVEL={env('LOG_LEVEL')!r} is not a logging level")
     return level
+
+
+def log_format():
+    """LOG_FORMAT: ``text`` or ``json``; raises ConfigError for anything else."""
+    return _choice("LOG_FORMAT", ("text", "json"))
 
 
 def parse_secrets(raw):
@@ -126,6 +149,42 @@ def dev_secret(instance_path):
     return secret
 
 
+def agent_factories(pairs, path):
+    """``{agent_id: "module:callable"}`` from AGENTS (``id=path,...``) and AGENTS_FILE."""
+    found = {}
+    if path:
+        found.update(_agents_file(Path(path)))
+    for pair in (pairs or "").split(","):
+        if not pair.strip():
+            continue
+        agent_id, sep, factory = pair.partition("=")
+        if not sep or not agent_id.strip() or ":" not in factory:
+            raise ConfigError(f"AGENTS: {pair.strip()!r} is not agent_id=module:callable")
+        found[agent_id.strip()] = factory.strip()
+    return found
+
+
+def _agents_file(path):
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"AGENTS_FILE={path}: {exc}") from None
+    table = data.get("agents", data) if isinstance(data, dict) else None
+    if not isinstance(table, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and ":" in v for k, v in table.items()):
+        raise ConfigError(f"AGENTS_FILE={path}: expected a mapping of agent ids to "
+                          "module:callable strings")
+    return dict(table)
+
+
+def _choice(name, allowed):
+    value = env(name).lower()
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} must be one of {', '.join(allowed)}")
+    return value
+
+
 def _number(name, kind, low, high):
     raw = env(name)
     try:
@@ -137,17 +196,23 @@ def _number(name, kind, low, high):
     return value
 
 
+REFUSAL_WITHOUT_KEY = (
+    "AGENTPHONE_WEBHOOK_SECRET is not set and no secret is stored: refusing to accept unsigned "
+    "webhooks. Run `agentphone webhook set https://<host>/webhook` (it stores the secret the "
+    "platform returns), or set AGENTPHONE_WEBHOOK_SECRET to the whsec_... secret shown when the "
+    "webhook was created (or AGENTPHONE_DEV=1 for a generated development secret)."
+)
+
+
 def from_env(instance_path, require_secret=True):
-    """Build the Flask config mapping from the environment; raises ConfigError when unsafe."""
+    """Build the Flask config mapping from the environment; raises ConfigError when unsafe.
+
+    Without AGENTPHONE_WEBHOOK_SECRET, development mode generates a secret; otherwise
+    ``WEBHOOK_SECRETS`` is empty and the app relies on secrets in the store.
+    """
     dev = env("AGENTPHONE_DEV").lower() in ("1", "true", "yes", "on")
     webhook_secrets = parse_secrets(env("AGENTPHONE_WEBHOOK_SECRET"))
-    if not webhook_secrets and require_secret:
-        if not dev:
-            raise ConfigError(
-                "AGENTPHONE_WEBHOOK_SECRET is not set: refusing to accept unsigned webhooks. "
-                "Set it to the whsec_... secret shown when the webhook was created "
-                "(or AGENTPHONE_DEV=1 for a generated development secret)."
-            )
+    if not webhook_secrets and require_secret and dev:
         webhook_secrets = (dev_secret(instance_path),)
     return {
         "DEV_MODE": dev,
@@ -160,6 +225,7 @@ def from_env(instance_path, require_secret=True):
         "VOICE_TIMEOUT": _number("VOICE_TIMEOUT", float, 5, 120),
         "VOICE_FILLER_AFTER": _number("VOICE_FILLER_AFTER", float, 0, 120),
         "AGENT_FACTORY": env("AGENT"),
+        "AGENT_FACTORIES": agent_factories(env("AGENTS"), env("AGENTS_FILE")),
         "DEMO_TOOL_LATENCY": _number("DEMO_TOOL_LATENCY", float, 0, 600),
         "LLM_BASE_URL": env("LLM_BASE_URL"),
         "LLM_API_KEY": env("LLM_API_KEY"),
@@ -173,5 +239,10 @@ def from_env(instance_path, require_secret=True):
         "JOB_MAX_ATTEMPTS": _number("JOB_MAX_ATTEMPTS", int, 1, 100),
         "JOB_LEASE": _number("JOB_LEASE", float, 1, 86400),
         "JOB_GRACE": _number("JOB_GRACE", float, 0, 3600),
+        "JOB_TIMEOUT": _number("JOB_TIMEOUT", float, 1, 3600),
         "LOG_LEVEL": log_level(),
+        "LOG_FORMAT": log_format(),
+        "METRICS_TOKEN": env("METRICS_TOKEN"),
+        "CONSOLE_PASSWORD": env("CONSOLE_PASSWORD"),
+        "SECRET_GRACE": _number("SECRET_GRACE", float, 0, 30 * 86400),
     }

@@ -1,10 +1,16 @@
 """Background tasks that work under both gunicorn's gevent worker and the threaded dev server.
 
 Under gevent (monkey-patched) a task is a greenlet and can be killed; under plain threads it
-is a daemon thread whose work is asked to stop through its `cancelled` event.
+is a daemon thread, stopped by raising Cancelled in it (at its next Python instruction: a
+wait inside C, such as a blocking read, finishes first).
 """
 
+import ctypes
 import threading
+
+
+class Cancelled(BaseException):
+    """Raised inside a cancelled thread (BaseException: `except Exception` does not stop it)."""
 
 
 def gevent_active():
@@ -30,25 +36,47 @@ class Task:
             self._greenlet = gevent.spawn(self._main)
         else:
             self._greenlet = None
-            threading.Thread(target=self._main, daemon=True).start()
+            self._ended = False
+            self._lock = threading.Lock()
+            self._thread = threading.Thread(target=self._main, daemon=True)
+            self._thread.start()
 
     def _main(self):
         try:
-            self.value = self._fn(*self._args, **self._kwargs)
-        except Exception as exc:
-            self.error = exc
+            try:
+                self.value = self._fn(*self._args, **self._kwargs)
+            except Exception as exc:
+                self.error = exc
+            self._end()
+        except Cancelled:
+            self._end()  # raised once at most and never after _end(): nothing else can come
         finally:
             self.done.set()
+
+    def _end(self):
+        if self._greenlet is None:
+            with self._lock:
+                self._ended = True
 
     def join(self, timeout=None):
         """Wait for the result; True when the task finished in time."""
         return self.done.wait(timeout)
 
     def cancel(self):
-        self.cancelled.set()
-        if self._greenlet is not None and not self.done.is_set():
-            # kill raises GreenletExit inside the task; block=False: never wait on a stuck tool.
-            self._greenlet.kill(block=False)
+        if self._greenlet is not None:
+            self.cancelled.set()
+            if not self.done.is_set():
+                # kill raises GreenletExit inside the task; block=False: never wait on a stuck
+                # tool.
+                self._greenlet.kill(block=False)
+            return
+        with self._lock:
+            # Once at most, and never after the function returned (it would hit whatever the
+            # thread runs next).
+            if not (self._ended or self.cancelled.is_set()):
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread.ident),
+                                                           ctypes.py_object(Cancelled))
+            self.cancelled.set()
 
 
 def spawn(fn, *args, **kwargs):

@@ -149,6 +149,25 @@ def slow(seconds, responder):
     return reply
 
 
+def trickle(every, responder):
+    """Answer like `responder`, its body sent one byte every `every` seconds."""
+
+    def reply(request):
+        response = respond(responder, request)
+        body = response.get_data()
+
+        def generate():
+            for i in range(len(body)):
+                yield body[i:i + 1]
+                time.sleep(every)
+
+        return Response(generate(), status=response.status_code,
+                        headers={"Content-Type": response.content_type,
+                                 "Content-Length": str(len(body))})
+
+    return reply
+
+
 def respond(responder, request):
     """A responder is a Response, a function of the request, or a JSON body for a 200."""
     if isinstance(responder, Response):

@@ -33,7 +33,7 @@ def speak(server, text, call_id, caller=JANE, delivery_id=None):
 
 def tool_runs(server, delivery_id):
     return [line.split("demo tool ")[1].split(" ")[0] for line in server.log().splitlines()
-            if "demo tool " in line and line.endswith(f" ran for {delivery_id}")]
+            if "demo tool " in line and f" ran for {delivery_id} " in line + " "]
 
 
 def appointments(tmp_path, day):

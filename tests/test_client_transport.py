@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from app.agentphone import APIConnectionError, RateLimitError, ServerError
+from app.agentphone import APIConnectionError, APITimeoutError, RateLimitError, ServerError
 from app.agentphone.transport import AgentPhoneRetry, backoff_delay, build_retry
 from tests.fake_agentphone import (  # noqa: F401
     CALL,
@@ -12,6 +12,7 @@ from tests.fake_agentphone import (  # noqa: F401
     json_reply,
     make_api_fixture,
     slow,
+    trickle,
 )
 
 RATE_LIMITED = {"error": {"message": "Rate limit exceeded", "code": "RATE_LIMIT_EXCEEDED",
@@ -124,6 +125,45 @@ def test_budget_stops_retries_and_returns_the_last_error(fake_api, make_api):
         make_api(max_retries=5, budget=0.5).get_call("call_1")
     assert time.monotonic() - started < 0.9
     assert fake_api.count("GET", "/v1/calls/call_1") == 1
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_trickling_body_cannot_hold_a_call_past_its_budget(fake_api, make_api, method):
+    # One byte every 0.3 s: no single read ever waits long enough for the read timeout.
+    path = "/v1/calls/call_1" if method == "GET" else "/v1/messages"
+    fake_api.on(method, path, trickle(0.3, CALL if method == "GET" else SENT))
+    client = make_api(timeout=(2.0, 2.0), budget=1.5)
+    started = time.monotonic()
+    with pytest.raises(APITimeoutError, match="not complete within the deadline"):
+        if method == "GET":
+            client.get_call("call_1")
+        else:
+            client.send_message("agt_1", "+14155552671", "hello")
+    assert time.monotonic() - started < 2.5
+    assert fake_api.count(method, path) == 1  # a body cut short is not sent again
+
+
+def test_a_slow_answer_is_cut_at_the_budget_not_the_read_timeout(fake_api, make_api):
+    fake_api.on("POST", "/v1/messages", slow(3.0, SENT))
+    started = time.monotonic()
+    with pytest.raises(APITimeoutError, match="POST /v1/messages failed"):
+        make_api(timeout=(2.0, 10.0), budget=0.8).send_message("agt_1", "+14155552671", "hi")
+    assert time.monotonic() - started < 1.8
+
+
+def test_a_retry_gets_only_what_is_left_of_the_budget(fake_api, make_api):
+    fake_api.on("GET", "/v1/calls/call_1", slow(1.0, json_reply({"detail": "busy"}, 503)),
+                slow(3.0, CALL))
+    started = time.monotonic()
+    with pytest.raises(APITimeoutError):
+        make_api(timeout=(2.0, 10.0), budget=1.5).get_call("call_1")
+    assert time.monotonic() - started < 2.2  # not 1.0 + the 1.5 s the first attempt had
+    assert fake_api.count("GET", "/v1/calls/call_1") == 2
+
+
+def test_a_body_that_keeps_coming_within_the_budget_is_read_whole(fake_api, make_api):
+    fake_api.on("GET", "/v1/calls/call_1", trickle(0.001, CALL))
+    assert make_api(budget=10).get_call("call_1").transcripts[0].id == "tr_001"
 
 
 def test_backoff_delay_grows_and_is_capped():

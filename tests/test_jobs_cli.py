@@ -103,9 +103,10 @@ def worker(app):
     `agentphone worker`."""
     started = []
 
-    def start(handlers, lease=60.0, grace=5.0, concurrency=4):
+    def start(handlers, lease=60.0, grace=5.0, concurrency=4, timeout=60.0):
         runner = app.extensions["job_runner"]
         runner.handlers, runner.lease, runner.grace = handlers, lease, grace
+        runner.timeout = timeout
         runner.concurrency, runner.poll = concurrency, 0.05
         job_worker = runner
         job_worker.result = None
@@ -164,6 +165,20 @@ def test_worker_renews_the_lease_of_a_slow_job(app, worker):
     assert stolen == []
     assert wait_until(lambda: store.job(job_id).status == "done", timeout=5)
     assert store.job(job_id).attempts == 1
+
+
+def test_a_hung_job_does_not_hold_the_only_slot(app, worker):
+    store = app.extensions["store"]
+    hung = store.enqueue("call_ended", "{}")
+    worker({"call_ended": lambda job: time.sleep(10),  # a wait inside C: runs on, abandoned
+            "reaction": lambda job: None}, concurrency=1, timeout=0.5)
+    assert wait_until(lambda: store.job(hung).status == "running", timeout=5)
+    queued = [store.enqueue("reaction", str(i)) for i in range(3)]
+    assert wait_until(lambda: all(store.job(j).status == "done" for j in queued), timeout=5)
+    job = store.job(hung)
+    assert (job.status, job.attempts, job.last_error) == (
+        "pending", 1, "JobTimeout: timed out after 0.5 s")
+    assert job.run_at > time.time()  # retried after the usual backoff
 
 
 def test_stop_waits_for_running_jobs(app, worker):

@@ -1,8 +1,13 @@
-"""Job outcomes: success, retry with backoff, dead-letter, unknown kinds, lost workers."""
+"""Job outcomes: success, retry with backoff, dead-letter, unknown kinds, lost workers,
+attempts past the time limit."""
+
+import threading
+import time
 
 import pytest
 
 from app.jobs.runner import retry_delay
+from app.tasks import Cancelled
 
 
 @pytest.fixture
@@ -69,6 +74,34 @@ def test_job_whose_workers_keep_dying_is_dead_lettered(runner, clock):
     job = runner.store.job(job_id)
     assert (job.status, job.last_error) == ("dead", "worker lost while running the job")
     assert runner.calls == []
+
+
+def test_an_attempt_past_the_limit_is_cancelled_failed_and_dead_lettered(runner, clock):
+    runner.timeout = 0.3
+    cancelled = threading.Event()
+
+    def hang(job):
+        try:
+            while True:  # a handler stuck in a loop of short waits
+                time.sleep(0.01)
+        except Cancelled:
+            cancelled.set()
+            raise
+
+    runner.handlers["hang"] = hang
+    hung = runner.store.enqueue("hang", "{}")
+    ok = runner.store.enqueue("flaky", "ok")
+    for attempt in range(1, runner.max_attempts + 1):
+        cancelled.clear()
+        started = time.monotonic()
+        assert runner.run_pending() >= 1
+        assert time.monotonic() - started < 2
+        assert cancelled.wait(2)  # the thread itself was stopped, not just left behind
+        job = runner.store.job(hung)
+        assert (job.attempts, job.last_error) == (attempt, "JobTimeout: timed out after 0.3 s")
+        clock[0] = job.run_at
+    assert runner.store.job(hung).status == "dead"
+    assert runner.store.job(ok).status == "done"
 
 
 @pytest.mark.parametrize(("attempt", "low", "high"), [(1, 1.5, 2.5), (2, 3, 5), (5, 24, 40),

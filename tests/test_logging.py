@@ -5,7 +5,7 @@ import logging
 import subprocess
 import sys
 
-from app import EscapingStreamHandler
+from app.logs import EscapingStreamHandler
 from tests.servers import ROOT
 
 

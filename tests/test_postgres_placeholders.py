@@ -40,7 +40,7 @@ def test_both_url_schemes(pg_server, pg_url, scheme):
     try:
         assert isinstance(store, PostgresStore)
         store.migrate()
-        assert store.claim_delivery("whd_1", "agent.message") is True
+        assert store.claim_voice("whd_1", "agent.message", "w1") is True
     finally:
         store.close()
 

@@ -13,7 +13,13 @@ import pytest
 from app.cli import agentphone
 from app.store import open_store
 from tests.conftest import SECRET
-from tests.fake_agentphone import API_KEY, fake_api_fixture, offset_list, sse_reply  # noqa: F401
+from tests.fake_agentphone import (  # noqa: F401
+    API_KEY,
+    fake_api_fixture,
+    json_reply,
+    offset_list,
+    sse_reply,
+)
 from tests.servers import ROOT
 
 AGENTPHONE = str(Path(sys.executable).with_name("agentphone"))
@@ -85,6 +91,16 @@ def test_readme_commands_run(fake_api, gunicorn, job_42, tmp_path):
     fake_api.on("POST", "/v1/webhooks/test", {"success": True, "httpStatus": 200})
     fake_api.on("GET", "/v1/agents", offset_list([{"id": "agt_1", "name": "Front desk"}]))
     fake_api.on("POST", "/v1/messages", {"id": "msg_1", "status": "sent", "channel": "sms"})
+    hook = {"id": "wh_1", "url": "https://example.test/webhook", "status": "active",
+            "contextLimit": 10, "timeout": 30, "createdAt": "2026-12-01T10:00:00Z"}
+    fake_api.on("POST", "/v1/webhooks", {**hook, "secret": "whsec_set_0123456789"},
+                {**hook, "secret": "whsec_rotated_0123456789"})
+    fake_api.on("GET", "/v1/webhooks", {**hook, "secret": "whsec_set_0123456789"})
+    fake_api.on("GET", "/v1/agents/agt_1/webhook", json_reply(None))
+    fake_api.on("POST", "/v1/calls", {"id": "call_out", "agentId": "agt_1",
+                                      "toNumber": "+14155559999", "fromNumber": "+14155550001",
+                                      "status": "in-progress"})
+    (tmp_path / "app").symlink_to(ROOT / "app")  # paths in the README are from the checkout
     server = gunicorn(workers=1, DEMO_TOOL_LATENCY=0)
     base = {"PATH": os.environ["PATH"], "AGENTPHONE_API_KEY": API_KEY,
             "AGENTPHONE_API_URL": fake_api.url, "AGENTPHONE_WEBHOOK_SECRET": SECRET,
@@ -92,7 +108,8 @@ def test_readme_commands_run(fake_api, gunicorn, job_42, tmp_path):
     outputs = {}
     for line, env, argv in readme_commands():
         result = subprocess.run([AGENTPHONE, *argv], cwd=tmp_path, env={**base, **env},
-                                capture_output=True, text=True, timeout=60, check=False)
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                timeout=120, check=False)
         assert result.returncode == 0, f"{line}\n{result.stdout}{result.stderr}"
         outputs[" ".join(argv)] = result.stdout
     assert outputs["transcript call_abc123 --follow"].splitlines()[1] == "user: Hi"
@@ -101,4 +118,11 @@ def test_readme_commands_run(fake_api, gunicorn, job_42, tmp_path):
     assert fake_api.last("POST", "/v1/messages").body == {
         "agent_id": "agt_1", "to_number": "+14155551234", "body": "Hello from the CLI"}
     assert outputs["simulate --sms --text Hi"].rstrip().endswith('{"ok":true}')
+    assert "whsec_…6789" in outputs["webhook show"] and "whsec_rotated" not in str(outputs)
+    assert "calling +14155559999 from +14155550001: call_out" in outputs[
+        "call +14155559999 --agent agt_1 --greeting Hi, this is your reminder"]
+    assert "deliveries per minute" in outputs["top --once"]
+    assert "0 failed" in outputs["test app/demo/scenarios --junit report.xml"]
+    assert (tmp_path / "report.xml").read_text().count("<testcase") >= 14
+    assert "Calling local server (Receptionist)" in outputs["call"]
     assert server.log().count('"POST /webhook HTTP/1.1" 200') == 3

@@ -120,18 +120,18 @@ def signed(body=b"{}", timestamp=NOW):
 
 
 def test_claim_refuses_the_same_signed_bytes_under_another_id(store):
-    assert store.claim_delivery("whd_1", "agent.message", signed()) is True
+    assert store.claim_voice("whd_1", "agent.message", "owner", signed()) is True
     with pytest.raises(Replayed) as caught:
         store.claim_with_job("whd_2", "agent.reaction", "reaction", "{}", signed())
     assert caught.value.first_delivery_id == "whd_1"
     assert store.jobs() == []
     # The refused id was not claimed: nothing of the replay was kept.
-    assert store.claim_delivery("whd_2", "agent.message") is True
+    assert store.claim_voice("whd_2", "agent.message", "owner") is True
 
 
 def test_claim_of_the_same_id_and_bytes_is_a_plain_duplicate(store):
-    assert store.claim_delivery("whd_1", "agent.message", signed()) is True
-    assert store.claim_delivery("whd_1", "agent.message", signed()) is False
+    assert store.claim_voice("whd_1", "agent.message", "owner", signed()) is True
+    assert store.claim_voice("whd_1", "agent.message", "owner", signed()) is False
 
 
 def test_concurrent_replays_let_exactly_one_through(store):
@@ -149,11 +149,11 @@ def test_concurrent_replays_let_exactly_one_through(store):
 
 
 def test_signed_bytes_are_pruned_once_too_old_to_verify(store):
-    store.claim_delivery("whd_1", "agent.message", signed())
+    store.claim_voice("whd_1", "agent.message", "owner", signed())
     store.now[0] = NOW + TOLERANCE + REPLAY_MARGIN - 1
     store.prune()
     with pytest.raises(Replayed):
-        store.claim_delivery("whd_2", "agent.message", signed())
+        store.claim_voice("whd_2", "agent.message", "owner", signed())
     store.now[0] = NOW + TOLERANCE + REPLAY_MARGIN + 1
     assert store.prune() >= 1
-    assert store.claim_delivery("whd_3", "agent.message", signed()) is True
+    assert store.claim_voice("whd_3", "agent.message", "owner", signed()) is True

@@ -37,12 +37,15 @@ def test_app_refuses_to_start_with_a_blank_secret(tmp_path, secrets):
 
 
 @pytest.mark.parametrize("raw", ["", " , ,", "\t"])
-def test_blank_secret_setting_refuses_to_start_even_in_dev_mode_without_fallback(
-        monkeypatch, tmp_path, raw):
+def test_blank_secret_setting_counts_as_no_secret(monkeypatch, tmp_path, raw):
     monkeypatch.setenv("AGENTPHONE_WEBHOOK_SECRET", raw)
     monkeypatch.delenv("AGENTPHONE_DEV", raising=False)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/e.db")
+    monkeypatch.setenv("JOB_RUNNER", "off")
+    monkeypatch.chdir(tmp_path)
+    assert config.from_env(tmp_path)["WEBHOOK_SECRETS"] == ()
     with pytest.raises(config.ConfigError, match="AGENTPHONE_WEBHOOK_SECRET is not set"):
-        config.from_env(tmp_path)
+        create_app()
 
 
 def test_dev_mode_with_blank_setting_uses_the_generated_secret(monkeypatch, tmp_path):

@@ -16,9 +16,9 @@ from tests.conftest import SECRET
 pytestmark = pytest.mark.slow
 
 
-def jobs(tmp_path):
+def jobs(tmp_path, columns="delivery_id, status, attempts"):
     with sqlite3.connect(tmp_path / "events.db") as conn:
-        return conn.execute("SELECT delivery_id, status, attempts FROM jobs").fetchall()
+        return conn.execute(f"SELECT {columns} FROM jobs ORDER BY id").fetchall()
 
 
 def wait_until(predicate, timeout=20.0):
@@ -73,6 +73,31 @@ def test_jobs_left_by_a_stopped_server_run_on_the_next_start(gunicorn, tmp_path)
     gunicorn(workers=1)
     wait_until(lambda: jobs(tmp_path) == [(headers["X-Webhook-ID"], "done", 1)])
 
+
+def test_a_hung_job_is_cancelled_at_the_limit_and_the_others_run(gunicorn, tmp_path,
+                                                                  effects_agent):
+    # One job at a time: the reactions queued behind the hung text run only if it is cut off.
+    server = gunicorn(workers=1, JOB_CONCURRENCY=1, JOB_TIMEOUT=1, JOB_MAX_ATTEMPTS=2,
+                      TEST_TOOL_SECONDS=600, **effects_agent.env)
+    hung_raw, hung_headers = signed_request(SECRET, payload("sms"))
+    hung = hung_headers["X-Webhook-ID"]
+    assert requests.post(server.webhook, data=hung_raw, headers=hung_headers,
+                         timeout=5).status_code == 200
+    server.wait_for_log(f"test tool started for {hung}")
+    others = []
+    for _ in range(3):
+        raw, headers = signed_request(SECRET, payload("call_ended"))
+        assert requests.post(server.webhook, data=raw, headers=headers,
+                             timeout=5).status_code == 200
+        others.append(headers["X-Webhook-ID"])
+    wait_until(lambda: all(status == "done" for delivery, status, _ in jobs(tmp_path)
+                           if delivery in others), timeout=10)
+    server.wait_for_log(f"test tool cancelled for {hung}")
+    # Retried after its backoff (about 2 s), timed out again, dead-lettered at 2 attempts.
+    wait_until(lambda: jobs(tmp_path, "delivery_id, status, attempts, last_error")[0] == (
+        hung, "dead", 2, "JobTimeout: timed out after 1 s"), timeout=15)
+    assert server.log().count(f"test tool cancelled for {hung}") == 2
+    assert effects_agent.effects() == []
 
 
 @pytest.mark.parametrize(("tool_seconds", "outcome"), [(1.5, ("done", 1)), (30, ("pending", 0))])

@@ -1,18 +1,26 @@
 """Voice turns through the real gunicorn gevent worker: timing, deadline, disconnect, retries."""
 
+import contextlib
 import json
+import os
+import re
+import signal
 import socket
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
 import pytest
 
 from app.agent.base import Agent
 from app.simulator import payload, signed_request
+from app.voice.claims import STALE_SECONDS
 from app.voice.streamer import LATE_TEXT
 from tests.conftest import SECRET
 from tests.servers import post_stream
 
+pytest_plugins = ["tests.postgres"]  # pg_server, pg_url
 pytestmark = pytest.mark.slow
 
 
@@ -36,6 +44,22 @@ def check_stream(lines):
     assert [("interim" in obj) for obj in objects].count(False) == 1
     assert "interim" not in objects[-1]
     return objects
+
+
+@contextlib.contextmanager
+def turn_after_interim(server, raw, headers):
+    """The caller's socket of a voice turn sent by hand, once its interim line has arrived."""
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        sock.sendall(f"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: {len(raw)}\r\n"
+                     f"{head}\r\n".encode() + raw)
+        received = b""
+        while b'"interim":true' not in received:
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
+        yield sock
 
 
 def test_first_line_arrives_while_the_tool_runs(voice_server, effects):
@@ -67,16 +91,8 @@ def test_hung_tool_gets_the_fallback_before_the_platform_timeout(voice_server, e
 def test_caller_hanging_up_cancels_the_work(voice_server, effects):
     server = voice_server(TEST_TOOL_SECONDS=3)
     raw, headers = signed_request(SECRET, payload("voice"))
-    port = int(server.url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        sock.sendall(f"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: {len(raw)}\r\n"
-                     f"{head}\r\n".encode() + raw)
-        received = b""
-        while b'"interim":true' not in received:
-            chunk = sock.recv(4096)
-            assert chunk, received
-            received += chunk
+    with turn_after_interim(server, raw, headers):
+        pass
     server.wait_for_log(f"voice turn {headers['X-Webhook-ID']}: caller disconnected")
     server.wait_for_log(f"test tool cancelled for {headers['X-Webhook-ID']}")
     time.sleep(3.5)
@@ -85,7 +101,10 @@ def test_caller_hanging_up_cancels_the_work(voice_server, effects):
 
 
 def test_retry_while_running_waits_for_the_first_attempts_answer(voice_server, effects):
-    server = voice_server(workers=2, TEST_TOOL_SECONDS=1.5)
+    # The tool outlasts the staleness limit: only the live attempt's heartbeat keeps the
+    # retry waiting instead of running the turn a second time.
+    tool_seconds = STALE_SECONDS + 2
+    server = voice_server(workers=2, TEST_TOOL_SECONDS=tool_seconds)
     raw, headers = signed_request(SECRET, payload("voice", "hi"))
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(post_stream, server.webhook, raw, headers)
@@ -93,6 +112,7 @@ def test_retry_while_running_waits_for_the_first_attempts_answer(voice_server, e
         retry = pool.submit(post_stream, server.webhook, raw, headers)
         first_lines, retry_lines = first.result()[1], retry.result()[1]
     assert check_stream(first_lines)[-1] == check_stream(retry_lines)[-1]
+    assert first_lines[-1][1] == {"text": "Tool said done for hi."}
     assert retry_lines[0][1]["interim"] is True
     # Finished now: a later retry gets the stored final line alone, at once.
     _, replay = post_stream(server.webhook, raw, headers)
@@ -105,7 +125,9 @@ def test_fifty_concurrent_copies_of_one_voice_turn_run_once(voice_server, effect
     raw, headers = signed_request(SECRET, payload("voice", "once"))
     with ThreadPoolExecutor(50) as pool:
         results = list(pool.map(lambda _: post_stream(server.webhook, raw, headers), range(50)))
-    finals = {json.dumps(check_stream(lines)[-1]) for _, lines in results}
+    # On a busy machine a copy may arrive after the answer was stored: it gets that alone.
+    finals = {json.dumps(lines[0][1] if len(lines) == 1 else check_stream(lines)[-1])
+              for _, lines in results}
     assert finals == {json.dumps({"text": "Tool said done for once."})}
     assert effects() == [headers["X-Webhook-ID"]]
 
@@ -148,3 +170,47 @@ def test_filler_after_zero_turns_fillers_off(voice_server):
     _, lines = post_stream(server.webhook, raw, headers)
     assert [obj["text"] for obj in check_stream(lines)] == [
         "Checking.", "Still here.", "Tool said done for quiet."]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return "sqlite:///" + str(tmp_path / "events.db")
+    return request.getfixturevalue("pg_url")
+
+
+def query(database_url, sql, params):
+    if database_url.startswith("sqlite:///"):
+        with sqlite3.connect(database_url.removeprefix("sqlite:///")) as conn:
+            return conn.execute(sql.replace("%s", "?"), params).fetchall()
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def test_retry_after_the_worker_died_mid_turn_runs_the_turn_again(voice_server, effects,
+                                                                  database_url):
+    server = voice_server(workers=2, TEST_TOOL_SECONDS=1.5, DATABASE_URL=database_url)
+    raw, headers = signed_request(SECRET, payload("voice", "hi"))
+    delivery = headers["X-Webhook-ID"]
+    with turn_after_interim(server, raw, headers) as sock:
+        server.wait_for_log(f"test tool started for {delivery}")
+        [pid] = re.findall(rf"(\d+) INFO tests.agents: test tool started for {delivery}",
+                           server.log())
+        os.kill(int(pid), signal.SIGKILL)  # mid-turn, after the interim line
+        killed = time.monotonic()
+        rest = b"".join(iter(lambda: sock.recv(4096), b""))  # until the line goes dead
+        assert b"Tool said" not in rest
+    _, lines = post_stream(server.webhook, raw, headers)
+    answered = time.monotonic() - killed
+    assert check_stream(lines)[-1] == {"text": "Tool said done for hi."}
+    assert answered < STALE_SECONDS + 1.5 + 5  # stale, the tool again, and some slack
+    assert effects() == [delivery]
+    assert server.log().count(f"test tool started for {delivery}") == 2
+    stored = query(database_url, "SELECT reply FROM voice_replies WHERE delivery_id = %s",
+                   (delivery,))
+    assert [json.loads(reply) for reply, in stored] == [{"text": "Tool said done for hi."}]
+    assert query(database_url, "SELECT attempt FROM deliveries WHERE id = %s",
+                 (delivery,)) == [(1,)]
+    # A later retry replays the one stored answer.
+    _, replay = post_stream(server.webhook, raw, headers)
+    assert [obj for _, obj in replay] == [{"text": "Tool said done for hi."}]

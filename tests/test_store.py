@@ -82,10 +82,10 @@ def in_threads(n, fn):
 # -- deliveries -----------------------------------------------------------------------------
 
 
-def test_claim_delivery_once(store):
-    assert store.claim_delivery("whd_1", "agent.message") is True
-    assert store.claim_delivery("whd_1", "agent.message") is False
-    assert store.claim_delivery("whd_2", "agent.message") is True
+def test_claim_voice_once(store):
+    assert store.claim_voice("whd_1", "agent.message", "w1") is True
+    assert store.claim_voice("whd_1", "agent.message", "w1") is False
+    assert store.claim_voice("whd_2", "agent.message", "w1") is True
 
 
 def test_claim_with_job_enqueues_only_when_new(store):
@@ -101,11 +101,11 @@ def test_claim_with_job_is_atomic(store):
     with pytest.raises(StoreUnavailable):
         store.claim_with_job("whd_1", "agent.message", "text_message", None)
     assert store.jobs() == []
-    assert store.claim_delivery("whd_1", "agent.message") is True
+    assert store.claim_voice("whd_1", "agent.message", "w1") is True
 
 
 def test_concurrent_claims_exactly_one_wins(store):
-    results = in_threads(20, lambda i: store.claim_delivery("whd_same", "agent.message"))
+    results = in_threads(20, lambda i: store.claim_voice("whd_same", "agent.message", "w1"))
     assert results.count(True) == 1
 
 
@@ -120,10 +120,42 @@ def test_concurrent_claim_with_job_one_job(store):
 
 
 def test_voice_reply_saved_and_replayed(store):
+    assert store.claim_voice("whd_v", "agent.call", "w1")
     assert store.voice_reply("whd_v") is None
-    store.save_voice_reply("whd_v", {"text": "It shipped.", "hangup": False})
-    store.save_voice_reply("whd_v", {"text": "second write loses"})
+    assert store.save_voice_reply("whd_v", {"text": "It shipped.", "hangup": False}, "w1", 0)
+    assert not store.save_voice_reply("whd_v", {"text": "second write loses"}, "w1", 0)
     assert store.voice_reply("whd_v") == {"text": "It shipped.", "hangup": False}
+    assert store.voice_claim("whd_v") == ({"text": "It shipped.", "hangup": False}, NOW)
+    assert store.voice_claim("whd_never") is None
+
+
+def test_voice_claim_taken_over_only_when_its_heartbeat_is_stale(store):
+    assert store.claim_voice("whd_v", "agent.call", "w1")
+    assert not store.claim_voice("whd_v", "agent.call", "w2")
+    store.clock.advance(3)
+    assert store.take_over_voice("whd_v", "w2", stale=4) is None  # still beating
+    store.renew_voice_claims("w1", ["whd_v", "whd_other"])
+    store.clock.advance(3)
+    assert store.take_over_voice("whd_v", "w2", stale=4) is None  # renewed 3 s ago
+    assert store.voice_claim("whd_v") == (None, NOW + 3)
+    store.clock.advance(2)
+    assert store.take_over_voice("whd_v", "w2", stale=4) == 1
+    # The dead holder's late writes change nothing: its heartbeat and its final line.
+    store.renew_voice_claims("w1", ["whd_v"])
+    assert not store.save_voice_reply("whd_v", {"text": "late"}, "w1", 0)
+    assert store.voice_claim("whd_v") == (None, NOW + 8)
+    assert store.save_voice_reply("whd_v", {"text": "answer"}, "w2", 1)
+    store.clock.advance(60)
+    assert store.take_over_voice("whd_v", "w3", stale=4) is None  # answered: nothing to run
+
+
+def test_a_stale_voice_claim_is_taken_over_by_exactly_one_retry(store):
+    assert store.claim_voice("whd_v", "agent.call", "dead")
+    store.clock.advance(10)
+    results = in_threads(12, lambda i: store.take_over_voice("whd_v", f"w{i}", stale=4))
+    assert sorted(results, key=lambda r: r is None) == [1] + [None] * 11
+    winner = f"w{results.index(1)}"
+    assert store.save_voice_reply("whd_v", {"text": "answer"}, winner, 1)
 
 
 # -- jobs -----------------------------------------------------------------------------------
@@ -210,8 +242,9 @@ def test_concurrent_job_claims_never_share_a_job(store):
 
 
 def test_prune_retention(store):
-    store.claim_with_job("whd_old", "agent.message", "reaction", "{}")
-    store.save_voice_reply("whd_old", {"text": "old"})
+    store.claim_voice("whd_old", "agent.call", "w1")
+    store.enqueue("reaction", "{}", delivery_id="whd_old")
+    store.save_voice_reply("whd_old", {"text": "old"}, "w1", 0)
     old_done = store.claim_job("w", 60).id
     store.finish_job(old_done)
     old_pending = store.enqueue("reaction", "{}")
@@ -220,7 +253,7 @@ def test_prune_retention(store):
     store.outbox_begin("whd_old", "+15550001111", "hi")
     store.save_session_state("call_old", {"step": "done"})
     store.clock.advance(7 * DAY + 1)
-    store.claim_delivery("whd_new", "agent.message")
+    store.claim_voice("whd_new", "agent.message", "w1")
     store.save_session_state("call_new", {"step": "booking"})
 
     # The old delivery id, its voice reply and outbox row, the finished job, the old session.
@@ -229,8 +262,8 @@ def test_prune_retention(store):
     assert store.outbox_entry("whd_old") is None
     assert store.session_state("call_old") == {}
     assert store.session_state("call_new") == {"step": "booking"}
-    assert store.claim_delivery("whd_new", "agent.message") is False
-    assert store.claim_delivery("whd_old", "agent.message") is True
+    assert store.claim_voice("whd_new", "agent.message", "w1") is False
+    assert store.claim_voice("whd_old", "agent.message", "w1") is True
     assert store.job(old_done) is None
     assert store.job(old_pending) is not None
     assert store.prune(Retention()) == 0
@@ -243,6 +276,21 @@ def test_migrate_twice_is_a_no_op(store):
     assert store.schema_version() == len(MIGRATIONS)
     assert store.migrate() == len(MIGRATIONS)
     assert store._one("SELECT COUNT(*) FROM schema_version")[0] == len(MIGRATIONS)
+
+
+def test_a_version_2_database_is_upgraded_and_its_claims_kept(opened, monkeypatch):
+    store = opened(migrate=False)
+    monkeypatch.setattr("app.store.sql.MIGRATIONS", MIGRATIONS[:2])
+    assert store.migrate() == 2
+    store._exec("INSERT INTO deliveries (id, event, received_at) VALUES (?, ?, ?)",
+                ("whd_before", "agent.call", NOW))
+    monkeypatch.setattr("app.store.sql.MIGRATIONS", MIGRATIONS)
+    assert opened().schema_version() == len(MIGRATIONS)
+    # A claim made before the upgrade has no heartbeat: its age counts from its arrival.
+    assert store.voice_claim("whd_before") == (None, NOW)
+    assert store.take_over_voice("whd_before", "w2", stale=4) is None
+    store.clock.advance(5)
+    assert store.take_over_voice("whd_before", "w2", stale=4) == 1
 
 
 def test_concurrent_migrate(opened):
@@ -265,7 +313,7 @@ def test_broken_database_raises_store_unavailable(store_url, tmp_path, opened):
     store = opened(migrate=False, url=broken)
     started = time.monotonic()
     with pytest.raises(StoreUnavailable) as info:
-        store.claim_delivery("whd_1", "agent.message")
+        store.claim_voice("whd_1", "agent.message", "w1")
     assert time.monotonic() - started < 5
     assert info.value.status == 503
     assert info.value.to_dict()["error"]["code"] == "STORE_UNAVAILABLE"
@@ -279,11 +327,11 @@ def test_migration_deferred_while_the_database_is_missing(pg_server):
             store.migrate()
         store.migrate_on_first_use()
         with pytest.raises(StoreUnavailable):
-            store.claim_delivery("whd_1", "agent.message")
+            store.claim_voice("whd_1", "agent.message", "w1")
 
         def refused(i):
             with pytest.raises(StoreUnavailable):
-                store.claim_delivery(f"whd_{i}", "agent.message")
+                store.claim_voice(f"whd_{i}", "agent.message", "w1")
 
         started = time.monotonic()
         in_threads(6, refused)  # one attempt for all of them, not six in a row
@@ -298,8 +346,26 @@ def test_migration_deferred_while_the_database_is_missing(pg_server):
             except StoreUnavailable:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-        assert store.claim_delivery("whd_1", "agent.message") is True
+        assert store.claim_voice("whd_1", "agent.message", "w1") is True
         assert store.schema_version() == len(MIGRATIONS)
     finally:
         store.close()
         pg_server.drop_database(name)
+
+
+def test_rotated_webhook_secrets_stay_valid_for_the_grace_period(store):
+    store.add_webhook_secret("account", "whsec_one", grace=60, webhook_id="wh_1", url="https://a")
+    store.add_webhook_secret("agt_1", "whsec_agent", grace=60)
+    store.clock.advance(10)
+    store.add_webhook_secret("account", "whsec_two", grace=60, webhook_id="wh_1")
+    live = {s.secret: s for s in store.webhook_secrets()}
+    assert set(live) == {"whsec_one", "whsec_two", "whsec_agent"}
+    assert live["whsec_one"].expires_at == store.clock() + 60
+    assert live["whsec_two"].expires_at is None and live["whsec_agent"].expires_at is None
+    assert store.webhook_secrets()[0].secret == "whsec_two"  # newest first
+    store.clock.advance(61)
+    assert {s.secret for s in store.webhook_secrets()} == {"whsec_two", "whsec_agent"}
+    assert len(store.webhook_secrets(live_only=False)) == 3
+    # Storing the same secret again (a retried CLI call) changes nothing.
+    store.add_webhook_secret("account", "whsec_two", grace=60)
+    assert {s.secret for s in store.webhook_secrets()} == {"whsec_two", "whsec_agent"}

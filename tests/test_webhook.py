@@ -6,6 +6,7 @@ import sqlite3
 import pytest
 
 from app.simulator import payload, signed_request
+from app.voice.streamer import LATE_TEXT
 from tests.conftest import NOW, SECRET
 
 
@@ -141,6 +142,19 @@ def test_duplicate_voice_turn_replays_the_stored_reply(post_signed):
     first = post_signed(payload("voice"), delivery_id="whd_voice").get_data(as_text=True)
     again = post_signed(payload("voice"), delivery_id="whd_voice").get_data(as_text=True)
     assert again == first.splitlines(keepends=True)[-1]
+
+
+def test_voice_turn_whose_first_attempt_stopped_beating_runs_again(app, post_signed):
+    store = app.extensions["store"]
+    store.clock = lambda: NOW - 10  # claimed 10 s ago by a worker that has died since
+    assert store.claim_voice("whd_dead", "agent.message", "gone:1:0")
+    store.clock = lambda: NOW
+    lines = post_signed(payload("voice"), delivery_id="whd_dead").get_data(as_text=True)
+    objects = [json.loads(line) for line in lines.splitlines()]
+    assert objects[0]["interim"] is True
+    assert objects[-1] != {"text": LATE_TEXT}
+    assert "order" in objects[-1]["text"]
+    assert store.voice_reply("whd_dead") == objects[-1]
 
 
 def _drop_deliveries_table(conn):

@@ -10,6 +10,9 @@ Writing your own: subclass ``Agent`` and implement ``respond(turn)``; give it to
 
 import importlib
 
+from flask import current_app
+
+from app import metrics
 from app.agent.base import TRANSFER, Agent, Reply, Turn
 from app.agent.demo import Receptionist
 from app.agent.tools import (
@@ -25,7 +28,8 @@ from app.agent.tools import (
 
 __all__ = [
     "TRANSFER", "Agent", "Receptionist", "Reply", "Tool", "ToolCall", "ToolError", "ToolResult",
-    "Toolbox", "Turn", "build_agent", "init_app", "load_factory", "run_tools", "tool", "tools_of",
+    "Toolbox", "Turn", "build_agent", "get_agent", "init_app", "load_factory", "run_tools",
+    "tool", "tools_of",
 ]
 
 
@@ -48,10 +52,28 @@ def build_agent(app):
     return receptionist
 
 
+def get_agent(agent_id=None):
+    """The agent that answers for AgentPhone agent ``agent_id``: its own (``AGENTS``), else
+    the default one."""
+    return current_app.extensions["agents"].get(agent_id) or current_app.extensions["agent"]
+
+
+def _made(factory, app):
+    # A callable (embedding, tests) or a setting's module:callable path.
+    return (load_factory(factory) if isinstance(factory, str) else factory)(app)
+
+
 def init_app(app):
     agent = app.config.get("AGENT")
-    if agent is None and app.config.get("AGENT_FACTORY"):
-        agent = load_factory(app.config["AGENT_FACTORY"])(app)
+    factory = app.config.get("AGENT_FACTORY")
+    if agent is None and factory:
+        agent = _made(factory, app)
     if agent is None:
         agent = build_agent(app)
     app.extensions["agent"] = agent
+    app.extensions["agents"] = {
+        agent_id: _made(factory, app)
+        for agent_id, factory in (app.config.get("AGENT_FACTORIES") or {}).items()
+    }
+    for served in (agent, *app.extensions["agents"].values()):
+        served.observe_tools(metrics.tool_called)

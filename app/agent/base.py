@@ -44,8 +44,11 @@ class Turn:
 
     @property
     def session_id(self):
-        """What ties turns of one conversation together: the call, else the conversation."""
-        return self.call_id or self.conversation_id or self.caller
+        """What ties turns of one conversation together: the call, else the conversation,
+        else the caller; scoped to the AgentPhone agent, so that agents behind one server
+        never share memory."""
+        base = self.call_id or self.conversation_id or self.caller
+        return f"{self.agent_id}/{base}" if base and self.agent_id else base
 
 
 TRANSFER = "transfer"
@@ -102,6 +105,22 @@ class Agent:
     def respond(self, turn):
         """Yield ``str`` chunks to speak now, then one ``Reply`` that ends the turn."""
         raise NotImplementedError
+
+    def observe_tools(self, callback):
+        """Report every tool call this agent makes to ``callback(name, arguments, value,
+        error, seconds)``: how the metrics, scenario runs and the ``phone`` test fixture
+        see tool calls.
+
+        Covers the agent's ``@tool`` methods and, when it has one, its ``toolbox``. An agent
+        that calls tools some other way overrides this.
+        """
+        from app.agent.tools import Toolbox, observed, tools_of
+
+        for t in tools_of(self):
+            setattr(self, t._attr, observed(t, callback))
+        box = getattr(self, "toolbox", None)
+        if isinstance(box, Toolbox):
+            box.tools = {name: observed(t, callback) for name, t in box.tools.items()}
 
 
 def _str(value):

@@ -129,6 +129,36 @@ def tool(fn=None, *, name=None, description=None, parameters=None, timeout=None)
     return wrap(fn) if fn is not None else wrap
 
 
+def observed(t, callback):
+    """A copy of Tool ``t`` that reports each call: ``callback(name, arguments, value,
+    error, seconds)`` after it returns or raises (``arguments`` without the injected
+    ``turn``)."""
+    fn = t.fn
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def watched(*args, **kwargs):
+        try:
+            arguments = dict(signature.bind_partial(*args, **kwargs).arguments)
+        except TypeError:
+            arguments = dict(kwargs)
+        for name in INJECTED:
+            arguments.pop(name, None)
+        started = time.monotonic()
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:
+            callback(t.name, arguments, None, exc, time.monotonic() - started)
+            raise
+        callback(t.name, arguments, value, None, time.monotonic() - started)
+        return value
+
+    copy = object.__new__(Tool)
+    copy.__dict__.update(t.__dict__)
+    copy.fn = watched
+    return copy
+
+
 def tools_of(obj):
     """Every ``@tool`` method of an object, bound to it, in definition order."""
     found = {}
@@ -318,8 +348,8 @@ def run_tools(calls, tools, turn=None, timeout=None):
     """Run ``calls`` (ToolCall, or (name, arguments) pairs) concurrently; results in order.
 
     ``tools`` is a Toolbox or an iterable of Tools. Each call gets its tool's timeout, capped
-    by ``timeout`` when given; a call still running then is cancelled (killed under gevent,
-    abandoned as a daemon thread otherwise) and reported as timed out.
+    by ``timeout`` when given; a call still running then is cancelled (see app.tasks) and
+    reported as timed out.
     """
     box = tools if isinstance(tools, Toolbox) else Toolbox(tools)
     calls = [c if isinstance(c, ToolCall) else ToolCall(*c) for c in calls]

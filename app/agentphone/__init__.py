@@ -14,6 +14,7 @@ from app.agentphone.client import (
 from app.agentphone.errors import (
     AgentPhoneError,
     APIConnectionError,
+    APITimeoutError,
     AuthenticationError,
     BadRequestError,
     MissingAPIKeyError,
@@ -26,6 +27,7 @@ from app.agentphone.pagination import Page
 __all__ = [
     "DEFAULT_BASE_URL",
     "APIConnectionError",
+    "APITimeoutError",
     "AgentPhoneClient",
     "AgentPhoneError",
     "AuthenticationError",

@@ -6,11 +6,14 @@ from urllib.parse import quote
 
 import requests
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
+from urllib3.exceptions import MaxRetryError
+from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
 from app.agentphone import transport
 from app.agentphone.errors import (
     AgentPhoneError,
     APIConnectionError,
+    APITimeoutError,
     MissingAPIKeyError,
     error_from_response,
 )
@@ -39,6 +42,7 @@ from app.agentphone.pagination import (
     walk_offset,
 )
 from app.agentphone.sse import parse_sse, transcript_event
+from app.metrics import API_REQUESTS, endpoint
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +64,16 @@ class AgentPhoneClient:
     """Client for https://api.agentphone.ai with one connection pool (a requests Session;
     requests does not promise Session thread-safety, so give each thread its own client).
 
-    timeout: (connect, read) seconds for every request. max_retries, backoff_factor, max_wait
-    and budget tune the transport's retries (see transport.py). stream_quiet_timeout: seconds
-    without a byte (heartbeats come every 15 s) before a transcript stream counts as dead;
-    stream_reconnects: reconnects in a row without new turns before giving up.
+    timeout: (connect, read) seconds for every request. budget: seconds one call may take in
+    all (connect, retries and the whole response body); past it APITimeoutError is raised.
+    max_retries, backoff_factor and max_wait tune the transport's retries (see transport.py).
+    stream_quiet_timeout: seconds without a byte (heartbeats come every 15 s) before a
+    transcript stream counts as dead; stream_reconnects: reconnects in a row without new
+    turns before giving up.
     """
 
     def __init__(self, api_key, base_url=DEFAULT_BASE_URL, timeout=(5.0, 30.0), max_retries=2,
-                 backoff_factor=1.0, max_wait=60.0, budget=120.0, stream_quiet_timeout=45.0,
+                 backoff_factor=1.0, max_wait=60.0, budget=30.0, stream_quiet_timeout=45.0,
                  stream_reconnects=3):
         if not api_key:
             raise MissingAPIKeyError(
@@ -94,23 +100,31 @@ class AgentPhoneClient:
 
     # -- HTTP -------------------------------------------------------------------------------
 
-    def _open(self, method, path, *, params=None, json=None, **kwargs):
-        """Send one call (retries included) and return the response, or raise AgentPhoneError."""
+    def _open(self, method, path, *, params=None, json=None, stream=False, **kwargs):
+        """Send one call (retries included) and return the response, or raise AgentPhoneError.
+
+        Everything happens within `budget` seconds, the whole body included, unless
+        ``stream``: then the caller reads the body as it comes, and the read timeout (the
+        longest quiet spell) is left as given."""
         url = self.base_url + path
-        kwargs.setdefault("timeout", self.timeout)
+        timeout = kwargs.pop("timeout", self.timeout)
+        where = endpoint(path)
         try:
-            with transport.call_deadline(self.budget):
+            with transport.call_deadline(self.budget, cut_reads=not stream) as deadline:
                 response = self._session.request(
-                    method, url, params=_drop_none(params or {}), json=json, **kwargs
+                    method, url, params=_drop_none(params or {}), json=json, stream=True,
+                    timeout=timeout, **kwargs
                 )
+                if not stream or response.status_code >= 300:
+                    transport.read_body(response, deadline, _read_timeout(timeout))
         except requests.RequestException as exc:
-            raise APIConnectionError(f"{method} {path} failed: {exc}") from exc
+            API_REQUESTS.labels(method, where, "error").inc()
+            error = APITimeoutError if _timed_out(exc) else APIConnectionError
+            raise error(f"{method} {path} failed: {exc}") from exc
+        API_REQUESTS.labels(method, where, str(response.status_code)).inc()
         if response.status_code >= 300:
-            try:
-                raise error_from_response(response.status_code, response.text, response.headers,
-                                          response.reason or "")
-            finally:
-                response.close()
+            raise error_from_response(response.status_code, response.text, response.headers,
+                                      response.reason or "")
         return response
 
     def request(self, method, path, *, params=None, json=None):
@@ -388,6 +402,18 @@ class AgentPhoneClient:
         return self._page("/v1/contacts", Contact, limit, offset)
 
 
+def _timed_out(exc):
+    """True for a timeout, also one that ended the retries (requests reports a ConnectionError)."""
+    if isinstance(exc, requests.Timeout):
+        return True
+    reason = exc.args[0] if exc.args else None
+    return isinstance(reason, MaxRetryError) and isinstance(reason.reason, Urllib3TimeoutError)
+
+
+def _read_timeout(timeout):
+    return timeout[1] if isinstance(timeout, tuple) else timeout
+
+
 def _arrived_chunks(raw, size=65536):
     """Bytes as they arrive: read1 returns what is there instead of waiting for `size`."""
     while True:
@@ -397,14 +423,16 @@ def _arrived_chunks(raw, size=65536):
         yield chunk
 
 
-def from_config(config):
-    """A client from a mapping with AGENTPHONE_API_KEY and (optionally) AGENTPHONE_API_URL."""
+def from_config(config, **options):
+    """A client from a mapping with AGENTPHONE_API_KEY and (optionally) AGENTPHONE_API_URL;
+    ``options`` are AgentPhoneClient's (timeouts, retries)."""
     return AgentPhoneClient(
         config.get("AGENTPHONE_API_KEY"),
         base_url=config.get("AGENTPHONE_API_URL") or DEFAULT_BASE_URL,
+        **options,
     )
 
 
-def client_from_app(app):
+def client_from_app(app, **options):
     """A client configured from a Flask app's config."""
-    return from_config(app.config)
+    return from_config(app.config, **options)

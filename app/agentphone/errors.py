@@ -54,6 +54,10 @@ class APIConnectionError(AgentPhoneError):
     """The request failed without an HTTP response (DNS, refused, timeout, dropped stream)."""
 
 
+class APITimeoutError(APIConnectionError):
+    """A timeout: connecting, waiting for bytes, or the call's whole deadline (`budget`)."""
+
+
 class BadRequestError(AgentPhoneError):
     """400 or 422: the request was rejected as invalid; see `details`."""
 

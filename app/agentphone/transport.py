@@ -6,7 +6,13 @@ Retry policy (SPEC 5.3, Q32, Q33):
   was sent). Never a read timeout or a dropped connection after sending: there is no
   idempotency key, and a retried send could text someone twice.
 * Wait: `Retry-After` (seconds or HTTP-date) when given, else exponential backoff with
-  jitter; every wait capped at `max_wait`; all retries of one call fit in `budget` seconds.
+  jitter; every wait capped at `max_wait`.
+
+Deadline: one call (connects, every attempt, the whole response body) fits in `budget`
+seconds. Each attempt's socket timeouts are cut to the time left, a retry that could not
+start in time is not made, and the body is read in arrived pieces with each wait cut to the
+time left, so a server trickling body bytes cannot stretch a call past its deadline. (The
+status line and headers are read by http.client: there only each wait is bounded.)
 """
 
 import contextlib
@@ -16,28 +22,85 @@ from contextvars import ContextVar
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import MaxRetryError, ResponseError
+from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
+from urllib3.exceptions import MaxRetryError, ReadTimeoutError, ResponseError
 from urllib3.util.retry import Retry
+from urllib3.util.timeout import Timeout
 
 from app.agentphone.errors import parse_retry_after
+from app.metrics import API_RETRIES, API_RETRY_AFTER, endpoint
 
 IDEMPOTENT_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 POST_RETRY_STATUSES = frozenset({429, 503})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
-# Deadline (time.monotonic()) of the API call in progress; set by `call_deadline`. A context
-# variable, not an attribute, because one Session serves many threads/greenlets at once.
-_deadline = ContextVar("agentphone_call_deadline", default=None)
+# (deadline as a time.monotonic() value, whether socket reads are cut to it) of the API call
+# in progress; set by `call_deadline`. A context variable, not an attribute, because one
+# Session serves many threads/greenlets at once.
+_deadline = ContextVar("agentphone_call_deadline", default=(None, False))
+
+
+class DeadlineExceeded(requests.Timeout):
+    """The call's deadline passed before its response was complete."""
 
 
 @contextlib.contextmanager
-def call_deadline(budget):
-    """Bound the retries of the requests made inside the block to `budget` seconds in all."""
-    token = _deadline.set(None if budget is None else time.monotonic() + budget)
+def call_deadline(budget, cut_reads=True):
+    """Bound the requests made inside the block, retries included, to `budget` seconds in
+    all: each attempt's connect timeout (and read timeout, with ``cut_reads``) is cut to the
+    time left. Yields the deadline (a `time.monotonic()` value, None without a budget)."""
+    deadline = None if budget is None else time.monotonic() + budget
+    token = _deadline.set((deadline, cut_reads))
     try:
-        yield
+        yield deadline
     finally:
         _deadline.reset(token)
+
+
+def within(timeout, deadline):
+    """`timeout` (seconds, or a (connect, read) pair) cut to the time left before `deadline`."""
+    if deadline is None:
+        return timeout
+    left = max(deadline - time.monotonic(), 0.001)
+    if isinstance(timeout, tuple):
+        return tuple(left if t is None else min(t, left) for t in timeout)
+    return left if timeout is None else min(timeout, left)
+
+
+def read_body(response, deadline, read_timeout=None, size=65536):
+    """Read the whole body of a `stream=True` response by `deadline` and keep it as the
+    response's content. Raises DeadlineExceeded, or requests' ReadTimeout/ConnectionError."""
+    raw = response.raw
+    sock = getattr(raw.connection, "sock", None)
+    chunks = []
+    try:
+        while True:
+            if deadline is not None and deadline <= time.monotonic():
+                raise DeadlineExceeded(f"response not complete within the deadline "
+                                       f"({sum(map(len, chunks))} bytes read)")
+            wait = within(read_timeout, deadline)
+            if sock is not None and wait is not None:
+                sock.settimeout(wait)
+            # read1: whatever has arrived, instead of waiting for `size` bytes.
+            chunk = raw.read1(size, decode_content=True)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except DeadlineExceeded:  # before OSError: requests' exceptions are OSErrors
+        response.close()  # closes the half-read connection instead of pooling it
+        raise
+    except ReadTimeoutError as exc:
+        response.close()
+        raise requests.ReadTimeout(exc, response=response) from exc
+    except (Urllib3HTTPError, OSError) as exc:
+        response.close()
+        raise requests.ConnectionError(exc, response=response) from exc
+    # What Response.content caches: it, .text and .json() keep working.
+    response._content = b"".join(chunks)
+    response._content_consumed = True
+    response.close()
+    return response
 
 
 class AgentPhoneRetry(Retry):
@@ -73,10 +136,14 @@ class AgentPhoneRetry(Retry):
     def increment(self, method=None, url=None, response=None, error=None, _pool=None,
                   _stacktrace=None):
         new = super().increment(method, url, response, error, _pool, _stacktrace)
-        deadline = _deadline.get()
-        if deadline is not None and time.monotonic() + new.planned_wait(response) > deadline:
+        deadline, _ = _deadline.get()
+        wait = new.planned_wait(response)
+        if deadline is not None and time.monotonic() + wait > deadline:
             reason = error or ResponseError("retry budget exhausted")
             raise MaxRetryError(_pool, url, reason) from reason
+        API_RETRIES.labels(method or "-", endpoint(url or "")).inc()
+        if response is not None and self.get_retry_after(response):
+            API_RETRY_AFTER.inc(wait)
         return new
 
 
@@ -106,10 +173,41 @@ def build_retry(max_retries=2, backoff_factor=1.0, max_wait=60.0, jitter=0.1):
     )
 
 
+class _DeadlinePool:
+    """Cuts every attempt's socket timeouts to what is left of the call's deadline (urllib3
+    asks `_get_timeout` once per attempt, retries included)."""
+
+    def _get_timeout(self, timeout):
+        timeout = super()._get_timeout(timeout)
+        deadline, cut_reads = _deadline.get()
+        if deadline is None:
+            return timeout
+        read = timeout.read_timeout
+        return Timeout(connect=within(timeout.connect_timeout, deadline),
+                       read=within(read, deadline) if cut_reads else read)
+
+
+class _DeadlineHTTPPool(_DeadlinePool, HTTPConnectionPool):
+    pass
+
+
+class _DeadlineHTTPSPool(_DeadlinePool, HTTPSConnectionPool):
+    pass
+
+
+class DeadlineAdapter(HTTPAdapter):
+    """An HTTPAdapter whose connection pools keep each attempt within the call's deadline."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _DeadlineHTTPPool,
+                                                   "https": _DeadlineHTTPSPool}
+
+
 def build_session(api_key, retry, user_agent):
     """A Session sending the bearer key on every request, retrying per `retry`."""
     session = requests.Session()
-    adapter = HTTPAdapter(max_retries=retry)
+    adapter = DeadlineAdapter(max_retries=retry)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.headers.update({

@@ -159,6 +159,118 @@ def webhook():
     """Webhook tools."""
 
 
+def mask(secret):
+    """A secret as it may be shown: its prefix and last four characters."""
+    if not secret:
+        return "-"
+    return f"{secret[:6]}…{secret[-4:]}" if len(secret) > 14 else "…"
+
+
+def _store_secret(hook, agent_id):
+    from app.store.secrets import ACCOUNT
+
+    uses().store().add_webhook_secret(agent_id or ACCOUNT, hook.secret,
+                                      uses().settings["SECRET_GRACE"], hook.id, hook.url)
+
+
+def _describe(hook, agent_id, verb):
+    scope = f"agent {agent_id}" if agent_id else "the account"
+    grace = uses().settings["SECRET_GRACE"]
+    return (f"{verb} the webhook of {scope}: {hook.url} ({hook.id}); its new secret "
+            f"{mask(hook.secret)} is stored and valid now; the previous one stays valid for "
+            f"{grace:g} s.")
+
+
+@webhook.command("set")
+@click.argument("url")
+@click.option("--agent", "--agent-id", "agent_id",
+              help="An agent's own webhook instead of the account's.")
+@click.option("--context-limit", type=click.IntRange(0, 50),
+              help="Messages of recent history each delivery carries (platform default 10).")
+@click.option("--timeout", type=click.IntRange(5, 120),
+              help="Seconds the platform waits for a voice reply (VOICE_TIMEOUT should match).")
+@json_option
+def webhook_set(url, agent_id, context_limit, timeout, as_json):
+    """Create or replace the webhook at URL and store its signing secret.
+
+    Every process of this server picks the secret up within seconds, without a restart;
+    the secret is never printed. The platform sends every event type to the webhook.
+    """
+    with api_client() as client:
+        hook = client.set_webhook(url, context_limit=context_limit, timeout=timeout,
+                                  agent_id=agent_id)
+    _store_secret(hook, agent_id)
+    if as_json:
+        echo_json({**hook.raw, "secret": mask(hook.secret)})
+    else:
+        click.echo(_describe(hook, agent_id, "set"))
+
+
+@webhook.command("rotate")
+@click.option("--agent", "--agent-id", "agent_id",
+              help="An agent's own webhook instead of the account's.")
+@json_option
+def webhook_rotate(agent_id, as_json):
+    """Re-create the webhook with the same settings to get a new signing secret.
+
+    The new secret is valid at once; the old one keeps working for SECRET_GRACE seconds,
+    so that deliveries signed before the change and still being retried get through.
+    """
+    with api_client() as client:
+        current = client.get_webhook(agent_id=agent_id)
+        if current is None:
+            raise click.ClickException("no webhook to rotate: create one with `webhook set URL`")
+        hook = client.set_webhook(current.url, context_limit=current.context_limit,
+                                  timeout=current.timeout, agent_id=agent_id)
+    _store_secret(hook, agent_id)
+    if as_json:
+        echo_json({**hook.raw, "secret": mask(hook.secret)})
+    else:
+        click.echo(_describe(hook, agent_id, "rotated"))
+
+
+@webhook.command("show")
+@json_option
+def webhook_show(as_json):
+    """The webhooks configured on the platform and the secrets this server accepts (masked)."""
+    import time
+
+    with api_client() as client:
+        account = client.get_webhook()
+        agents = list(client.paginate(client.list_agents, limit=100))
+        own = [(a.id, client.get_webhook(agent_id=a.id)) for a in agents]
+    hooks = [("account", account)] + [(agent, hook) for agent, hook in own if hook is not None]
+    stored = uses().store().webhook_secrets()
+    now = time.time()
+    configured = uses().settings["WEBHOOK_SECRETS"]
+    if as_json:
+        echo_json({
+            "webhooks": [{"scope": scope, **(hook.raw if hook else {}),
+                          "secret": mask(hook.secret) if hook else None}
+                         for scope, hook in hooks],
+            "accepted_secrets": [{"source": "environment", "secret": mask(s)}
+                                 for s in configured]
+            + [{"source": "store", "scope": s.scope, "secret": mask(s.secret),
+                "expires_in": None if s.expires_at is None else round(s.expires_at - now)}
+               for s in stored],
+        })
+        return
+    click.echo(format_table(
+        ["SCOPE", "ID", "URL", "STATUS", "TIMEOUT", "CONTEXT", "SECRET"],
+        [[scope, hook.id, hook.url, hook.status, hook.timeout, hook.context_limit,
+          mask(hook.secret)] if hook else [scope, None, "(none)", None, None, None, None]
+         for scope, hook in hooks],
+    ))
+    click.echo("\nsecrets this server accepts:")
+    click.echo(format_table(
+        ["SOURCE", "SCOPE", "SECRET", "VALID"],
+        [["environment", "-", mask(s), "until removed"] for s in configured]
+        + [["store", s.scope, mask(s.secret),
+            "until rotated" if s.expires_at is None else f"{s.expires_at - now:.0f} s more"]
+           for s in stored],
+    ))
+
+
 @webhook.command("test")
 @click.option("--agent-id", help="Agent named in the sample payload.")
 @json_option

@@ -76,9 +76,12 @@ class Resources:
             return settings["WEBHOOK_SECRETS"][0]
         if settings["DEV_MODE"]:
             return config.dev_secret(config.instance_path())
+        stored = self.store().webhook_secrets()
+        if stored:
+            return stored[0].secret
         raise click.ClickException(
             "no webhook secret: set AGENTPHONE_WEBHOOK_SECRET (or AGENTPHONE_DEV=1), "
-            "or pass --secret")
+            "store one with `agentphone webhook set`, or pass --secret")
 
     def app(self):
         """The whole application (agent, job handlers); no webhook secret required, since
@@ -112,4 +115,4 @@ def agentphone(ctx):
     """AgentPhone backend tools: simulator, API client, jobs, worker."""
     if ctx.find_object(ScriptInfo) is None:  # under `flask --app` the app has done both
         config.load_dotenv_file()
-        configure_logging(config.log_level())
+        configure_logging(config.log_level(), config.log_format())

@@ -23,12 +23,17 @@ def default_url():
 @click.option("--text", default=None, help="What the caller says or texts.")
 @click.option("--id", "delivery_id", default=None, help="X-Webhook-ID (default: random).")
 @click.option("--secret", default=None,
-              help="Signing secret (default: AGENTPHONE_WEBHOOK_SECRET, or the development "
-                   "secret with AGENTPHONE_DEV=1).")
-def simulate(url, kind, text, delivery_id, secret):
+              help="Signing secret (default: AGENTPHONE_WEBHOOK_SECRET, the newest stored one, "
+                   "or the development secret with AGENTPHONE_DEV=1).")
+@click.option("--agent-id", default=None,
+              help="The delivery's agentId (picks the agent behind a server with AGENTS).")
+def simulate(url, kind, text, delivery_id, secret, agent_id):
     """Sign and post a sample delivery; print each NDJSON line with its arrival time."""
     secret = secret or uses().webhook_secret()
-    raw, headers = simulator.signed_request(secret, simulator.payload(kind, text), delivery_id)
+    body = simulator.payload(kind, text)
+    if agent_id:
+        body["agentId"] = agent_id
+    raw, headers = simulator.signed_request(secret, body, delivery_id)
     click.echo(f"POST {url}  {kind}  X-Webhook-ID: {headers['X-Webhook-ID']}")
     started = time.monotonic()
     try:

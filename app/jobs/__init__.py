@@ -11,6 +11,7 @@ def init_app(app):
         max_attempts=app.config["JOB_MAX_ATTEMPTS"],
         lease=app.config["JOB_LEASE"],
         grace=app.config["JOB_GRACE"],
+        timeout=app.config["JOB_TIMEOUT"],
     )
     app.extensions["job_runner"] = runner
     if app.config["JOB_RUNNER"]:

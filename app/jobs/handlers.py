@@ -21,6 +21,7 @@ import requests
 from flask import current_app
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
+from app.agent import get_agent
 from app.agent.base import Reply, Turn
 from app.errors import BadRequest, Unretryable
 from app.store import get_store
@@ -54,19 +55,21 @@ def text_message(job):
                     earlier["status"])
         return
     turn = Turn.from_event(event, job.delivery_id)
-    reply = collect_text(current_app.extensions["agent"], turn)
+    reply = collect_text(get_agent(turn.agent_id), turn)
     if not reply:
         log.info("job %s: the agent had nothing to say to %s", job.id, turn.caller)
         return
+    # Message bodies only at DEBUG: INFO lines may reach a shared log pipeline.
+    log.debug("job %s: reply %r", job.id, reply)
     if turn.test:
-        log.info("job %s: test delivery, reply not sent to %s: %r", job.id, turn.caller, reply)
+        log.info("job %s: test delivery, reply not sent to %s", job.id, turn.caller)
         return
     if not turn.caller:
-        log.warning("job %s: no sender number, reply not sent: %r", job.id, reply)
+        log.warning("job %s: no sender number, reply not sent", job.id)
         return
     if not current_app.config.get("AGENTPHONE_API_KEY"):
-        log.info("job %s: AGENTPHONE_API_KEY not set, reply to %s on %s not sent: %r", job.id,
-                 turn.caller, event.channel, reply)
+        log.info("job %s: AGENTPHONE_API_KEY not set, reply to %s on %s not sent", job.id,
+                 turn.caller, event.channel)
         return
     send_once(store, key, event, turn, reply, job)
 

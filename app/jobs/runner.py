@@ -4,7 +4,9 @@ The same runner serves the web workers (``start()``: a greenlet under gevent, a 
 the dev server) and the dedicated ``agentphone worker`` process (``run()`` in the
 foreground). Jobs are leased, and the lease of every running job is renewed, so a slow job is
 never taken by a second worker while a job whose worker died is taken up by another once its
-lease runs out.
+lease runs out. Each attempt runs as a task of its own, cancelled at ``timeout`` seconds: a
+hung tool or upstream fails its attempt (retried or dead-lettered as usual) and frees its
+slot for the other jobs.
 """
 
 import logging
@@ -14,13 +16,20 @@ import socket
 import threading
 import time
 
+from app import logs
 from app.errors import Unretryable
+from app.metrics import JOB_OUTCOMES, JOB_SECONDS
 from app.store import StoreUnavailable
+from app.tasks import spawn
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 1.0
 PRUNE_EVERY_SECONDS = 3600.0
+
+
+class JobTimeout(Exception):
+    """A job attempt ran past the runner's time limit and was cancelled."""
 
 
 def retry_delay(attempt, base=2.0, cap=600.0, rand=random.random):
@@ -34,13 +43,14 @@ class JobRunner:
     interrupted attempt not counted)."""
 
     def __init__(self, app, handlers, concurrency=4, max_attempts=5, lease=60.0, grace=25.0,
-                 poll=IDLE_POLL_SECONDS, prune_every=PRUNE_EVERY_SECONDS):
+                 timeout=60.0, poll=IDLE_POLL_SECONDS, prune_every=PRUNE_EVERY_SECONDS):
         self.app = app
         self.handlers = handlers
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.lease = lease
         self.grace = grace
+        self.timeout = timeout
         self.poll = poll
         self.prune_every = prune_every
         self.worker = _worker_name()
@@ -91,8 +101,8 @@ class JobRunner:
     def run(self):
         """Run until asked to stop; returns the number of jobs handed back at shutdown."""
         self._stopped.clear()
-        log.info("job runner %s started: %d at a time, lease %gs", self.worker,
-                 self.concurrency, self.lease)
+        log.info("job runner %s started: %d at a time, lease %gs, limit %gs", self.worker,
+                 self.concurrency, self.lease, self.timeout)
         finished = threading.Event()
         heartbeat = threading.Thread(target=self._heartbeat, args=(finished,),
                                      name="lease-heartbeat", daemon=True)
@@ -206,16 +216,29 @@ class JobRunner:
             log.error("job %s: no handler for kind %r, dead-lettered", job.id, job.kind)
             self.store.fail_job(job.id, f"no handler for {job.kind!r}")
             return
+        logs.bind(job_id=job.id, attempt=job.attempts, delivery_id=job.delivery_id)
         started = time.monotonic()
-        try:
-            with self.app.app_context():
-                handler(job)
-        except Exception as exc:
-            self._failed(job, exc)
+        task = spawn(self._handle, handler, job)
+        if not task.join(self.timeout):
+            task.cancel()
+            JOB_SECONDS.labels(job.kind).observe(time.monotonic() - started)
+            self._failed(job, JobTimeout(f"timed out after {self.timeout:g} s"))
             return
+        if task.error is not None:
+            JOB_SECONDS.labels(job.kind).observe(time.monotonic() - started)
+            self._failed(job, task.error)
+            return
+        JOB_SECONDS.labels(job.kind).observe(time.monotonic() - started)
         self.store.finish_job(job.id)
+        JOB_OUTCOMES.labels(job.kind, "done").inc()
         log.info("job %s (%s) done in %.0f ms, attempt %d", job.id, job.kind,
                  (time.monotonic() - started) * 1000, job.attempts)
+
+    def _handle(self, handler, job):
+        # A task of its own: its log lines get the job's ids here, not from the caller.
+        logs.bind(job_id=job.id, attempt=job.attempts, delivery_id=job.delivery_id)
+        with self.app.app_context():
+            handler(job)
 
     def _failed(self, job, exc):
         error = f"{type(exc).__name__}: {exc}"
@@ -228,7 +251,9 @@ class JobRunner:
             log.error("job %s (%s) dead after %d attempts: %s", job.id, job.kind,
                       job.attempts, error)
             self.store.fail_job(job.id, error)
+            JOB_OUTCOMES.labels(job.kind, "dead").inc()
             return
+        JOB_OUTCOMES.labels(job.kind, "retry").inc()
         delay = retry_delay(job.attempts)
         log.warning("job %s (%s) attempt %d failed, retrying in %.0fs: %s", job.id, job.kind,
                     job.attempts, delay, error)

@@ -70,3 +70,4 @@ class Retention:
     deliveries: float = 7 * DAY
     finished_jobs: float = 7 * DAY
     sessions: float = 7 * DAY
+    log_rows: int = 200_000  # the console's delivery log keeps at most this many

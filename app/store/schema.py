@@ -147,7 +147,49 @@ MIGRATIONS = [
         VALUES ('monday', '09:00', 'Maria Garcia', '+15550002222', 'booked', 0, 0)
         ON CONFLICT DO NOTHING
     """,
-    # 3: the signed bytes (timestamp and body) of accepted deliveries, kept while a copy
+    # 3: a voice claim names its holder (a process) and the attempt, renewed by a heartbeat
+    # while the turn runs, so that a retry can take over a turn whose worker died.
+    """
+    ALTER TABLE deliveries ADD COLUMN owner TEXT;
+    ALTER TABLE deliveries ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deliveries ADD COLUMN heartbeat_at {real}
+    """,
+    # 4: webhook signing secrets the CLI stored (`agentphone webhook set|rotate`): several
+    # per account or agent while a rotated one is in its grace period.
+    """
+    CREATE TABLE IF NOT EXISTS webhook_secrets (
+        secret TEXT PRIMARY KEY,
+        scope TEXT NOT NULL,
+        webhook_id TEXT,
+        url TEXT,
+        created_at {real} NOT NULL,
+        expires_at {real}
+    );
+    CREATE INDEX IF NOT EXISTS webhook_secrets_scope ON webhook_secrets (scope)
+    """,
+    # 5: the console's log of recent deliveries (written in batches, pruned like delivery ids).
+    """
+    CREATE TABLE IF NOT EXISTS delivery_log (
+        id TEXT PRIMARY KEY,
+        delivery_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        channel TEXT,
+        agent_id TEXT,
+        call_id TEXT,
+        conversation_id TEXT,
+        outcome TEXT NOT NULL,
+        status INTEGER,
+        said TEXT,
+        answered TEXT,
+        received_at {real} NOT NULL,
+        first_line_ms {real},
+        final_ms {real}
+    );
+    CREATE INDEX IF NOT EXISTS delivery_log_received_at ON delivery_log (received_at);
+    CREATE INDEX IF NOT EXISTS delivery_log_call ON delivery_log (call_id, received_at);
+    CREATE INDEX IF NOT EXISTS delivery_log_channel ON delivery_log (channel, received_at)
+    """,
+    # 6: the signed bytes (timestamp and body) of accepted deliveries, kept while a copy
     # could still pass verification, so that a copy under another delivery id is refused.
     """
     CREATE TABLE IF NOT EXISTS signed_requests (

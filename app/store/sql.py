@@ -9,21 +9,25 @@ import logging
 import threading
 import time
 
+from app.metrics import STORE_SECONDS
 from app.store.base import Job, Replayed, Retention, StoreUnavailable, UnstorableValue
+from app.store.console import ConsoleMixin
 from app.store.records import RecordsMixin
 from app.store.schema import MIGRATIONS, statements
+from app.store.secrets import SecretsMixin
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RETENTION = Retention()
 MIGRATE_WAIT_SECONDS = 5.0  # longest wait for another caller's deferred migration
+RENEW_BATCH = 500  # delivery ids per heartbeat statement (SQLite's variable limit is 999+)
 
 JOB_COLUMNS = (
     "id, kind, payload, attempts, status, delivery_id, run_at, last_error, created_at, updated_at"
 )
 
 
-class SQLStore(RecordsMixin):
+class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
     """Shared implementation; subclasses define `backend`, `types`, `lock_clause`, `_connection`,
     `_cursor(transaction)`, `errors` (the driver's base exception classes) and
     `value_errors` (raised for a value the database can never take)."""
@@ -50,6 +54,7 @@ class SQLStore(RecordsMixin):
         return self._execute(fn, transaction)
 
     def _execute(self, fn, transaction):
+        started = time.perf_counter()
         try:
             with self._cursor(transaction) as cur:
                 return fn(cur)
@@ -58,6 +63,8 @@ class SQLStore(RecordsMixin):
             raise UnstorableValue() from exc
         except self.errors as exc:
             raise StoreUnavailable(f"{self.backend} store error: {exc}") from exc
+        finally:
+            STORE_SECONDS.observe(time.perf_counter() - started)
 
     def _one(self, sql, params=()):
         """One autocommit statement; its first row (the statement must return rows)."""
@@ -134,12 +141,9 @@ class SQLStore(RecordsMixin):
 
     # -- deliveries -------------------------------------------------------------------------
 
-    def claim_delivery(self, delivery_id, event, signed=None):
-        """Record a delivery id; True if this call is the first to see it. With ``signed``
-        (SignedBytes), raises Replayed when those bytes came before under another id."""
-        return self._run(lambda cur: self._claim(cur, delivery_id, event, signed))
-
     def _claim(self, cur, delivery_id, event, signed=None):
+        """Record a delivery id; True if new. With ``signed`` (SignedBytes), raise Replayed
+        when those bytes came before under another id."""
         if signed is not None:
             self._refuse_replay(cur, delivery_id, signed)
         cur.execute(
@@ -167,7 +171,7 @@ class SQLStore(RecordsMixin):
 
     def claim_with_job(self, delivery_id, event, kind, payload, signed=None):
         """Claim a delivery and enqueue its job atomically; True if it was new. ``signed`` as
-        for claim_delivery."""
+        for ``_claim``."""
 
         def claim(cur):
             if not self._claim(cur, delivery_id, event, signed):
@@ -182,14 +186,77 @@ class SQLStore(RecordsMixin):
 
         return self._run(claim)
 
-    # -- voice replies ----------------------------------------------------------------------
+    # -- voice claims and replies -----------------------------------------------------------
 
-    def save_voice_reply(self, delivery_id, reply):
-        self._exec(
-            "INSERT INTO voice_replies (delivery_id, reply, created_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (delivery_id) DO NOTHING",
-            (delivery_id, json.dumps(reply), self.clock()),
+    def claim_voice(self, delivery_id, event, owner, signed=None):
+        """Claim a voice delivery for ``owner`` (attempt 0, heartbeat now); True if it was new.
+        ``signed`` as for ``_claim``."""
+
+        def claim(cur):
+            if signed is not None:
+                self._refuse_replay(cur, delivery_id, signed)
+            now = self.clock()
+            cur.execute(
+                "INSERT INTO deliveries (id, event, received_at, owner, attempt, heartbeat_at) "
+                "VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (id) DO NOTHING",
+                (delivery_id, event, now, owner, now),
+            )
+            return cur.rowcount == 1
+
+        # One statement needs no transaction; with the replay check it is two.
+        return self._run(claim, transaction=signed is not None)
+
+    def voice_claim(self, delivery_id):
+        """(stored final line or None, time of the holder's last heartbeat) of a voice
+        delivery; None when it was never claimed."""
+        row = self._one(
+            "SELECT r.reply, COALESCE(d.heartbeat_at, d.received_at) FROM deliveries d "
+            "LEFT JOIN voice_replies r ON r.delivery_id = d.id WHERE d.id = ?",
+            (delivery_id,),
         )
+        if row is None:
+            return None
+        return (json.loads(row[0]) if row[0] is not None else None), row[1]
+
+    def take_over_voice(self, delivery_id, owner, stale):
+        """Compare-and-set: give ``owner`` a voice claim whose heartbeat is older than ``stale``
+        seconds and that has no final line. The new attempt number, or None (the claim is
+        live, answered, or another caller took it first)."""
+        now = self.clock()
+        row = self._one(
+            "UPDATE deliveries SET owner = ?, attempt = attempt + 1, heartbeat_at = ? "
+            "WHERE id = ? AND COALESCE(heartbeat_at, received_at) < ? "
+            "AND NOT EXISTS (SELECT 1 FROM voice_replies WHERE delivery_id = ?) "
+            "RETURNING attempt",
+            (owner, now, delivery_id, now - stale, delivery_id),
+        )
+        return row[0] if row else None
+
+    def renew_voice_claims(self, owner, delivery_ids):
+        """Heartbeat: mark the claims ``owner`` still holds among ``delivery_ids`` alive now."""
+        now = self.clock()
+        ids = list(delivery_ids)
+
+        def renew(cur):
+            for start in range(0, len(ids), RENEW_BATCH):
+                chunk = ids[start:start + RENEW_BATCH]
+                cur.execute(
+                    "UPDATE deliveries SET heartbeat_at = ? WHERE owner = ? "
+                    f"AND id IN ({', '.join('?' * len(chunk))})",
+                    (now, owner, *chunk),
+                )
+
+        self._run(renew)
+
+    def save_voice_reply(self, delivery_id, reply, owner, attempt):
+        """Store the final line of attempt ``attempt`` by ``owner``, unless the claim has
+        been taken over since (or a line is stored already); True if it was stored."""
+        return self._exec(
+            "INSERT INTO voice_replies (delivery_id, reply, created_at) SELECT ?, ?, ? "
+            "WHERE EXISTS (SELECT 1 FROM deliveries WHERE id = ? AND owner = ? AND attempt = ?) "
+            "ON CONFLICT (delivery_id) DO NOTHING",
+            (delivery_id, json.dumps(reply), self.clock(), delivery_id, owner, attempt),
+        ) == 1
 
     def voice_reply(self, delivery_id):
         row = self._one("SELECT reply FROM voice_replies WHERE delivery_id = ?", (delivery_id,))
@@ -288,6 +355,19 @@ class SQLStore(RecordsMixin):
             ]
         )
 
+    def open_job_counts(self):
+        """``(kind, status, count)`` of every job not yet done, for the metrics."""
+        return self._run(lambda cur: _fetchall(
+            cur, "SELECT kind, status, COUNT(*) FROM jobs WHERE status <> 'done' "
+            "GROUP BY kind, status"), transaction=False)
+
+    def unsure_reply_count(self, older_than=300.0):
+        """Replies that may or may not have gone out: the API did not answer (``unknown``),
+        or a send began ``older_than`` seconds ago and never finished (``sending``)."""
+        cutoff = self.clock() - older_than
+        return self._one("SELECT COUNT(*) FROM outbox WHERE status = 'unknown' OR "
+                         "(status = 'sending' AND updated_at < ?)", (cutoff,))[0]
+
     def job_counts(self):
         rows = self._run(
             lambda cur: _fetchall(cur, "SELECT status, COUNT(*) FROM jobs GROUP BY status")
@@ -298,8 +378,9 @@ class SQLStore(RecordsMixin):
 
     def prune(self, retention=DEFAULT_RETENTION):
         """Delete what has outlived its use: delivery ids with their voice replies and reply
-        outbox rows, finished jobs, idle agent sessions, and signed bytes too old to pass
-        verification. Call records, reactions and dead jobs are kept."""
+        outbox rows and log, finished jobs, idle agent sessions, expired webhook secrets
+        and signed bytes too old to pass verification.
+        Call records, reactions and dead jobs are kept."""
         now = self.clock()
         deliveries = now - retention.deliveries
         expired = [
@@ -309,11 +390,18 @@ class SQLStore(RecordsMixin):
             ("DELETE FROM jobs WHERE status = 'done' AND updated_at < ?",
              now - retention.finished_jobs),
             ("DELETE FROM agent_sessions WHERE updated_at < ?", now - retention.sessions),
+            ("DELETE FROM webhook_secrets WHERE expires_at < ?", deliveries),
+            ("DELETE FROM delivery_log WHERE received_at < ?", deliveries),
+            # Bounded by count too: at thousands of deliveries a second a week is too many.
+            ("DELETE FROM delivery_log WHERE received_at < (SELECT received_at FROM "
+             f"delivery_log ORDER BY received_at DESC LIMIT 1 OFFSET {retention.log_rows})",
+             None),
             ("DELETE FROM signed_requests WHERE expires_at < ?", now),
         ]
 
         def prune(cur):
-            return sum(_rowcount(cur, sql, (cutoff,)) for sql, cutoff in expired)
+            return sum(_rowcount(cur, sql, () if cutoff is None else (cutoff,))
+                       for sql, cutoff in expired)
 
         return self._run(prune)
 

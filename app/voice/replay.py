@@ -1,8 +1,12 @@
-"""Answering a retried voice delivery without running the turn twice."""
+"""Answering a retried voice delivery without running the turn twice, unless the first
+attempt's worker died."""
 
+import logging
 import time
 
 from app.agent.base import Agent, Reply
+
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
 
@@ -15,20 +19,37 @@ def reply_from_line(obj):
 
 
 class ReplayAgent(Agent):
-    """Waits for the first attempt's final line to land in the store and repeats it; the
-    streamer's deadline sends the fallback if it never does."""
+    """Waits for the attempt holding the claim to store its final line and repeats it. If
+    that attempt's heartbeat stops (its worker died), takes the claim over and runs ``agent``
+    itself. The streamer's deadline sends the fallback if neither happens in time."""
 
-    def __init__(self, store, delivery_id, wait):
-        self.store = store
+    def __init__(self, claims, agent, delivery_id, wait):
+        self.claims = claims
+        self.agent = agent
         self.delivery_id = delivery_id
         self.wait = wait
+        self.claim = None
+
+    def acknowledge(self, turn):
+        return self.agent.acknowledge(turn)
 
     def respond(self, turn):
         # Bounded by `wait` too: a thread (dev server) cannot be killed at the deadline.
         until = time.monotonic() + self.wait
         while time.monotonic() < until:
-            stored = self.store.voice_reply(self.delivery_id)
+            stored, stale = self.claims.state(self.delivery_id)
             if stored is not None:
                 yield reply_from_line(stored)
                 return
+            if stale and (claim := self.claims.take_over(self.delivery_id)) is not None:
+                self.claim = claim
+                log.warning("voice turn %s: the attempt holding it stopped (its worker died), "
+                            "running it again", self.delivery_id)
+                yield from self.agent.respond(turn)
+                return
             time.sleep(POLL_SECONDS)
+
+    def finish(self, final_line):
+        """The streamer's ``on_final``: stored only when this attempt took the claim over."""
+        if self.claim is not None:
+            self.claim(final_line)

@@ -8,6 +8,7 @@ import queue
 import time
 
 from app.agent.base import Agent, Reply
+from app.metrics import FINAL_LINE, FIRST_LINE, IN_FLIGHT, VOICE_OUTCOMES
 from app.tasks import gevent_active, spawn
 from app.voice.hangup import peer_closed
 from app.voice.ndjson import WRITE_KEY, interim, line
@@ -33,7 +34,7 @@ def deadline_for(voice_timeout):
 
 
 def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.monotonic,
-                filler_after=0.0, environ=None):
+                filler_after=0.0, environ=None, arrived=None, report=None):
     """Yield the NDJSON lines of one turn. ``on_final(line_dict)`` records the final line;
     ``sock`` is the caller's connection, watched so that a hang-up cancels the work.
 
@@ -41,13 +42,23 @@ def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.mono
     wins when set; 0 = never) the agent's ``filler`` line is spoken. Under gevent it is sent
     through the server's ``write`` in ``environ`` (see ``StreamResponse``) while the agent's
     work goes on.
+
+    ``arrived`` (``clock()`` when the request came in) starts the latency figures, which
+    ``report(outcome, first_line_seconds, final_line_seconds, final_text)`` receives at the
+    end.
     """
     started = clock()
-    source = final = None
+    arrived = started if arrived is None else arrived
+    source = final = first = None
+    outcome = "answered"
     if agent.filler_after is not None:
         filler_after = agent.filler_after
+    IN_FLIGHT.inc()
     try:
         yield interim(_acknowledgement(agent, turn))
+        # The generator resumes once the server has handed that line to the socket.
+        first = clock() - arrived
+        FIRST_LINE.observe(first)
         if gevent_active():
             write = (environ or {}).get(WRITE_KEY)
             source = InlineSource(agent, turn, sock, filler_after if write else 0.0, write)
@@ -66,16 +77,16 @@ def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.mono
             if kind is _LATE:
                 log.warning("voice turn %s: no reply after %.1fs, sending fallback",
                             turn.delivery_id, deadline)
-                final = Reply(LATE_TEXT)
+                final, outcome = Reply(LATE_TEXT), "deadline"
             elif kind is _GONE:
                 log.info("voice turn %s: caller disconnected, work cancelled", turn.delivery_id)
                 return
             elif kind is _FAILED:
                 log.error("voice turn %s: agent failed", turn.delivery_id, exc_info=chunk)
-                final = Reply(ERROR_TEXT)
+                final, outcome = Reply(ERROR_TEXT), "agent_error"
             elif kind is _ENDED:
                 log.error("voice turn %s: agent ended without a final Reply", turn.delivery_id)
-                final = Reply(ERROR_TEXT)
+                final, outcome = Reply(ERROR_TEXT), "agent_error"
             elif isinstance(chunk, Reply):
                 final = chunk
             elif isinstance(chunk, str) and chunk.strip():
@@ -85,8 +96,23 @@ def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.mono
             source.close()
         # Also when the stream is closed early, so that a retry replays at once.
         _record(on_final, final or Reply(LATE_TEXT), turn)
+        if final is None:  # the caller hung up, or the connection closed under us
+            _ended(report, "hangup", first, None, None)
     log.info("voice turn %s answered in %.0f ms", turn.delivery_id, (clock() - started) * 1000)
-    yield line(final.to_line())
+    done = None
+    try:
+        yield line(final.to_line())
+        done = clock() - arrived
+        FINAL_LINE.observe(done)
+    finally:
+        _ended(report, outcome, first, done, final.text)
+
+
+def _ended(report, outcome, first, final, text):
+    IN_FLIGHT.dec()
+    VOICE_OUTCOMES.labels(outcome).inc()
+    if report is not None:
+        report(outcome, first, final, text)
 
 
 class InlineSource:

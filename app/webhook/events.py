@@ -13,6 +13,7 @@ MESSAGE = "agent.message"
 REACTION = "agent.reaction"
 CALL_ENDED = "agent.call_ended"
 KNOWN_EVENTS = frozenset({MESSAGE, REACTION, CALL_ENDED})
+CHANNELS = TEXT_CHANNELS | {VOICE}
 
 
 @dataclass(frozen=True)

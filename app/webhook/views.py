@@ -7,9 +7,14 @@ import time
 from flask import Blueprint, current_app, g, jsonify, request
 from gunicorn.http.errors import ParseException
 
+from app import logs
+from app.agent import get_agent
 from app.agent.base import Turn
+from app.console.journal import JOURNAL
 from app.errors import BadRequest, PayloadTooLarge, field_error
+from app.metrics import DELIVERIES
 from app.store import Replayed, SignedBytes, get_store
+from app.store.console import IN_FLIGHT
 from app.voice.hangup import caller_socket
 from app.voice.ndjson import StreamResponse, line
 from app.voice.replay import ReplayAgent
@@ -22,25 +27,38 @@ bp = Blueprint("webhook", __name__)
 
 @bp.before_request
 def verify_signature():
-    """Fail closed: nothing below runs unless the body is signed with a configured secret."""
+    """Fail closed: nothing below runs unless the body is signed with a valid secret."""
     if request.method == "OPTIONS":
         return  # Flask's automatic answer: Allow, no body read, nothing stored
+    g.arrived = time.monotonic()
     body = _raw_body()
     clock = current_app.config.get("CLOCK", time.time)
+    secrets = current_app.extensions["webhook_secrets"]
+    check = functools.partial(
+        signing.verify, signature=request.headers.get("X-Webhook-Signature"),
+        timestamp=request.headers.get("X-Webhook-Timestamp"), body=body, now=clock())
     try:
-        signing.verify(
-            current_app.config["WEBHOOK_SECRETS"],
-            request.headers.get("X-Webhook-Signature"),
-            request.headers.get("X-Webhook-Timestamp"),
-            body,
-            now=clock(),
-        )
+        try:
+            check(secrets.current())
+        except signing.InvalidSignature:
+            # Perhaps signed with a secret stored a moment ago by `webhook set|rotate`.
+            if not secrets.reload_after_miss():
+                raise
+            check(secrets.current())
     except signing.Unauthorized as exc:
         log.warning("rejected delivery from %s: %s", request.remote_addr, exc.code)
         raise
     g.delivery_id = events.delivery_id(request.headers.get("X-Webhook-ID"), body)
+    logs.bind(delivery_id=g.delivery_id)
     g.signed = SignedBytes(*signing.signed_digest(request.headers["X-Webhook-Timestamp"], body))
     g.event = events.parse(body)
+    data = g.event.data
+    logs.bind(event=g.event.event, channel=g.event.channel, agent_id=g.event.agent_id,
+              call_id=_text(data.get("callId")), conversation_id=_text(data.get("conversationId")))
+
+
+def _text(value):
+    return value if isinstance(value, str) else None
 
 
 def _raw_body():
@@ -71,14 +89,46 @@ def receive():
     if kind is None:
         log.info("delivery %s: ignored unknown event %r (channel %r)",
                  delivery_id, event.event, event.channel)
+        g.outcome = "ignored"
         return _ack()
     payload = request.get_data(as_text=True)
     if get_store().claim_with_job(delivery_id, event.event, kind, payload, g.signed):
         log.info("delivery %s: %s queued as %s job", delivery_id, event.event, kind)
         current_app.extensions["job_runner"].wake()
+        g.outcome = "accepted"
     else:
         log.info("delivery %s: duplicate %s ignored", delivery_id, event.event)
+        g.outcome = "duplicate"
     return _ack()
+
+
+@bp.after_request
+def count_delivery(response):
+    """One count per delivery: its event, channel and outcome (a refusal's HTTP status)."""
+    if request.method == "OPTIONS":
+        return response
+    event = g.get("event")
+    name = event.event if event is not None and event.event in events.KNOWN_EVENTS else "other"
+    channel = event.channel if event is not None and event.channel in events.CHANNELS else "none"
+    outcome = g.get("outcome") or str(response.status_code)
+    DELIVERIES.labels(name, channel, outcome).inc()
+    if "delivery_id" in g and not (outcome == "accepted" and event.is_voice_turn):
+        _journal(outcome, response.status_code)
+    return response
+
+
+def _journal(outcome, status):
+    """Log this signed delivery for the console (a voice turn's row is completed later)."""
+    event = g.get("event")
+    data = event.data if event is not None else {}
+    said = data.get("transcript") if event is not None and event.is_voice_turn else None
+    return JOURNAL.record(
+        g.delivery_id, event.event if event is not None else "unparsed", outcome, status,
+        channel=_text(event.channel) if event is not None else None,
+        agent_id=event.agent_id if event is not None else None,
+        call_id=_text(data.get("callId")), conversation_id=_text(data.get("conversationId")),
+        said=_text(said) if said is not None else _text(data.get("message")),
+    )
 
 
 def _ack():
@@ -90,31 +140,36 @@ def _replayed(exc):
     """The same signed bytes under a new delivery id: acknowledged, with no effect."""
     log.warning("delivery %s from %s: replay of delivery %s, ignored", g.delivery_id,
                 request.remote_addr, exc.first_delivery_id)
+    g.outcome = "replay"
     return _ack()
 
 
 def _voice_turn(event, delivery_id):
-    store = get_store()
+    claims = current_app.extensions["voice_claims"]
     turn = Turn.from_event(event, delivery_id)
+    agent = get_agent(turn.agent_id)
     deadline = deadline_for(current_app.config["VOICE_TIMEOUT"])
     environ = request.environ
     sock = caller_socket(environ)
     filler_after = current_app.config["VOICE_FILLER_AFTER"]
     # Claimed here, in the view: Flask tears down the request context before the stream runs.
-    if store.claim_delivery(delivery_id, event.event, g.signed):
-        agent = current_app.extensions["agent"]
-        # A partial rather than a closure: it lives as long as the held stream, and is smaller.
-        on_final = functools.partial(store.save_voice_reply, delivery_id)
-        lines = stream_turn(agent, turn, deadline, on_final, sock, filler_after=filler_after,
-                            environ=environ)
+    claim = claims.claim(delivery_id, event.event, g.signed)
+    if claim is not None:
+        g.outcome = "accepted"
+        # The claim stores the final line; partials rather than closures: they live as long
+        # as the held stream, and are smaller.
+        report = functools.partial(JOURNAL.voice_finished, _journal(IN_FLIGHT, 200))
+        lines = stream_turn(agent, turn, deadline, claim, sock, filler_after=filler_after,
+                            environ=environ, arrived=g.arrived, report=report)
     else:
-        stored = store.voice_reply(delivery_id)
+        g.outcome = "duplicate"
+        stored = get_store().voice_reply(delivery_id)
         if stored is not None:
             log.info("delivery %s: duplicate voice turn, replaying stored reply", delivery_id)
             lines = iter([line(stored)])
         else:
             log.info("delivery %s: duplicate voice turn still running, waiting", delivery_id)
-            agent = ReplayAgent(store, delivery_id, deadline)
-            lines = stream_turn(agent, turn, deadline, None, sock, filler_after=filler_after,
-                                environ=environ)
+            retry = ReplayAgent(claims, agent, delivery_id, deadline)
+            lines = stream_turn(retry, turn, deadline, retry.finish, sock,
+                                filler_after=filler_after, environ=environ)
     return StreamResponse(lines)

@@ -1,0 +1,103 @@
+"""The console's delivery log: rows kept in memory and written to the store in batches.
+
+Recording a delivery costs an append to a bounded deque, never a store round trip on the
+path of a voice turn or an acknowledgement. A background task writes what has gathered
+about once a second; a process that dies loses at most that second of log rows (never an
+event: the log is for people to look at). When the store cannot keep up, the oldest unwritten
+rows are dropped first.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from app.tasks import gevent_active
+
+log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 1.0
+MAX_PENDING = 20_000
+TEXT_LIMIT = 500
+
+
+class Journal:
+    """One per process; ``attach(store)`` at app start, then ``record``/``voice_*``."""
+
+    def __init__(self) -> None:
+        self.store: Any = None
+        self._pending: collections.deque[dict] = collections.deque(maxlen=MAX_PENDING)
+        self._started_pid: int | None = None
+        self._lock = threading.Lock()
+
+    def attach(self, store: Any) -> None:
+        self.store = store
+
+    def record(self, delivery_id: str, event: str, outcome: str, status: int | None = None,
+               channel: str | None = None, agent_id: str | None = None,
+               call_id: str | None = None, conversation_id: str | None = None,
+               said: str | None = None, received_at: float | None = None) -> dict:
+        """Log one delivery; returns the row, which ``voice_finished`` completes later."""
+        row = {"id": uuid.uuid4().hex, "delivery_id": delivery_id, "event": event,
+               "channel": channel, "agent_id": agent_id, "call_id": call_id,
+               "conversation_id": conversation_id, "outcome": outcome, "status": status,
+               "said": _cut(said), "received_at": received_at or time.time()}
+        self._add(row)
+        return row
+
+    def voice_finished(self, row: dict, outcome: str, first_line: float | None,
+                       final_line: float | None, answered: str | None) -> None:
+        """Complete a voice turn's row: how it ended, its line times (seconds), its answer."""
+        self._add({**row, "outcome": outcome, "answered": _cut(answered),
+                   "first_line_ms": None if first_line is None else first_line * 1000,
+                   "final_ms": None if final_line is None else final_line * 1000})
+
+    def flush(self) -> int:
+        """Write what has gathered; returns how many rows were written."""
+        with self._lock:
+            rows, self._pending = list(self._pending), collections.deque(maxlen=MAX_PENDING)
+        if not rows or self.store is None:
+            return 0
+        try:
+            self.store.write_delivery_log(rows)
+        except Exception as exc:
+            log.warning("console delivery log: %d rows not written: %s", len(rows), exc)
+            return 0
+        return len(rows)
+
+    def _add(self, row: dict) -> None:
+        with self._lock:
+            self._pending.append(row)
+        if self._started_pid != _pid():
+            self._start()
+
+    def _start(self) -> None:
+        self._started_pid = _pid()
+        if gevent_active():
+            import gevent
+
+            gevent.spawn(self._loop)
+        else:
+            threading.Thread(target=self._loop, name="delivery-log", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(FLUSH_SECONDS)
+            self.flush()
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def _cut(text: str | None) -> str | None:
+    return text[:TEXT_LIMIT] if isinstance(text, str) else None
+
+
+JOURNAL = Journal()

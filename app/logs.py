@@ -1,0 +1,112 @@
+"""Logging: one stream (stderr) for gunicorn and the app, as text or JSON (``LOG_FORMAT``),
+every line of a delivery or a job carrying its ids.
+
+``bind(delivery_id=..., event=...)`` puts fields on every line logged afterwards in the same
+greenlet or thread (a voice turn's stream runs in its request's greenlet, a job in its own),
+until ``clear()``; they are context variables, so concurrent calls never mix them up.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
+
+FIELDS = ("delivery_id", "event", "channel", "call_id", "conversation_id", "agent_id",
+          "job_id", "attempt")
+_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "log_context", default=MappingProxyType({}))
+TEXT_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s%(context)s"
+JSON_FIELDS = "%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"
+
+
+def bind(**fields: Any) -> None:
+    """Add ``fields`` (those that are not None) to every later line of this greenlet or
+    thread."""
+    _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+
+
+def clear() -> None:
+    _context.set({})
+
+
+class ContextFilter(logging.Filter):
+    """Copies the bound fields onto each record (``record.context`` is their text form)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = _context.get()
+        for name in FIELDS:
+            setattr(record, name, fields.get(name))
+        record.context = "".join(f" {k}={fields[k]}" for k in FIELDS if k in fields)
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+
+class JSONFormatter(JsonFormatter):
+    """One JSON object per line; the bound ids are top-level keys when present."""
+
+    def __init__(self) -> None:
+        super().__init__(JSON_FIELDS, rename_fields={"levelname": "level", "name": "logger",
+                                                     "asctime": "time"})
+
+    def add_fields(self, log_record: dict, record: logging.LogRecord,
+                   message_dict: dict) -> None:
+        super().add_fields(log_record, record, message_dict)
+        for name in FIELDS:
+            if getattr(record, name, None) is None:
+                log_record.pop(name, None)
+        log_record.pop("context", None)
+
+
+class EscapingStreamHandler(logging.StreamHandler):
+    """A stream handler that never drops a line: characters the stream cannot encode (a lone
+    surrogate from a delivery, say) are written as backslash escapes."""
+
+    def format(self, record):
+        text = super().format(record)
+        encoding = getattr(self.stream, "encoding", None) or "utf-8"
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+
+
+def formatter(fmt: str) -> logging.Formatter:
+    return JSONFormatter() if fmt == "json" else TextFormatter()
+
+
+def configure(level: str = "INFO", fmt: str = "text") -> None:
+    """Send the root logger (and so gunicorn's, see gunicorn.conf.py) to stderr, once."""
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if getattr(h, "_agentphone", False)), None)
+    if handler is None:
+        handler = EscapingStreamHandler(sys.stderr)
+        handler._agentphone = True
+        handler.addFilter(ContextFilter())
+        root.addHandler(handler)
+    handler.setFormatter(formatter(fmt))
+    root.setLevel(level)
+
+
+def logconfig(fmt: str, level: str) -> dict:
+    """gunicorn's ``logconfig_dict``: its error and access logs through the same handler."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"context": {"()": ContextFilter}},
+        "formatters": {"app": {"()": JSONFormatter if fmt == "json" else TextFormatter}},
+        "handlers": {"stderr": {"class": "app.logs.EscapingStreamHandler",
+                                "stream": "ext://sys.stderr",
+                                "formatter": "app", "filters": ["context"]}},
+        "loggers": {
+            "gunicorn.error": {"handlers": ["stderr"], "level": level, "propagate": False},
+            "gunicorn.access": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        },
+        "root": {"handlers": [], "level": level},
+    }

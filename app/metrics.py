@@ -1,0 +1,142 @@
+"""Prometheus metrics for every process of the service, served at ``GET /metrics``.
+
+gunicorn's workers and the ``worker`` process each write their own values into
+``PROMETHEUS_MULTIPROC_DIR`` (gunicorn.conf.py picks a per-instance default and empties it at
+start); a scrape of any web worker adds them all up. Without that directory (``flask run``,
+tests) the values are this process's own. Labels come from small fixed sets (event, channel,
+outcome, tool, job kind, API endpoint template), never from ids.
+
+Job and reply-outbox gauges are read from the store at scrape time, one grouped query each.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+
+from flask import Blueprint, Response, current_app, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+TURN_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60, 120)
+
+DELIVERIES = Counter("agentphone_deliveries", "Webhook deliveries by event, channel and outcome "
+                     "(accepted, duplicate, replay, ignored, or the HTTP status of a refusal).",
+                     ["event", "channel", "outcome"])
+FIRST_LINE = Histogram("agentphone_voice_first_line_seconds", "From a voice turn's arrival to "
+                       "its first NDJSON line handed to the socket.", buckets=LATENCY_BUCKETS)
+FINAL_LINE = Histogram("agentphone_voice_final_line_seconds", "From a voice turn's arrival to "
+                       "its final line handed to the socket.", buckets=TURN_BUCKETS)
+VOICE_OUTCOMES = Counter("agentphone_voice_turns", "Voice turns by how they ended (answered, "
+                         "deadline fallback, agent_error, hangup).", ["outcome"])
+IN_FLIGHT = Gauge("agentphone_voice_turns_in_flight", "Voice turns being streamed now.",
+                  multiprocess_mode="livesum")
+TOOL_CALLS = Counter("agentphone_tool_calls", "Tool calls by tool and outcome.",
+                     ["tool", "outcome"])
+TOOL_SECONDS = Histogram("agentphone_tool_seconds", "Tool call durations.", ["tool"],
+                         buckets=TURN_BUCKETS)
+LLM_ROUNDS = Counter("agentphone_llm_rounds", "Model calls made by the LLM agent, by outcome.",
+                     ["outcome"])
+LLM_FIRST_TOKEN = Histogram("agentphone_llm_first_token_seconds", "From a model request to "
+                            "its first streamed token.", buckets=TURN_BUCKETS)
+JOB_SECONDS = Histogram("agentphone_job_seconds", "Background job attempts by kind.", ["kind"],
+                        buckets=TURN_BUCKETS)
+JOB_OUTCOMES = Counter("agentphone_job_attempts", "Job attempts by kind and outcome (done, "
+                       "retry, dead).", ["kind", "outcome"])
+API_REQUESTS = Counter("agentphone_api_requests", "AgentPhone API requests by endpoint and HTTP "
+                       "status (error: no response).", ["method", "endpoint", "status"])
+API_RETRIES = Counter("agentphone_api_retries", "AgentPhone API requests sent again.",
+                      ["method", "endpoint"])
+API_RETRY_AFTER = Counter("agentphone_api_retry_after_seconds", "Seconds waited because the API "
+                          "answered with Retry-After.")
+STORE_SECONDS = Histogram("agentphone_store_seconds", "Store operations (one transaction or "
+                          "statement each).", buckets=LATENCY_BUCKETS)
+LOOP_BLOCKS = Counter("agentphone_loop_blocks", "Times a worker's event loop was blocked longer "
+                      "than LOOP_BLOCK_THRESHOLD.")
+
+_ID_SEGMENT = re.compile(r"/(?:[a-z]+_[A-Za-z0-9-]+|[0-9a-f-]{16,}|\d+)(?=/|$)")
+
+
+def endpoint(path: str) -> str:
+    """An API path with its ids replaced, e.g. ``/v1/calls/{id}/transcript``."""
+    return _ID_SEGMENT.sub("/{id}", path.split("?", 1)[0])
+
+
+def tool_called(name: str, arguments: dict, value: object, error: BaseException | None,
+                seconds: float) -> None:
+    """``Agent.observe_tools`` callback: count the call and time it."""
+    if error is None:
+        outcome = "ok"
+    elif isinstance(error, Exception):
+        outcome = "error"
+    else:
+        outcome = "cancelled"  # the turn's deadline or a hang-up interrupted it
+    TOOL_CALLS.labels(name, outcome).inc()
+    TOOL_SECONDS.labels(name).observe(seconds)
+
+
+class StoreCollector:
+    """Job counts by kind and state, and replies whose fate is unknown, read at scrape."""
+
+    def __init__(self, store: object) -> None:
+        self.store = store
+
+    def collect(self):
+        jobs = GaugeMetricFamily("agentphone_jobs", "Background jobs by kind and state "
+                                 "(finished jobs are not counted).", labels=["kind", "state"])
+        unsure = GaugeMetricFamily("agentphone_replies_unknown", "Text replies that may or may "
+                                   "not have been sent (the process died or the API did not "
+                                   "answer mid-send).")
+        try:
+            for kind, state, count in self.store.open_job_counts():
+                jobs.add_metric([kind, state], count)
+            unsure.add_metric([], self.store.unsure_reply_count())
+        except Exception:  # a scrape must answer even when the store cannot
+            current_app.logger.exception("metrics: could not read job counts from the store")
+        yield jobs
+        yield unsure
+
+
+bp = Blueprint("metrics", __name__)
+
+
+@bp.get("/metrics")
+def scrape() -> Response:
+    token = current_app.config.get("METRICS_TOKEN")
+    if token:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return Response("metrics need Authorization: Bearer <METRICS_TOKEN>\n", 401,
+                            {"WWW-Authenticate": "Bearer"}, mimetype="text/plain")
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = CollectorRegistry()
+        registry.register(_Process())
+    registry.register(StoreCollector(current_app.extensions["store"]))
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+class _Process:
+    """This process's own metrics (single-process mode)."""
+
+    def collect(self):
+        for family in REGISTRY.collect():
+            if family.name.startswith("agentphone_"):
+                yield family
+
+
+def init_app(app: object) -> None:
+    app.register_blueprint(bp)

@@ -1,0 +1,85 @@
+"""Store operations for the operator console: the delivery log and the figures of its pages.
+
+Mixed into SQLStore. Every query is bounded (a time window, a LIMIT, an index), so that pages
+stay fast with hundreds of thousands of rows.
+"""
+
+from __future__ import annotations
+
+LOG_COLUMNS = ("id", "delivery_id", "event", "channel", "agent_id", "call_id",
+               "conversation_id", "outcome", "status", "said", "answered", "received_at",
+               "first_line_ms", "final_ms")
+IN_FLIGHT = "in-flight"
+
+
+class ConsoleMixin:
+    def write_delivery_log(self, rows: list[dict]) -> None:
+        """Insert or update log rows (a voice turn is written when it starts and again when it
+        ends), in one transaction."""
+        if not rows:
+            return
+        columns = ", ".join(LOG_COLUMNS)
+        marks = ", ".join("?" for _ in LOG_COLUMNS)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in LOG_COLUMNS[7:])
+        sql = (f"INSERT INTO delivery_log ({columns}) VALUES ({marks}) "
+               f"ON CONFLICT (id) DO UPDATE SET {updates}")
+
+        def write(cur):
+            for row in rows:
+                cur.execute(sql, tuple(row.get(c) for c in LOG_COLUMNS))
+
+        self._run(write)
+
+    def delivery_log(self, limit: int = 100, channel: str | None = None,
+                     voice: bool | None = None, call_id: str | None = None,
+                     failures_first: bool = False) -> list[dict]:
+        """Recent log rows, newest first (``voice`` True/False: only voice turns / texts)."""
+        where, params = [], []
+        if call_id is not None:
+            where.append("call_id = ?")
+            params.append(call_id)
+        if channel is not None:
+            where.append("channel = ?")
+            params.append(channel)
+        if voice is not None:
+            where.append("channel = 'voice'" if voice else "channel <> 'voice'")
+        clause = ("WHERE " + " AND ".join(where) + " ") if where else ""
+        order = ("CASE WHEN status >= 400 OR outcome IN ('deadline', 'agent_error') THEN 0 "
+                 "ELSE 1 END, " if failures_first else "")
+        return self._rows(LOG_COLUMNS, f"FROM delivery_log {clause}ORDER BY {order}"
+                          "received_at DESC LIMIT ?", (*params, limit))
+
+    def in_flight_turns(self, since: float) -> list[dict]:
+        """Voice turns started after ``since`` and not finished (as far as the log knows)."""
+        return self._rows(LOG_COLUMNS, "FROM delivery_log WHERE channel = 'voice' AND "
+                          "received_at > ? AND outcome = ? ORDER BY received_at",
+                          (since, IN_FLIGHT))
+
+    def recent_voice_latencies(self, since: float, limit: int = 5000) -> list[tuple]:
+        """``(received_at, first_line_ms)`` of finished voice turns since ``since``, newest
+        first, at most ``limit`` (a sample large enough for a p99)."""
+        return self._run(lambda cur: _all(
+            cur, "SELECT received_at, first_line_ms FROM delivery_log WHERE channel = 'voice' "
+            "AND received_at > ? AND first_line_ms IS NOT NULL ORDER BY received_at DESC "
+            "LIMIT ?", (since, limit)), transaction=False)
+
+    def delivery_counts(self, since: float) -> dict[str, int]:
+        """Log rows since ``since`` by outcome."""
+        rows = self._run(lambda cur: _all(
+            cur, "SELECT outcome, COUNT(*) FROM delivery_log WHERE received_at > ? "
+            "GROUP BY outcome", (since,)), transaction=False)
+        return dict(rows)
+
+    def outbox_for(self, delivery_ids: list[str]) -> dict[str, dict]:
+        """Reply outbox rows of these deliveries, by delivery id."""
+        if not delivery_ids:
+            return {}
+        marks = ", ".join("?" for _ in delivery_ids)
+        rows = self._rows(("delivery_id", "status", "body", "error", "updated_at"),
+                          f"FROM outbox WHERE delivery_id IN ({marks})", tuple(delivery_ids))
+        return {row["delivery_id"]: row for row in rows}
+
+
+def _all(cur, sql, params):
+    cur.execute(sql, params)
+    return cur.fetchall()
