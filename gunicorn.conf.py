@@ -15,7 +15,8 @@ load_dotenv(Path.cwd() / ".env", override=False)
 
 bind = f"0.0.0.0:{os.environ.get('PORT') or 8000}"
 workers = int(os.environ.get("WEB_CONCURRENCY") or 2)
-worker_class = "gevent"
+# gevent, plus a read deadline per request and a 503 past worker_connections.
+worker_class = "app.gunicorn_worker.HygienicGeventWorker"
 # Each held voice stream is one connection: this caps concurrent calls per worker.
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS") or 4000)
 # Voice turns stream for up to VOICE_TIMEOUT (max 120 s); gevent workers are not killed by

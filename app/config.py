@@ -59,7 +59,10 @@ SETTINGS = {
                         "are handed back to the queue."),
     "PORT": ("8000", "Port gunicorn binds (0.0.0.0:$PORT)."),
     "WEB_CONCURRENCY": ("2", "gunicorn worker processes."),
-    "WORKER_CONNECTIONS": ("4000", "Open connections (held voice streams) per gevent worker."),
+    "WORKER_CONNECTIONS": ("4000", "Open connections (held voice streams) per gevent worker; "
+                                   "past it new connections are answered 503 at once."),
+    "REQUEST_READ_TIMEOUT": ("10", "Seconds a request (request line, headers and body) may "
+                                   "take to arrive before its connection is dropped."),
     "LOG_LEVEL": ("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR)."),
     "LOG_FORMAT": ("text", "text (for people) or json (one object per line, for a log "
                            "pipeline; recommended in production)."),
@@ -240,6 +243,7 @@ def from_env(instance_path, require_secret=True):
         "JOB_LEASE": _number("JOB_LEASE", float, 1, 86400),
         "JOB_GRACE": _number("JOB_GRACE", float, 0, 3600),
         "JOB_TIMEOUT": _number("JOB_TIMEOUT", float, 1, 3600),
+        "REQUEST_READ_TIMEOUT": _number("REQUEST_READ_TIMEOUT", float, 0.1, 3600),
         "LOG_LEVEL": log_level(),
         "LOG_FORMAT": log_format(),
         "METRICS_TOKEN": env("METRICS_TOKEN"),

@@ -4,6 +4,7 @@ import pytest
 
 from app import create_app
 from app.cli.api import format_table
+from app.cli.output import terminal_safe
 from tests.fake_agentphone import (  # noqa: F401
     fake_api_fixture,
     json_reply,
@@ -195,3 +196,43 @@ def test_format_table():
     assert format_table(["A", "LONG"], [["xyz", None], ["1", 2]]) == (
         "A    LONG\nxyz  -\n1    2")
     assert format_table(["A"], []) == "A"
+
+
+HOSTILE = ("\x1b]0;owned\x07\x1b]8;;http://evil.example\x1b\\link\x1b]8;;\x1b\\"
+           "\x1b[2J\x1b[31mred\x1b[0m\rover\x08\x00\x9b31m\x7fend\ttab")
+
+
+@pytest.mark.parametrize(("raw", "shown"), [
+    (HOSTILE, "linkredover31mend\ttab"),
+    ("line one\nline two", "line one\nline two"),
+    ("caf\u00e9 \u2713", "caf\u00e9 \u2713"),
+    ("\x1b]52;c;cGF3bmVk", ""),  # an unterminated OSC (clipboard write) swallows the rest
+    ("a\x1bcb\x1b(Bc", "abc"),  # reset-terminal and charset escapes
+])
+def test_terminal_safe_strips_escape_sequences_and_control_characters(raw, shown):
+    assert terminal_safe(raw) == shown
+
+
+def test_cli_strips_control_characters_from_api_text_even_when_piped(fake_api, run):
+    hostile_call = {**CALLS[0], "id": "call_\x1b]0;owned\x07x", "status": "\x1b[31mdone"}
+    fake_api.on("GET", "/v1/calls", offset_list([hostile_call]))
+    fake_api.on("GET", "/v1/calls/call_1/transcript", {"data": [
+        {"id": "t1", "transcript": "hi\x1b[2J\x1b[H", "response": "ok\x9b1m\x07",
+         "createdAt": "2025-01-15T14:00:15Z"}]})
+    fake_api.on("GET", "/v1/webhooks/deliveries/stats", json_reply(
+        {"error": {"message": "nope\x1b]0;title\x07", "code": "BAD\x1b[5m"}}, 400))
+    fake_api.on("GET", "/v1/webhooks/deliveries", offset_list([], envelope="items"))
+
+    table = run("calls")
+    transcript = run("transcript", "call_1")
+    error = run("deliveries")
+    as_json = run("calls", "--json")
+
+    assert table.exit_code == 0, table.output
+    assert table.output.splitlines()[1].split()[:2] == ["call_x", "done"]
+    assert transcript.output == "user: hi\nagent: ok1m\n"
+    assert error.exit_code == 1
+    assert error.stderr == "Error: HTTP 400 BAD: nope\n"
+    for result in (table, transcript, error, as_json):
+        assert not any(ch in result.output for ch in "\x1b\x07\x9b\r")
+    assert json.loads(as_json.output)[0]["id"] == "call_\x1b]0;owned\x07x"  # escaped, not lost

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.agentphone import APIConnectionError, NotFoundError
+from app.agentphone import APIConnectionError, NotFoundError, StreamLimitError
 from app.agentphone.models import StreamConnected, StreamEnded, TranscriptTurn
 from app.agentphone.sse import SSEEvent, SSEParser, parse_sse, transcript_event
 from tests.fake_agentphone import (  # noqa: F401
@@ -71,6 +71,39 @@ def test_parser_crlf_split_across_chunks():
     assert parser.feed(b"data: a\r") == []
     assert parser.feed(b"\n\r") == []
     assert parser.feed(b"\ndata: b\n\n") == [SSEEvent("message", "a"), SSEEvent("message", "b")]
+
+
+def test_an_unterminated_4_mib_line_fails_fast_with_a_limit_error():
+    parser = SSEParser()
+    line = b"data: " + b"x" * (4 << 20)
+    started = time.monotonic()
+    with pytest.raises(StreamLimitError, match="line longer than"):
+        for i in range(0, len(line), 65536):  # as the client reads: what has arrived
+            parser.feed(line[i:i + 65536])
+    assert time.monotonic() - started < 2.0  # a generous bound: once took 43 s
+
+
+def test_a_million_data_lines_without_a_blank_line_hit_the_event_limit():
+    parser = SSEParser()
+    chunk = b"data: x\n" * 10_000
+    fed = []
+    with pytest.raises(StreamLimitError, match="event larger than"):
+        for _ in range(100):  # a million lines in all
+            parser.feed(chunk)
+            fed.append(len(chunk))
+    assert sum(fed) <= parser.max_event  # it stopped at the limit, not at the end
+
+
+def test_limits_count_per_line_and_per_event_not_per_stream():
+    parser = SSEParser(max_line=100, max_event=250)
+    events = parser.feed(("data: " + "y" * 94 + "\n\n").encode() * 50)  # lines of 100
+    events += parser.feed(b": " + b"c" * 98 + b"\ndata: a\ndata: b\n\n")
+    assert len(events) == 51
+    assert events[-1] == SSEEvent("message", "a\nb")
+    with pytest.raises(StreamLimitError):
+        parser.feed(("data: " + "y" * 95 + "\n").encode())
+    with pytest.raises(StreamLimitError):
+        SSEParser(max_line=100, max_event=250).feed(("data: " + "z" * 90 + "\n").encode() * 3)
 
 
 STREAM = (CONNECTED + HEARTBEAT + turn(1) + "data: orphan\r\n\r\n" + turn(2, "agent")
@@ -159,4 +192,14 @@ def test_http_error_before_the_stream_is_raised_at_once(fake_api, api):
     fake_api.on("GET", PATH, json_reply({"detail": "Call not found"}, 404))
     with pytest.raises(NotFoundError, match="Call not found"):
         list(api.stream_transcript("call_1"))
+    assert fake_api.count("GET", PATH) == 1
+
+
+def test_an_oversized_event_ends_the_stream_with_a_limit_error_without_reconnecting(
+        fake_api, api):
+    fake_api.on("GET", PATH, sse_reply(CONNECTED, "event: turn\ndata: " + "x" * (2 << 20)))
+    events = []
+    with pytest.raises(StreamLimitError):
+        events.extend(api.stream_transcript("call_1"))
+    assert contents(events) == ["StreamConnected"]
     assert fake_api.count("GET", PATH) == 1

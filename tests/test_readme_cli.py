@@ -61,7 +61,8 @@ def test_readme_covers_every_command():
 
 @pytest.fixture
 def job_42(tmp_path):
-    """A database whose job 42 is dead, for `jobs --dead` and `jobs retry 42`."""
+    """A database whose job 42 is dead with a reply of unknown fate, for `jobs --dead`,
+    `jobs retry 42`, `jobs --unsure` and `jobs resend 42`."""
     url = f"sqlite:///{tmp_path / 'readme.db'}"
     store = open_store(url)
     try:
@@ -69,6 +70,8 @@ def job_42(tmp_path):
         ids = [store.enqueue("reaction", "{}") for _ in range(42)]
         while (job := store.claim_job("w", 60)) is not None:
             if job.id == 42:
+                store.outbox_begin("whd_42", "+15559876543", "It shipped.", job_id=42)
+                store.outbox_finish("whd_42", "unknown", error="HTTP 502: bad gateway")
                 store.fail_job(job.id, "RuntimeError: upstream said no")
             else:
                 store.finish_job(job.id)
@@ -115,6 +118,9 @@ def test_readme_commands_run(fake_api, gunicorn, job_42, tmp_path):
     assert outputs["transcript call_abc123 --follow"].splitlines()[1] == "user: Hi"
     assert outputs["jobs --dead"].splitlines()[1].split()[:3] == ["42", "reaction", "dead"]
     assert outputs["jobs retry 42"] == "job 42 queued again\n"
+    assert outputs["jobs --unsure"].splitlines()[1].split()[:3] == ["42", "unknown",
+                                                                    "+15559876543"]
+    assert outputs["jobs resend 42"] == "job 42 queued to resend its reply to +15559876543\n"
     assert fake_api.last("POST", "/v1/messages").body == {
         "agent_id": "agt_1", "to_number": "+14155551234", "body": "Hello from the CLI"}
     assert outputs["simulate --sms --text Hi"].rstrip().endswith('{"ok":true}')

@@ -88,11 +88,25 @@ def test_hung_tool_gets_the_fallback_before_the_platform_timeout(voice_server, e
     assert effects() == []
 
 
-def test_caller_hanging_up_cancels_the_work(voice_server, effects):
+@pytest.mark.parametrize("pipelined", [b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"],
+                         ids=["alone", "after-sending-a-pipelined-request"])
+def test_caller_hanging_up_cancels_the_work(voice_server, effects, pipelined):
     server = voice_server(TEST_TOOL_SECONDS=3)
     raw, headers = signed_request(SECRET, payload("voice"))
-    with turn_after_interim(server, raw, headers):
-        pass
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        sock.sendall(f"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: {len(raw)}\r\n"
+                     f"{head}\r\n".encode() + raw)
+        received = b""
+        while b'"interim":true' not in received:
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
+        if pipelined:  # while the tool runs: bytes the server leaves for after the stream
+            time.sleep(0.3)
+            sock.sendall(pipelined)
+            time.sleep(0.5)
     server.wait_for_log(f"voice turn {headers['X-Webhook-ID']}: caller disconnected")
     server.wait_for_log(f"test tool cancelled for {headers['X-Webhook-ID']}")
     time.sleep(3.5)

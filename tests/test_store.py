@@ -369,3 +369,23 @@ def test_rotated_webhook_secrets_stay_valid_for_the_grace_period(store):
     # Storing the same secret again (a retried CLI call) changes nothing.
     store.add_webhook_secret("account", "whsec_two", grace=60)
     assert {s.secret for s in store.webhook_secrets()} == {"whsec_two", "whsec_agent"}
+
+
+def test_unsure_replies_are_counted_and_one_is_resent_through_its_job(store):
+    jobs = [store.enqueue("text_message", "{}", delivery_id=f"d{i}") for i in range(4)]
+    for _ in jobs:
+        store.finish_job(store.claim_job("w", 60).id)
+    for i, status in enumerate(["sending", "unknown", "sent", "failed"]):
+        assert store.outbox_begin(f"d{i}", "+1555", f"text {i}", job_id=jobs[i])[1]
+        if status != "sending":
+            store.outbox_finish(f"d{i}", status)
+    assert store.unsure_reply_count() == 2
+    assert sorted((r["delivery_id"], r["status"], r["job_id"]) for r in store.unsure_replies()) \
+        == [("d0", "sending", jobs[0]), ("d1", "unknown", jobs[1])]
+    assert store.resend_reply(jobs[2]) is None  # sent: nothing in doubt
+    assert store.resend_reply(jobs[1])["body"] == "text 1"
+    assert store.outbox_entry("d1")["status"] == "resend"
+    assert (store.job(jobs[1]).status, store.job(jobs[1]).attempts) == ("pending", 0)
+    assert store.job(jobs[0]).status == "done"
+    assert store.unsure_reply_count() == 1
+    assert store.outbox_begin("d1", "+1555", "text 1", job_id=jobs[1]) == ("sending", True)

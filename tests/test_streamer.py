@@ -138,6 +138,27 @@ def test_deadline_leaves_a_margin(timeout, deadline):
     assert deadline_for(timeout) == deadline
 
 
+def test_hang_up_behind_unread_bytes_is_seen_and_the_bytes_stay_unread():
+    ours, callers = socket.socketpair()
+    with ours:
+        callers.sendall(b"GET /next HTTP/1.1\r\n\r\n")
+        assert not peer_closed(ours)
+        callers.close()
+        assert peer_closed(ours)
+        assert ours.recv(100) == b"GET /next HTTP/1.1\r\n\r\n"
+
+
+def test_caller_who_sent_bytes_then_hung_up_mid_step_ends_the_stream():
+    ours, callers = socket.socketpair()
+    callers.sendall(b"GET /next HTTP/1.1\r\n\r\n")
+    threading.Timer(0.3, callers.close).start()
+    started = time.monotonic()
+    with ours:
+        lines = list(stream_turn(ScriptedAgent(5, Reply("x")), TURN, 10.0, sock=ours))
+    assert len(lines) == 1  # the interim line only
+    assert time.monotonic() - started < 2
+
+
 def test_long_silence_gets_filler_lines_then_one_final():
     objects = run(ScriptedAgent("Working.", 1.0, Reply("Done.")), filler_after=0.4)
     texts = [o["text"] for o in objects]

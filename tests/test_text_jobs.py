@@ -219,3 +219,54 @@ def test_one_message_under_two_delivery_ids_is_answered_once(api_app, fake_api):
     deliver(api_app, sms(messageId="msg_778"), delivery_id="whd_third")
     assert run_jobs(api_app) == 3
     assert fake_api.count("POST", "/v1/messages") == 2
+
+
+def test_replies_of_unknown_fate_are_listed_counted_and_resent_only_on_request(
+        api_app, fake_api, caplog):
+    store = api_app.extensions["store"]
+    cli = api_app.test_cli_runner()
+    # The API fails mid-request: the text may have gone out.
+    fake_api.on("POST", "/v1/messages", json_reply({"detail": "boom"}, 500))
+    unknown = deliver(api_app, sms("What are your hours?"))
+    run_jobs(api_app)
+    first_body = fake_api.last("POST", "/v1/messages").body["body"]
+    # The process died between recording "sending" and making the request.
+    crashed = deliver(api_app, sms("bye"))
+    crashed_job = job_for(api_app, crashed).id
+    assert store.outbox_begin(crashed, JANE, "Bye for now!", job_id=crashed_job)[1]
+    run_jobs(api_app)
+    unknown_job = job_for(api_app, unknown).id
+    assert [job_for(api_app, d).status for d in (unknown, crashed)] == ["done", "done"]
+    assert store.unsure_reply_count() == 2
+
+    listed = cli.invoke(args=["agentphone", "jobs", "--unsure"])
+    assert listed.exit_code == 0, listed.output
+    rows = [line.split()[:3] for line in listed.output.splitlines()[1:-1]]
+    assert sorted(rows) == sorted([[str(unknown_job), "unknown", JANE],
+                                   [str(crashed_job), "sending", JANE]])
+    assert "boom" in listed.output
+    assert cli.invoke(args=["agentphone", "jobs"]).output.splitlines()[-1].endswith(
+        "; unsure replies 2 (jobs --unsure)")
+
+    fake_api.on("POST", "/v1/messages", SENT)
+    with caplog.at_level(logging.WARNING):
+        resent = cli.invoke(args=["agentphone", "jobs", "resend", str(unknown_job)])
+        assert resent.exit_code == 0, resent.output
+        assert resent.output.strip() == f"job {unknown_job} queued to resend its reply to {JANE}"
+        assert store.outbox_entry(unknown)["status"] == "resend"
+        assert run_jobs(api_app) == 1
+    assert fake_api.count("POST", "/v1/messages") == 2
+    assert fake_api.last("POST", "/v1/messages").body["body"] == first_body  # the stored text
+    assert store.outbox_entry(unknown)["status"] == "sent"
+    assert f"operator resend: job {unknown_job} queued" in caplog.text
+    assert f"job {unknown_job}: resending the reply for delivery {unknown}" in caplog.text
+    assert store.unsure_reply_count() == 1
+
+    # Nothing to resend for a sent reply; and not while the job runs (its send may be live).
+    refused = cli.invoke(args=["agentphone", "jobs", "resend", str(unknown_job)])
+    assert refused.exit_code == 1
+    assert f"job {unknown_job} has no unsure reply" in refused.output
+    assert store.retry_job(crashed_job) and store.claim_job("w", 60).id == crashed_job
+    assert cli.invoke(args=["agentphone", "jobs", "resend", str(crashed_job)]).exit_code == 1
+    assert store.outbox_entry(crashed)["status"] == "sending"
+    assert fake_api.count("POST", "/v1/messages") == 2

@@ -21,6 +21,7 @@ from app.agentphone.errors import (
     NotFoundError,
     RateLimitError,
     ServerError,
+    StreamLimitError,
 )
 from app.agentphone.pagination import Page
 
@@ -37,6 +38,7 @@ __all__ = [
     "Page",
     "RateLimitError",
     "ServerError",
+    "StreamLimitError",
     "client_from_app",
     "from_config",
 ]

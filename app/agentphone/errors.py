@@ -58,6 +58,11 @@ class APITimeoutError(APIConnectionError):
     """A timeout: connecting, waiting for bytes, or the call's whole deadline (`budget`)."""
 
 
+class StreamLimitError(AgentPhoneError):
+    """An event stream sent a line or an event longer than the parser accepts; not retried,
+    since the server would send the same again."""
+
+
 class BadRequestError(AgentPhoneError):
     """400 or 422: the request was rejected as invalid; see `details`."""
 

@@ -4,11 +4,17 @@ transcript events AgentPhone sends over it (SPEC 4.4, Q26)."""
 import codecs
 import json
 import logging
+import re
 from dataclasses import dataclass
 
+from app.agentphone.errors import StreamLimitError
 from app.agentphone.models import StreamConnected, StreamEnded, TranscriptTurn
 
 log = logging.getLogger(__name__)
+
+MAX_LINE = 1 << 20  # characters in one line; a transcript turn is far shorter
+MAX_EVENT = 1 << 20  # characters in the data lines of one event
+_LINE_END = re.compile("\r\n|\r|\n")
 
 
 @dataclass(frozen=True)
@@ -23,14 +29,21 @@ class SSEParser:
     """Incremental event-stream parser: feed bytes or text, get complete events back.
 
     Lines end with CRLF, LF or CR (a CR at the end of one chunk may be the first half of a
-    CRLF split across chunks, so it is held until the next chunk or `close`).
+    CRLF split across chunks, so it is held until the next chunk or `close`). Work is linear
+    in the input, and a line longer than `max_line` characters or an event whose data lines
+    add up to more than `max_event` raises StreamLimitError instead of growing without end.
     """
 
-    def __init__(self):
+    def __init__(self, max_line=MAX_LINE, max_event=MAX_EVENT):
+        self.max_line = max_line
+        self.max_event = max_event
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._buffer = ""
+        self._partial = []  # pieces of a line whose end has not arrived yet
+        self._partial_len = 0
+        self._held_cr = False
         self._first = True
         self._data = []
+        self._data_len = 0
         self._event = ""
         self._last_id = None
         self._retry = None
@@ -41,28 +54,41 @@ class SSEParser:
         if self._first and text:
             text = text.removeprefix("\ufeff")
             self._first = False
-        self._buffer += text
+        if self._held_cr:
+            text, self._held_cr = "\r" + text, False
+        if text.endswith("\r"):
+            text, self._held_cr = text[:-1], True
         events = []
-        for line in self._complete_lines():
-            event = self.feed_line(line)
+        pos = 0
+        for match in _LINE_END.finditer(text):
+            event = self.feed_line(self._take_line(text[pos:match.start()]))
+            pos = match.end()
             if event is not None:
                 events.append(event)
+        if pos < len(text):
+            self._partial.append(text[pos:])
+            self._partial_len += len(text) - pos
+            self._check_line(self._partial_len)
         return events
 
     def close(self):
         """End of stream: a trailing event without its blank line is discarded (per the spec)."""
         tail = self._decoder.decode(b"", final=True)
         # A held CR is a line end after all; "\r" + "\n" is read as one terminator.
-        return self.feed(tail + ("\n" if (self._buffer + tail).endswith("\r") else ""))
+        return self.feed(tail + ("\n" if self._held_cr or tail.endswith("\r") else ""))
 
-    def _complete_lines(self):
-        while True:
-            cut = _line_end(self._buffer)
-            if cut is None:
-                return
-            start, end = cut
-            line, self._buffer = self._buffer[:start], self._buffer[end:]
-            yield line
+    def _take_line(self, end):
+        if not self._partial:
+            self._check_line(len(end))
+            return end
+        self._check_line(self._partial_len + len(end))
+        line = "".join(self._partial) + end
+        self._partial, self._partial_len = [], 0
+        return line
+
+    def _check_line(self, length):
+        if length > self.max_line:
+            raise StreamLimitError(f"event stream line longer than {self.max_line} characters")
 
     def feed_line(self, line):
         """Process one line (without its terminator); returns an event at a blank line."""
@@ -74,6 +100,10 @@ class SSEParser:
         if sep and value.startswith(" "):
             value = value[1:]
         if name == "data":
+            self._data_len += len(line) + 1
+            if self._data_len > self.max_event:
+                raise StreamLimitError(
+                    f"event stream event larger than {self.max_event} characters")
             self._data.append(value)
         elif name == "event":
             self._event = value
@@ -85,23 +115,11 @@ class SSEParser:
 
     def _dispatch(self):
         data, event = self._data, self._event
-        self._data, self._event = [], ""
+        self._data, self._data_len, self._event = [], 0, ""
         if not data:
             return None
         return SSEEvent(event=event or "message", data="\n".join(data), id=self._last_id,
                         retry=self._retry)
-
-
-def _line_end(buffer):
-    """(start, end) of the first complete line terminator in `buffer`, or None."""
-    for i, ch in enumerate(buffer):
-        if ch == "\n":
-            return i, i + 1
-        if ch == "\r":
-            if i + 1 == len(buffer):
-                return None  # maybe CRLF split across chunks
-            return (i, i + 2) if buffer[i + 1] == "\n" else (i, i + 1)
-    return None
 
 
 def parse_sse(chunks):

@@ -12,6 +12,7 @@ import click
 from app.agentphone import AgentPhoneError
 from app.agentphone.models import StreamConnected, StreamEnded, TranscriptTurn
 from app.cli.base import agentphone, uses
+from app.cli.output import echo, terminal_safe
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
@@ -20,7 +21,7 @@ class APICommandError(click.ClickException):
     """An AgentPhoneError shown the way click shows errors: on stderr, exit status 1."""
 
     def __init__(self, error):
-        super().__init__(str(error))
+        super().__init__(terminal_safe(str(error)))
         self.error = error
 
 
@@ -37,7 +38,7 @@ def api_client():
 
 def format_table(headers, rows):
     """Rows (sequences of values) under headers, columns padded to fit; None prints as "-"."""
-    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    cells = [[("-" if v is None else terminal_safe(str(v))) for v in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     lines = [headers, *cells]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
@@ -45,7 +46,7 @@ def format_table(headers, rows):
 
 
 def echo_json(value):
-    click.echo(json.dumps(value, indent=2, sort_keys=False))
+    echo(json.dumps(value, indent=2, sort_keys=False))
 
 
 @agentphone.command("calls")
@@ -64,14 +65,14 @@ def calls(status, limit, local, as_json):
         if as_json:
             echo_json(records)
             return
-        click.echo(format_table(
+        echo(format_table(
             ["ID", "STATUS", "FROM", "TO", "ENDED", "SECONDS", "SENTIMENT", "SUCCESS", "SUMMARY"],
             [[r["call_id"], r["status"], r["from_number"], r["to_number"], r["ended_at"],
               None if r["duration_seconds"] is None else f"{r['duration_seconds']:g}",
               r["sentiment"], {True: "yes", False: "no"}.get(r["successful"]),
               (r["summary"] or "")[:60] or None] for r in records],
         ))
-        click.echo(f"{len(records)} stored call(s)")
+        echo(f"{len(records)} stored call(s)")
         return
     with api_client() as client:
         found = list(client.paginate(client.list_calls, status=status, limit=min(limit, 100),
@@ -79,22 +80,22 @@ def calls(status, limit, local, as_json):
     if as_json:
         echo_json([c.raw for c in found])
         return
-    click.echo(format_table(
+    echo(format_table(
         ["ID", "STATUS", "DIRECTION", "FROM", "TO", "STARTED", "SECONDS"],
         [[c.id, c.status, c.direction, c.from_number, c.to_number, c.started_at,
           c.duration_seconds] for c in found],
     ))
-    click.echo(f"{len(found)} call(s)")
+    echo(f"{len(found)} call(s)")
 
 
 def _echo_event(event):
     if isinstance(event, StreamConnected):
-        click.echo(f"# call {event.call_id} ({event.status}, {event.direction}) "
-                   f"{event.from_number} -> {event.to_number}")
+        echo(f"# call {event.call_id} ({event.status}, {event.direction}) "
+             f"{event.from_number} -> {event.to_number}")
     elif isinstance(event, TranscriptTurn):
-        click.echo(f"{event.role}: {event.content}")
+        echo(f"{event.role}: {event.content}")
     elif isinstance(event, StreamEnded):
-        click.echo(f"# ended: {event.status}, {event.duration_seconds} s")
+        echo(f"# ended: {event.status}, {event.duration_seconds} s")
 
 
 _EVENT_NAMES = {StreamConnected: "connected", TranscriptTurn: "turn", StreamEnded: "ended"}
@@ -111,8 +112,8 @@ def transcript(call_id, follow, as_json):
         if follow:
             for event in client.stream_transcript(call_id):
                 if as_json:  # one JSON document per line, flushed as it comes
-                    click.echo(json.dumps({"event": _EVENT_NAMES[type(event)],
-                                           "data": event.raw}))
+                    echo(json.dumps({"event": _EVENT_NAMES[type(event)],
+                                     "data": event.raw}))
                 else:
                     _echo_event(event)
             return
@@ -121,9 +122,9 @@ def transcript(call_id, follow, as_json):
         echo_json([e.raw for e in entries])
         return
     for entry in entries:
-        click.echo(f"user: {entry.transcript}")
+        echo(f"user: {entry.transcript}")
         if entry.response:
-            click.echo(f"agent: {entry.response}")
+            echo(f"agent: {entry.response}")
 
 
 @agentphone.command("deliveries")
@@ -143,15 +144,15 @@ def deliveries(failed, hours, limit, as_json):
     if as_json:
         echo_json({"deliveries": [d.raw for d in found], "stats": stats.raw})
         return
-    click.echo(format_table(
+    echo(format_table(
         ["ID", "EVENT", "CHANNEL", "STATUS", "HTTP", "ATTEMPTS", "NEXT RETRY", "ERROR"],
         [[d.id, d.event_type, d.channel, d.status, d.http_status, d.attempt_count,
           d.next_retry_at, (d.error_message or "")[:40] or None] for d in found],
     ))
     rate = "-" if stats.success_rate is None else f"{stats.success_rate:g}%"
-    click.echo(f"\n{'last ' + str(hours) + ' h' if hours else 'stats'}: {stats.total} total, "
-               f"{stats.success} delivered, {stats.failed} failed, {stats.pending} pending; "
-               f"success rate {rate}")
+    echo(f"\n{'last ' + str(hours) + ' h' if hours else 'stats'}: {stats.total} total, "
+         f"{stats.success} delivered, {stats.failed} failed, {stats.pending} pending; "
+         f"success rate {rate}")
 
 
 @agentphone.group("webhook")
@@ -281,11 +282,11 @@ def webhook_test(agent_id, as_json):
     if as_json:
         echo_json(result.raw)
     elif result.success:
-        click.echo(f"webhook test delivered: HTTP {result.http_status}")
+        echo(f"webhook test delivered: HTTP {result.http_status}")
     if not result.success:
-        raise click.ClickException(
+        raise click.ClickException(terminal_safe(
             f"webhook test failed: HTTP {result.http_status}: {result.error_message or '-'}"
-        )
+        ))
 
 
 @agentphone.command("send")
@@ -305,8 +306,8 @@ def send(to, text, agent_id, number_id, as_json):
     if as_json:
         echo_json(sent.raw)
     else:
-        click.echo(f"{sent.status or 'sent'}: {sent.id} via {sent.channel} "
-                   f"{sent.from_number} -> {sent.to_number}")
+        echo(f"{sent.status or 'sent'}: {sent.id} via {sent.channel} "
+             f"{sent.from_number} -> {sent.to_number}")
 
 
 def only_agent(client):

@@ -7,6 +7,7 @@ import requests
 
 from app import config, simulator
 from app.cli.base import agentphone, uses
+from app.cli.output import echo
 
 
 def default_url():
@@ -34,15 +35,15 @@ def simulate(url, kind, text, delivery_id, secret, agent_id):
     if agent_id:
         body["agentId"] = agent_id
     raw, headers = simulator.signed_request(secret, body, delivery_id)
-    click.echo(f"POST {url}  {kind}  X-Webhook-ID: {headers['X-Webhook-ID']}")
+    echo(f"POST {url}  {kind}  X-Webhook-ID: {headers['X-Webhook-ID']}")
     started = time.monotonic()
     try:
         with requests.post(url, data=raw, headers=headers, stream=True, timeout=(5, 150)) as resp:
             ms = (time.monotonic() - started) * 1000
-            click.echo(f"{ms:7.1f} ms  HTTP {resp.status_code} {resp.headers.get('Content-Type')}")
+            echo(f"{ms:7.1f} ms  HTTP {resp.status_code} {resp.headers.get('Content-Type')}")
             for raw_line in simulator.iter_ndjson(resp):
                 ms = (time.monotonic() - started) * 1000
-                click.echo(f"{ms:7.1f} ms  {raw_line.decode('utf-8', 'replace')}")
+                echo(f"{ms:7.1f} ms  {raw_line.decode('utf-8', 'replace')}")
     except requests.RequestException as exc:
         raise click.ClickException(f"could not reach {url}: {exc}") from exc
     if resp.status_code >= 400:

@@ -59,12 +59,11 @@ def chart(latencies: list[tuple], at: float, width: int = 600, height: int = 120
     p99s = [percentile(b, 99) for b in buckets]
     top = max([p for p in p99s if p is not None] or [1.0])
     top = max(1.0, 10 ** math.ceil(math.log10(top)) if top > 0 else 1.0)
-    points = [
-        f"{round(i * width / (CHART_BUCKETS - 1))},{round(height - p * height / top, 1)}"
-        for i, p in enumerate(p99s) if p is not None
-    ]
-    return {"points": " ".join(points), "top": top, "width": width, "height": height,
-            "samples": len(latencies)}
+    dots = [(round(i * width / (CHART_BUCKETS - 1)), round(height - p * height / top, 1))
+            for i, p in enumerate(p99s) if p is not None]
+    # Dots as well as the line: a single busy 10-second step has no line to draw.
+    return {"points": " ".join(f"{x},{y}" for x, y in dots), "dots": dots, "top": top,
+            "width": width, "height": height, "samples": len(latencies)}
 
 
 def calls(store: Any, limit: int = 50) -> list[dict]:

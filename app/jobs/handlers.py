@@ -13,6 +13,11 @@ does not send again:
   idempotency key that would let us ask;
 * ``failed``: the API answered with a rejection (4xx, 503) or the connection was never
   made, so nothing went out; the job raises and the next attempt sends.
+
+Replies left ``sending`` or ``unknown`` are listed by ``jobs --unsure`` and counted by
+``unsure_reply_count``; after checking with the recipient or the API's message list, an
+operator can send one again with ``jobs resend JOB_ID`` (the row becomes ``resend``, the job
+sends the stored text once more, through the outbox as ever).
 """
 
 import logging
@@ -25,6 +30,7 @@ from app.agent import get_agent
 from app.agent.base import Reply, Turn
 from app.errors import BadRequest, Unretryable
 from app.store import get_store
+from app.store.records import RESENDABLE
 from app.webhook import events
 
 log = logging.getLogger(__name__)
@@ -50,11 +56,16 @@ def text_message(job):
     store = get_store()
     key = reply_key(event, job)
     earlier = store.outbox_entry(key)
-    if earlier is not None and earlier["status"] != "failed":
+    if earlier is not None and earlier["status"] not in RESENDABLE:
         log.warning("job %s: reply for delivery %s already %s, not sending again", job.id, key,
                     earlier["status"])
         return
     turn = Turn.from_event(event, job.delivery_id)
+    if earlier is not None and earlier["status"] == "resend":
+        log.warning("job %s: resending the reply for delivery %s to %s, as an operator asked",
+                    job.id, key, turn.caller)
+        send_once(store, key, event, turn, earlier["body"], job)
+        return
     reply = collect_text(get_agent(turn.agent_id), turn)
     if not reply:
         log.info("job %s: the agent had nothing to say to %s", job.id, turn.caller)
@@ -87,7 +98,7 @@ def send_once(store, key, event, turn, reply, job):
     """POST /v1/messages for this delivery unless the outbox says it may have gone already."""
     from app.agentphone import AgentPhoneError, APIConnectionError, client_from_app
 
-    status, go = store.outbox_begin(key, turn.caller, reply)
+    status, go = store.outbox_begin(key, turn.caller, reply, job_id=job.id)
     if not go:
         log.warning("job %s: reply for delivery %s is %s, not sending again", job.id, key,
                     status)

@@ -26,24 +26,25 @@ class RecordsMixin:
 
     # -- outbox: replies sent through the API, at most once per delivery --------------------
 
-    def outbox_begin(self, delivery_id, to_number, body):
-        """Reserve the send for ``delivery_id``. Returns (status, go): ``go`` is True when the
-        caller must send now; otherwise ``status`` says why not (sent, sending, unknown)."""
+    def outbox_begin(self, delivery_id, to_number, body, job_id=None):
+        """Reserve the send for ``delivery_id`` (by job ``job_id``). Returns (status, go):
+        ``go`` is True when the caller must send now; otherwise ``status`` says why not (sent,
+        sending, unknown)."""
 
         def begin(cur):
             now = self.clock()
             cur.execute(
-                "INSERT INTO outbox (delivery_id, status, to_number, body, created_at, "
-                "updated_at) VALUES (?, 'sending', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (delivery_id, to_number, body, now, now),
+                "INSERT INTO outbox (delivery_id, status, to_number, body, job_id, created_at, "
+                "updated_at) VALUES (?, 'sending', ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (delivery_id, to_number, body, job_id, now, now),
             )
             if cur.rowcount == 1:
                 return "sending", True
             cur.execute("SELECT status FROM outbox WHERE delivery_id = ?", (delivery_id,))
             status = cur.fetchone()[0]
-            if status != "failed":
+            if status not in RESENDABLE:
                 return status, False
-            # Rejected before: nothing went out, so another attempt is safe.
+            # Rejected before (nothing went out), or resent on an operator's word.
             cur.execute(
                 "UPDATE outbox SET status = 'sending', body = ?, error = NULL, updated_at = ? "
                 "WHERE delivery_id = ?",
@@ -63,6 +64,16 @@ class RecordsMixin:
 
     def outbox_entry(self, delivery_id):
         return self._row(OUTBOX, "FROM outbox WHERE delivery_id = ?", (delivery_id,))
+
+    def unsure_replies(self, limit=50):
+        """Outbox rows whose text may or may not have gone out (``sending`` left by a process
+        that died, ``unknown`` after a failure mid-request), newest first."""
+        return self._rows(OUTBOX, "FROM outbox WHERE status IN ('sending', 'unknown') "
+                                  "ORDER BY updated_at DESC LIMIT ?", (limit,))
+
+    def unsure_reply_count(self):
+        """How many replies are in doubt (for metrics and the `jobs` totals)."""
+        return self._one("SELECT COUNT(*) FROM outbox WHERE status IN ('sending', 'unknown')")[0]
 
     # -- call records and reactions ---------------------------------------------------------
 
@@ -237,8 +248,10 @@ BY_DELIVERY = "FROM demo_appointments WHERE delivery_id = ?"
 APPOINTMENT = ("id", "day", "slot_time", "name", "phone", "status")
 ORDER = ("o.id", "o.item", "o.status", "o.detail", "c.name", "c.phone")
 ORDER_FROM = "FROM demo_orders o JOIN demo_customers c ON c.id = o.customer_id "
-OUTBOX = ("delivery_id", "status", "to_number", "body", "message_id", "error", "created_at",
-          "updated_at")
+OUTBOX = ("delivery_id", "status", "to_number", "body", "message_id", "error", "job_id",
+          "created_at", "updated_at")
+# Outbox states in which a send may start: nothing went out, or an operator asked for it.
+RESENDABLE = ("failed", "resend")
 CALL = ("call_id", "agent_id", "from_number", "to_number", "direction", "status", "started_at",
         "ended_at", "duration_seconds", "disconnection_reason", "transcript", "summary",
         "sentiment", "successful", "created_at")

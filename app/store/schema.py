@@ -185,9 +185,21 @@ MIGRATIONS = [
         first_line_ms {real},
         final_ms {real}
     );
-    CREATE INDEX IF NOT EXISTS delivery_log_received_at ON delivery_log (received_at);
+    CREATE INDEX IF NOT EXISTS delivery_log_received_at ON delivery_log (received_at, outcome);
     CREATE INDEX IF NOT EXISTS delivery_log_call ON delivery_log (call_id, received_at);
-    CREATE INDEX IF NOT EXISTS delivery_log_channel ON delivery_log (channel, received_at)
+    CREATE INDEX IF NOT EXISTS delivery_log_channel
+        ON delivery_log (channel, received_at, first_line_ms);
+    CREATE INDEX IF NOT EXISTS delivery_log_in_flight ON delivery_log (received_at)
+        WHERE outcome = 'in-flight';
+    CREATE INDEX IF NOT EXISTS delivery_log_failures ON delivery_log (received_at)
+        WHERE status >= 400 OR outcome IN ('deadline', 'agent_error');
+    CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id);
+    CREATE INDEX IF NOT EXISTS outbox_by_status ON outbox (status, updated_at)
+    """,
+    # 6: the job that wrote each reply outbox row, so that a reply whose fate is unknown can
+    # be listed with its job and resent from it.
+    """
+    ALTER TABLE outbox ADD COLUMN job_id INTEGER
     """,
     # 6: the signed bytes (timestamp and body) of accepted deliveries, kept while a copy
     # could still pass verification, so that a copy under another delivery id is refused.

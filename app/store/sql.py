@@ -12,7 +12,7 @@ import time
 from app.metrics import STORE_SECONDS
 from app.store.base import Job, Replayed, Retention, StoreUnavailable, UnstorableValue
 from app.store.console import ConsoleMixin
-from app.store.records import RecordsMixin
+from app.store.records import OUTBOX, RecordsMixin, _select_one
 from app.store.schema import MIGRATIONS, statements
 from app.store.secrets import SecretsMixin
 
@@ -330,13 +330,25 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
 
     def retry_job(self, job_id):
         """Put a dead (or any) job back in the queue with a fresh set of attempts."""
-        now = self.clock()
-        changed = self._exec(
-            "UPDATE jobs SET status = 'pending', attempts = 0, run_at = ?, lease_until = NULL, "
-            "updated_at = ? WHERE id = ?",
-            (now, now, job_id),
-        )
-        return changed == 1
+        return self._run(lambda cur: _requeue(cur, job_id, self.clock()))
+
+    def resend_reply(self, job_id):
+        """An operator's decision to send an unsure reply again: mark the job's outbox row
+        ``resend`` and queue the job. Returns the outbox row, or None when job ``job_id`` has no
+        unsure reply or is running (its send may be in flight right now)."""
+
+        def resend(cur):
+            row = _select_one(cur, OUTBOX, "FROM outbox WHERE job_id = ? AND status IN "
+                                           "('sending', 'unknown')", (job_id,))
+            status = _fetchone(cur, "SELECT status FROM jobs WHERE id = ?", (job_id,))
+            if row is None or status is None or status[0] == "running":
+                return None
+            cur.execute("UPDATE outbox SET status = 'resend', updated_at = ? "
+                        "WHERE delivery_id = ?", (self.clock(), row["delivery_id"]))
+            _requeue(cur, job_id, self.clock())
+            return row
+
+        return self._run(resend)
 
     def job(self, job_id):
         row = self._one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
@@ -360,13 +372,6 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
         return self._run(lambda cur: _fetchall(
             cur, "SELECT kind, status, COUNT(*) FROM jobs WHERE status <> 'done' "
             "GROUP BY kind, status"), transaction=False)
-
-    def unsure_reply_count(self, older_than=300.0):
-        """Replies that may or may not have gone out: the API did not answer (``unknown``),
-        or a send began ``older_than`` seconds ago and never finished (``sending``)."""
-        cutoff = self.clock() - older_than
-        return self._one("SELECT COUNT(*) FROM outbox WHERE status = 'unknown' OR "
-                         "(status = 'sending' AND updated_at < ?)", (cutoff,))[0]
 
     def job_counts(self):
         rows = self._run(
@@ -404,6 +409,15 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
                        for sql, cutoff in expired)
 
         return self._run(prune)
+
+
+def _requeue(cur, job_id, now):
+    cur.execute(
+        "UPDATE jobs SET status = 'pending', attempts = 0, run_at = ?, lease_until = NULL, "
+        "updated_at = ? WHERE id = ?",
+        (now, now, job_id),
+    )
+    return cur.rowcount == 1
 
 
 def _fetchone(cur, sql, params=()):

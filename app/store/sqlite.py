@@ -10,6 +10,11 @@ from pathlib import Path
 from app.store.sql import SQLStore
 
 BUSY_TIMEOUT_MS = 5000
+WAL_PAGES = 256  # checkpoint the WAL at this many pages (1 MiB of 4 KiB pages)
+# Errors after which no pooled connection is trusted: each may have been opened read-only
+# (the file was not writable then) or hold a WAL that could not be written.
+_STALE_ERRORS = {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR,
+                 sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM}
 
 
 def path_from_url(url):
@@ -33,15 +38,23 @@ class SQLiteStore(SQLStore):
         self._idle = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self._generation = 0  # bumped to retire every connection made before a stale error
 
     def _connect(self):
         conn = sqlite3.connect(
             self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-            check_same_thread=False,
+            check_same_thread=False, factory=_Connection,
         )
+        # SQLite opens a file it may not write read-only, silently: such a connection would
+        # keep failing writes after the permissions are fixed, so it is not pooled.
+        conn.generation = self._generation if self._writable() else -1
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         _enable_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
+        # A WAL left to its default 4 MiB can fill a small volume by itself, after which no
+        # checkpoint (it must grow the database) can make room: keep it to 1 MiB.
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_PAGES * 4096}")
         return conn
 
     @contextlib.contextmanager
@@ -60,11 +73,32 @@ class SQLiteStore(SQLStore):
                 cur.execute("COMMIT")
             else:
                 yield cur
-        except sqlite3.Error:
-            conn.close()
+        except sqlite3.Error as exc:
+            self._discard(conn, exc)
             raise
         else:
             self._checkin(conn)
+
+    def _writable(self):
+        if self.path == ":memory:":
+            return True
+        folder = os.path.dirname(os.path.abspath(self.path))
+        return os.access(folder, os.W_OK) and (
+            not os.path.exists(self.path) or os.access(self.path, os.W_OK))
+
+    def _discard(self, conn, exc):
+        """Close a connection that failed; after a full disk or a permission error, retire the
+        pool too, and after a full disk empty the WAL, so the store recovers by itself as soon
+        as there is space again (the WAL grows until a checkpoint, which a full disk stops)."""
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code == sqlite3.SQLITE_FULL:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        if code in _STALE_ERRORS:
+            with self._lock:
+                self._generation += 1
+            self.close()
 
     def _checkout(self):
         with self._lock:
@@ -77,13 +111,20 @@ class SQLiteStore(SQLStore):
 
     def _checkin(self, conn):
         with self._lock:
-            self._idle.append(conn)
+            if conn.generation == self._generation:
+                self._idle.append(conn)
+                return
+        conn.close()
 
     def close(self):
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+class _Connection(sqlite3.Connection):
+    generation = 0  # the store's generation when it was opened; -1: never pooled
 
 
 def _enable_wal(conn):

@@ -6,10 +6,16 @@ import socket
 try:
     from gevent.monkey import get_original
 
-    # The unpatched select: it is called from gevent's hub, where the patched one may not run.
-    _select = get_original("select", "select")
+    # The unpatched calls: they are made from gevent's hub, where the patched ones may not run.
+    _select, _poll = get_original("select", ["select", "poll"])
 except ImportError:
-    _select = select.select
+    _select, _poll = select.select, getattr(select, "poll", None)
+
+if hasattr(select, "POLLRDHUP"):
+    # Linux reports the caller's FIN even behind bytes not read yet (a pipelined request).
+    _CLOSED = select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL
+else:
+    _CLOSED = 0  # elsewhere a peek sees the FIN only once the bytes before it are read
 
 
 def caller_socket(environ):
@@ -18,8 +24,13 @@ def caller_socket(environ):
 
 
 def peer_closed(sock):
-    """True when the client has closed its end: readable, with nothing to read. Never blocks."""
+    """True when the client has closed its end, even if it sent bytes we have not read (they
+    are left for the server). Never blocks."""
     try:
+        if _CLOSED:
+            poller = _poll()
+            poller.register(sock.fileno(), _CLOSED)
+            return any(mask & _CLOSED for _, mask in poller.poll(0))
         if not _select([sock.fileno()], [], [], 0)[0]:
             return False
         # gevent's socket object would wait on EAGAIN; peek on the real one underneath.

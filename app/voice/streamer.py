@@ -117,7 +117,8 @@ def _ended(report, outcome, first, final, text):
 
 class InlineSource:
     """gevent: the agent runs in the request's own greenlet, interrupted by a timer at the
-    deadline or by a watcher on the caller's socket. No second greenlet, task or queue per
+    deadline or by a watcher on the caller's socket (a poll every POLL_SECONDS once the caller
+    has sent bytes that wait for the server). No second greenlet, task or queue per
     held call: those were most of a held stream's memory. For the same reason the timers and
     the watcher are made once per turn, not per chunk, and only interrupt the greenlet while
     it is inside the agent (never while it writes a line to the caller).
@@ -127,8 +128,8 @@ class InlineSource:
     request's greenlet waits for that write to finish before it sends anything itself."""
 
     __slots__ = ("_agent", "_chunks", "_filler_after", "_greenlet", "_in_agent", "_late",
-                 "_silence", "_sock", "_timer", "_turn", "_watcher", "_write", "_writer",
-                 "fillers")
+                 "_poller", "_silence", "_sock", "_timer", "_turn", "_watcher", "_write",
+                 "_writer", "fillers")
 
     def __init__(self, agent, turn, sock, filler_after=0.0, write=None):
         self._agent, self._turn = agent, turn
@@ -136,6 +137,7 @@ class InlineSource:
         self._sock = sock
         self._filler_after, self._write = filler_after, write
         self._greenlet = self._timer = self._watcher = self._silence = self._writer = None
+        self._poller = None
         self._in_agent = self._late = False
         self.fillers = 0
 
@@ -159,6 +161,8 @@ class InlineSource:
             self._in_agent = False
             if self._watcher is not None:
                 self._watcher.stop()
+            if self._poller is not None:
+                self._poller.stop()
             if self._writer is not None:
                 self._writer.join()  # a filler on its way goes out before anything else
         if self._silence is not None:
@@ -204,13 +208,24 @@ class InlineSource:
             self._writer = None
 
     def _readable(self):
-        self._watcher.stop()  # level-triggered: a pipelined request would spin otherwise
+        # Level-triggered: bytes the caller sent ahead (a pipelined request), left for the
+        # server, would wake it without end; watch by polling instead for the rest of the step.
+        self._watcher.stop()
+        if self._poller is None:
+            import gevent
+
+            self._poller = gevent.get_hub().loop.timer(POLL_SECONDS, POLL_SECONDS)
+        self._poller.start(self._poll)
+        self._poll()
+
+    def _poll(self):
         if peer_closed(self._sock):
+            self._poller.stop()
             self._greenlet.throw(_Interrupt(_GONE))
 
     def close(self):
         self._chunks.close()
-        for watcher in (self._timer, self._silence, self._watcher):
+        for watcher in (self._timer, self._silence, self._watcher, self._poller):
             if watcher is not None:
                 watcher.close()
 

@@ -1,0 +1,139 @@
+"""gunicorn's gevent worker with connection hygiene: a read deadline per request and a
+connection cap answered with 503.
+
+gunicorn bounds nothing but the wait for the next request on a kept-alive connection, so a
+client sending headers or a body a byte at a time, or never finishing a body, would hold a
+connection for as long as it liked; and once ``worker_connections`` are open, gevent stops
+accepting, so new clients queue unanswered. Here every request must arrive (request line,
+headers and body) within REQUEST_READ_TIMEOUT seconds of its first byte (of the accept, for a
+connection's first request), or the connection is dropped; and a connection arriving when
+``worker_connections`` are already open is answered 503 at once.
+"""
+
+import contextlib
+import errno
+import logging
+import socket
+import time
+
+from gunicorn import util
+from gunicorn.workers.ggevent import GeventWorker
+
+log = logging.getLogger("gunicorn.error")
+
+# Extra greenlets that only answer 503 and close, so refusing never waits for a free slot.
+REFUSAL_SLOTS = 1000
+REFUSAL_SECONDS = 1.0
+_BUSY_BODY = (b'{"error": {"code": "SERVER_BUSY", '
+              b'"message": "Too many open connections, retry later"}}')
+BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\n"
+    + f"Content-Length: {len(_BUSY_BODY)}\r\n\r\n".encode() + _BUSY_BODY
+)
+
+
+class DeadlineSocket:
+    """A client socket whose reads fail once the current request has taken ``limit`` seconds
+    to arrive. The clock starts at once (a new connection owes its first request) and again
+    at the first byte of each later request; `request_done` stops it while the response is
+    written and the connection waits for the next request."""
+
+    __slots__ = ("_conn", "_deadline", "_expired", "_limit", "_peer", "_timeout")
+
+    def __init__(self, sock, limit, peer):
+        self._conn = sock
+        self._limit = limit
+        self._peer = peer
+        self._deadline = time.monotonic() + limit
+        self._expired = False
+        self._timeout = sock.gettimeout()
+
+    def recv(self, size, *flags):
+        if self._deadline is None:  # between requests: the next one starts with its first byte
+            data = self._conn.recv(size, *flags)
+            self._deadline = time.monotonic() + self._limit
+            return data
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0 or self._expired:
+            self._expire()
+        wait = remaining if self._timeout is None else min(self._timeout, remaining)
+        self._conn.settimeout(wait)
+        try:
+            return self._conn.recv(size, *flags)
+        except TimeoutError:
+            if time.monotonic() < self._deadline:
+                raise  # the caller's own, shorter timeout
+            self._expire()
+        finally:
+            self._conn.settimeout(self._timeout)
+
+    def _expire(self):
+        if not self._expired:
+            self._expired = True
+            log.info("dropped %s: request not received within %g s", self._peer, self._limit)
+            with contextlib.suppress(OSError):
+                self._conn.shutdown(socket.SHUT_RDWR)
+        # A reset to gunicorn (closes quietly) and to Werkzeug (a disconnected client).
+        raise ConnectionResetError(errno.ECONNRESET, "request read deadline passed")
+
+    def request_done(self):
+        """The request has been handled; the next one gets a deadline of its own."""
+        self._deadline = None
+
+    def settimeout(self, timeout):
+        self._timeout = timeout
+        self._conn.settimeout(timeout)
+
+    def setblocking(self, flag):
+        self.settimeout(None if flag else 0.0)
+
+    def gettimeout(self):
+        return self._timeout
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+class HygienicGeventWorker(GeventWorker):
+    """The gevent worker, with DeadlineSocket connections and a 503 past the cap."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read_timeout = None  # from the app's config, once it is loaded
+        self.connection_cap = self.worker_connections
+        self.worker_connections += REFUSAL_SLOTS  # the accept pool: served plus refused
+        self.open_connections = 0
+
+    def load_wsgi(self):
+        super().load_wsgi()
+        self.read_timeout = self.wsgi.config["REQUEST_READ_TIMEOUT"]
+
+    def handle(self, listener, client, addr):
+        if self.open_connections >= self.connection_cap:
+            self.refuse(client)
+            return
+        self.open_connections += 1
+        if self.open_connections == self.connection_cap:
+            self.log.warning("%d connections open: answering 503 to new ones",
+                             self.connection_cap)
+        try:
+            super().handle(listener, DeadlineSocket(client, self.read_timeout, addr), addr)
+        finally:
+            self.open_connections -= 1
+
+    def handle_request(self, listener_name, req, sock, addr):
+        try:
+            return super().handle_request(listener_name, req, sock, addr)
+        finally:
+            sock.request_done()
+
+    def refuse(self, client):
+        """Answer 503 without reading the request, then close without a reset."""
+        try:
+            client.settimeout(REFUSAL_SECONDS)
+            client.sendall(BUSY_RESPONSE)
+        except OSError:
+            util.close(client)
+            return
+        util.close_graceful(client, timeout=REFUSAL_SECONDS)

@@ -1,0 +1,102 @@
+"""CPU time the app spends per delivery, one revision against another: what metrics, logs and
+the console's delivery log add, measured in a way a loaded machine disturbs little.
+
+Each run is a fresh child process that builds the app of one revision (exported with
+``git archive``) on a fresh SQLite file, sends pre-signed deliveries through Flask's test
+client (no sockets, job runner off, metrics in a multiprocess directory as under gunicorn)
+and reports the process CPU time per delivery: texts (claim + job insert + acknowledgement)
+and voice turns (claim + the streamed turn of the demo agent, no tool latency). Runs of the
+revisions alternate, so both see the same neighbours.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _server import SECRET, describe_source, median, source_tree
+
+CHILD = r"""
+import json, logging, os, sys, time
+from app import create_app
+from app.simulator import payload, signed_request
+
+n_text, n_voice = int(sys.argv[1]), int(sys.argv[2])
+app = create_app({"TESTING": True, "WEBHOOK_SECRETS": (os.environ["SECRET"],),
+                  "DATABASE_URL": "sqlite:///" + os.environ["DB"], "JOB_RUNNER": False,
+                  "DEMO_TOOL_LATENCY": 0.0, "AGENTPHONE_API_KEY": None})
+client = app.test_client()
+texts = [signed_request(os.environ["SECRET"], payload("sms", f"hello {i}")) for i in range(n_text)]
+voices = [signed_request(os.environ["SECRET"], payload("voice", "What are your hours?",
+                                                       callId=f"call_{i}"))
+          for i in range(n_voice)]
+for raw, headers in texts[:50] + voices[:20]:  # warm-up
+    client.post("/webhook", data=raw, headers=headers).get_data()
+out = {}
+for name, batch in (("text", texts[50:]), ("voice", voices[20:])):
+    cpu = time.process_time()
+    for raw, headers in batch:
+        response = client.post("/webhook", data=raw, headers=headers)
+        response.get_data()
+        assert response.status_code == 200
+    out[name] = (time.process_time() - cpu) / len(batch) * 1e6
+logging.shutdown()
+print(json.dumps(out))
+"""
+
+
+def one_run(tree, n_text, n_voice):
+    with tempfile.TemporaryDirectory(prefix="agentphone-cpu-") as tmp:
+        metrics = Path(tmp) / "prometheus"  # as under gunicorn: values in shared files
+        metrics.mkdir()
+        env = {**os.environ, "PYTHONPATH": str(tree), "SECRET": SECRET,
+               "DB": str(Path(tmp) / "cpu.db"), "AGENTPHONE_WEBHOOK_SECRET": SECRET,
+               "LOG_LEVEL": "INFO", "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+        env.pop("AGENTPHONE_DEV", None)
+        result = subprocess.run([sys.executable, "-c", CHILD, str(n_text + 50),
+                                 str(n_voice + 20)], cwd=tmp, env=env, capture_output=True,
+                                text=True, timeout=600)
+    if result.returncode:
+        raise RuntimeError(result.stderr[-3000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("revs", nargs=2, help="two git revisions, e.g. e1211bf HEAD")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--texts", type=int, default=2000)
+    parser.add_argument("--voice", type=int, default=500)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results = {rev: [] for rev in args.revs}
+    with source_tree(args.revs[0]) as first, source_tree(args.revs[1]) as second:
+        trees = dict(zip(args.revs, (first, second), strict=True))
+        for run in range(args.runs):
+            for rev in args.revs:
+                figures = one_run(trees[rev], args.texts, args.voice)
+                results[rev].append(figures)
+                print(f"run {run + 1} {rev:>10}: text {figures['text']:.0f} us, "
+                      f"voice {figures['voice']:.0f} us", flush=True)
+    print(f"\nCPU per delivery, median of {args.runs} runs [min-max]")
+    summary = {}
+    for rev in args.revs:
+        summary[rev] = {"source": describe_source(rev)}
+        cells = []
+        for kind in ("text", "voice"):
+            values = [r[kind] for r in results[rev]]
+            summary[rev][kind] = median(values)
+            cells.append(f"{kind} {median(values):.0f} us [{min(values):.0f}-{max(values):.0f}]")
+        print(f"{rev:>10} ({summary[rev]['source']}): " + ", ".join(cells))
+    base, new = (summary[rev] for rev in args.revs)
+    for kind in ("text", "voice"):
+        print(f"{kind}: {(new[kind] / base[kind] - 1) * 100:+.1f} % CPU per delivery")
+    if args.json:
+        args.json.write_text(json.dumps({"runs": results, "summary": summary}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

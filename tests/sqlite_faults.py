@@ -1,0 +1,72 @@
+"""Storage faults for the SQLite store: ``python -m tests.sqlite_faults MODE DIR`` prints one
+JSON object of counts.
+
+full (in a private mount namespace, ``unshare --mount``, so the mount vanishes with the
+process): a 3 MiB tmpfs is filled by another file, then the file is deleted.
+readonly (without CAP_DAC_OVERRIDE, so that file modes bind root too): the database file is
+made read-only while a worker starts and reads, then writable again.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+from app.store import StoreUnavailable
+from app.store.sqlite import SQLiteStore
+
+
+def writes(store, count, prefix):
+    """How many of ``count`` delivery claims failed."""
+    failed = 0
+    for i in range(count):
+        try:
+            store.claim_voice(f"{prefix}-{i}", "agent.message", "faults")
+        except StoreUnavailable:
+            failed += 1
+    return failed
+
+
+def fill(path):
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"x" * 4096)
+        except OSError:
+            pass
+
+
+def full(folder):
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", folder], check=True)
+    store = SQLiteStore(f"sqlite:///{folder}/events.db")
+    store.migrate()
+    before = writes(store, 50, "before")
+    fill(f"{folder}/filler")
+    while_full = writes(store, 20, "full")
+    subprocess.run(["rm", f"{folder}/filler"], check=True)
+    return {"before": before, "while_full": while_full, "after": writes(store, 300, "after")}
+
+
+def readonly(folder):
+    path = f"{folder}/events.db"
+    first = SQLiteStore(f"sqlite:///{path}")
+    first.migrate()
+    first.close()
+    os.chmod(path, 0o444)
+    store = SQLiteStore(f"sqlite:///{path}")  # a worker starting meanwhile
+    readers = threading.Barrier(5)
+    threads = [threading.Thread(target=store._run, args=(lambda cur: readers.wait(5), False))
+               for _ in range(5)]  # five reads at once: five pooled connections
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    while_readonly = writes(store, 3, "readonly")
+    for name in os.listdir(folder):  # the WAL files were created with the database's mode
+        os.chmod(f"{folder}/{name}", 0o644)
+    return {"while_readonly": while_readonly, "after": writes(store, 20, "after")}
+
+
+if __name__ == "__main__":
+    print(json.dumps({"full": full, "readonly": readonly}[sys.argv[1]](sys.argv[2])))

@@ -1,0 +1,117 @@
+"""Connection hygiene through the real gunicorn gevent worker: slow and partial requests are
+dropped after REQUEST_READ_TIMEOUT, and connections past WORKER_CONNECTIONS get 503 at once."""
+
+import contextlib
+import socket
+import threading
+import time
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from app.simulator import payload, signed_request
+from tests.conftest import SECRET
+from tests.servers import post_stream
+
+pytestmark = pytest.mark.slow
+
+PARTIAL_BODY = (b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100000\r\n\r\n{")
+DRIPPED_HEADERS = b"POST /webhook HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+
+
+def connect(server):
+    address = urlsplit(server.url)
+    return socket.create_connection((address.hostname, address.port), timeout=5)
+
+
+def deliver(server):
+    """POST one signed SMS delivery; (status, seconds)."""
+    raw, headers = signed_request(SECRET, payload("sms", "hello"))
+    started = time.monotonic()
+    response = requests.post(server.webhook, data=raw, headers=headers, timeout=10)
+    return response.status_code, time.monotonic() - started
+
+
+def closed_by_server(sock, timeout):
+    """True when the server closed the connection within ``timeout`` seconds."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
+def drip(socks, stop, interval=0.25):
+    """Send one more header byte on each socket every ``interval`` until ``stop`` is set."""
+    sent = 0
+    while not stop.wait(interval) and sent < len(DRIPPED_HEADERS):
+        for sock in socks:
+            with contextlib.suppress(OSError):  # dropped by the server: what we want
+                sock.send(DRIPPED_HEADERS[sent:sent + 1])
+        sent += 1
+
+
+def test_slow_and_partial_requests_are_dropped_while_deliveries_are_served(gunicorn):
+    server = gunicorn(workers=1, REQUEST_READ_TIMEOUT=2)
+    partial, dripping = [], []
+    for _ in range(100):
+        sock = connect(server)
+        sock.sendall(PARTIAL_BODY)
+        partial.append(sock)
+        dripping.append(connect(server))
+    opened = time.monotonic()
+    stop = threading.Event()
+    dripper = threading.Thread(target=drip, args=(dripping, stop), daemon=True)
+    dripper.start()
+    try:
+        timings = []
+        while time.monotonic() - opened < 4:  # before, during and after the drop
+            timings.append(deliver(server))
+            time.sleep(0.2)
+        assert all(status == 200 for status, _ in timings), timings
+        assert max(seconds for _, seconds in timings) < 1.0, timings
+        # The deadline is 2 s; 6 s from opening leaves room for a busy machine.
+        left = max(0.1, 6 - (time.monotonic() - opened))
+        still_open = [s for s in partial + dripping if not closed_by_server(s, left)]
+        assert still_open == []
+    finally:
+        stop.set()
+        dripper.join(5)
+        for sock in partial + dripping:
+            sock.close()
+    assert "request not received within 2 s" in server.log()
+
+
+def test_a_connection_past_the_cap_is_answered_503_at_once(gunicorn):
+    server = gunicorn(workers=1, WORKER_CONNECTIONS=20, REQUEST_READ_TIMEOUT=3)
+    idle = [connect(server) for _ in range(20)]
+    try:
+        time.sleep(0.3)  # accepted: every slot is held
+        raw, headers = signed_request(SECRET, payload("sms", "hello"))
+        started = time.monotonic()
+        busy = requests.post(server.webhook, data=raw, headers=headers, timeout=5)
+        assert (busy.status_code, busy.headers["Retry-After"]) == (503, "1")
+        assert busy.json()["error"]["code"] == "SERVER_BUSY"
+        assert time.monotonic() - started < 1.0
+        # Once the idle connections have used up their read deadline, slots are free again.
+        assert all(closed_by_server(sock, 6) for sock in idle)
+        assert deliver(server)[0] == 200
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_voice_stream_outlasting_the_read_deadline_is_not_cut(gunicorn, effects_agent):
+    server = gunicorn(workers=1, REQUEST_READ_TIMEOUT=1, TEST_TOOL_SECONDS=2.5,
+                      **effects_agent.env)
+    raw, headers = signed_request(SECRET, payload("voice", "where is it"))
+    response, lines = post_stream(server.webhook, raw, headers)
+    assert response.status_code == 200
+    assert lines[-1][1] == {"text": "Tool said done for where is it."}
+    assert lines[-1][0] > 2.5
