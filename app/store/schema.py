@@ -201,7 +201,7 @@ MIGRATIONS = [
     """
     ALTER TABLE outbox ADD COLUMN job_id INTEGER
     """,
-    # 6: the signed bytes (timestamp and body) of accepted deliveries, kept while a copy
+    # 7: the signed bytes (timestamp and body) of accepted deliveries, kept while a copy
     # could still pass verification, so that a copy under another delivery id is refused.
     """
     CREATE TABLE IF NOT EXISTS signed_requests (
