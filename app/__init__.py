@@ -25,6 +25,8 @@ def create_app(test_config=None, require_secret=True):
     app.config.update(config.from_env(app.instance_path,
                                       require_secret=require_secret and test_config is None))
     app.config.update(test_config or {})
+    if app.config["WEBHOOK_SECRETS"]:
+        config.check_secrets(app.config["WEBHOOK_SECRETS"])
     configure_logging(app.config.get("LOG_LEVEL", "INFO"), app.config.get("LOG_FORMAT", "text"))
     if (address := _flask_run_address()) is not None:
         log_dev_banner(app, *address)

@@ -1,6 +1,7 @@
 """Every setting the service reads, with its default, in one place (the README has the same
 table)."""
 
+import contextlib
 import json
 import logging
 import os
@@ -125,21 +126,44 @@ def log_format():
 
 
 def parse_secrets(raw):
+    """The comma-separated secrets of ``raw``; blank entries are dropped, never kept as keys."""
     return tuple(s.strip() for s in (raw or "").split(",") if s.strip())
 
 
+def check_secrets(webhook_secrets):
+    """Raise ConfigError unless there is at least one secret and none is blank: anyone can
+    sign with an empty key."""
+    if not webhook_secrets:
+        raise ConfigError("no webhook secret configured")
+    if any(not isinstance(s, str) or not s.strip() for s in webhook_secrets):
+        raise ConfigError("a webhook secret is empty or blank: refusing to verify with it")
+
+
 def dev_secret(instance_path):
-    """A development secret created once and shared by every worker through the instance folder."""
+    """A development secret created once and shared by every worker through the instance folder.
+
+    The file is written under a temporary name and linked into place, so a concurrent reader
+    sees either no file or the whole secret, and the first writer wins for every process.
+    """
     path = Path(instance_path) / "dev-webhook-secret"
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        # O_EXCL: when several workers start at once exactly one writes the file.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as f:
-        f.write("whsec_dev_" + secrets.token_hex(16))
-    return path.read_text().strip()
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write("whsec_dev_" + secrets.token_hex(16))
+                f.flush()
+                os.fsync(f.fileno())
+            # link, unlike rename, never replaces a file another process put there first.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink()
+    secret = path.read_text().strip()
+    if not secret:
+        raise ConfigError(f"{path} is empty: delete it to have a new development secret made")
+    return secret
 
 
 def agent_factories(pairs, path):

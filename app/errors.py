@@ -29,6 +29,10 @@ class BadRequest(APIError):
     message = "Invalid request"
 
 
+class Unretryable(Exception):
+    """A failure that no later attempt can fix: a job raising it is dead-lettered at once."""
+
+
 class Unauthorized(APIError):
     status = 401
     code = "UNAUTHORIZED"

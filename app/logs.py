@@ -67,6 +67,16 @@ class JSONFormatter(JsonFormatter):
         log_record.pop("context", None)
 
 
+class EscapingStreamHandler(logging.StreamHandler):
+    """A stream handler that never drops a line: characters the stream cannot encode (a lone
+    surrogate from a delivery, say) are written as backslash escapes."""
+
+    def format(self, record):
+        text = super().format(record)
+        encoding = getattr(self.stream, "encoding", None) or "utf-8"
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+
+
 def formatter(fmt: str) -> logging.Formatter:
     return JSONFormatter() if fmt == "json" else TextFormatter()
 
@@ -76,7 +86,7 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     handler = next((h for h in root.handlers if getattr(h, "_agentphone", False)), None)
     if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = EscapingStreamHandler(sys.stderr)
         handler._agentphone = True
         handler.addFilter(ContextFilter())
         root.addHandler(handler)
@@ -91,7 +101,8 @@ def logconfig(fmt: str, level: str) -> dict:
         "disable_existing_loggers": False,
         "filters": {"context": {"()": ContextFilter}},
         "formatters": {"app": {"()": JSONFormatter if fmt == "json" else TextFormatter}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr",
+        "handlers": {"stderr": {"class": "app.logs.EscapingStreamHandler",
+                                "stream": "ext://sys.stderr",
                                 "formatter": "app", "filters": ["context"]}},
         "loggers": {
             "gunicorn.error": {"handlers": ["stderr"], "level": level, "propagate": False},

@@ -218,11 +218,11 @@ def test_postgres_down_at_boot_and_later_then_back(gunicorn, pg_own_server, tmp_
     assert "will migrate on first use" in server.log()
     pids = server.worker_pids()
 
-    raw, headers = signed_request(SECRET, payload("sms"))
+    raw, headers = signed_request(SECRET, payload("sms", "before the outage"))
     assert post(server, raw, headers).status_code == 200
 
     pg.stop()
-    raw, headers = signed_request(SECRET, payload("sms"))
+    raw, headers = signed_request(SECRET, payload("sms", "during the outage"))
     for _ in range(3):  # pooled connections found broken, then no connection to be had
         started = time.monotonic()
         response = post(server, raw, headers)

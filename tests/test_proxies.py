@@ -2,6 +2,7 @@
 of gunicorn started as the shipped systemd unit starts it."""
 
 import gzip
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -52,7 +53,8 @@ def deployment(tmp_path, effects_agent):
 
 
 def voice_turn(url, text, timeout=60, **headers):
-    raw, signed = signed_request(SECRET, payload("voice", text))
+    # A call of its own: equal signed bytes under a second delivery id would be a replay.
+    raw, signed = signed_request(SECRET, payload("voice", text, callId=f"call_{uuid.uuid4().hex}"))
     return post_stream(url + "/webhook", raw, {**signed, **headers}, timeout=timeout)
 
 

@@ -35,8 +35,8 @@ def api_app(make_app, fake_api):
     return make_app(AGENTPHONE_API_KEY=API_KEY, AGENTPHONE_API_URL=fake_api.url)
 
 
-def deliver(app, body, delivery_id=None):
-    raw, headers = signed_request(SECRET, body, delivery_id, NOW)
+def deliver(app, body, delivery_id=None, timestamp=NOW):
+    raw, headers = signed_request(SECRET, body, delivery_id, timestamp)
     response = app.test_client().post("/webhook", data=raw, headers=headers)
     assert response.status_code == 200 and response.get_json() == {"ok": True}
     return headers["X-Webhook-ID"]
@@ -152,7 +152,8 @@ def test_call_records_are_stored_once_and_listed(make_app):
     app = make_app()
     ended = payload("call_ended")
     deliver(app, ended)
-    deliver(app, ended)  # a second delivery of the same call (new delivery id)
+    # A second delivery of the same call: a new delivery id, signed anew.
+    deliver(app, ended, timestamp=NOW + 1)
     deliver(app, payload("call_ended", callId="call_two", durationSeconds=12.5,
                          callSuccessful=None, summary=None, userSentiment=None))
     assert run_jobs(app) == 3
@@ -216,7 +217,7 @@ def test_concurrent_copies_through_gunicorn_send_one_text(gunicorn, fake_api):
 
 def test_one_message_under_two_delivery_ids_is_answered_once(api_app, fake_api):
     deliver(api_app, sms(messageId="msg_777"), delivery_id="whd_first")
-    deliver(api_app, sms(messageId="msg_777"), delivery_id="whd_second")
+    deliver(api_app, sms(messageId="msg_777"), delivery_id="whd_second", timestamp=NOW + 1)
     deliver(api_app, sms(messageId="msg_778"), delivery_id="whd_third")
     assert run_jobs(api_app) == 3
     assert fake_api.count("POST", "/v1/messages") == 2

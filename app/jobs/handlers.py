@@ -28,6 +28,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from app.agent import get_agent
 from app.agent.base import CallRecord, Reaction, Reply, Turn
+from app.errors import BadRequest, Unretryable
 from app.store import get_store
 from app.store.records import RESENDABLE
 from app.webhook import events
@@ -76,7 +77,7 @@ def answer_text(agent, turn, job):
 
 
 def text_message(job):
-    event = events.parse(job.payload.encode("utf-8"))
+    event = _event(job)
     if event.data.get("direction") != "inbound":
         log.info("job %s: %s message is not inbound, no reply", job.id, event.channel)
         return
@@ -177,7 +178,7 @@ def _never_connected(exc):
 
 def reaction(job):
     """``agent.reaction``: the agent's ``on_reaction`` hook (by default, the reaction is stored)."""
-    event = events.parse(job.payload.encode("utf-8"))
+    event = _event(job)
     reaction = Reaction.from_event(event, job.delivery_id or f"job:{job.id}", get_store())
     log.info("job %s: %s reaction on message %s", job.id, reaction.reaction_type,
              reaction.message_id)
@@ -187,7 +188,7 @@ def reaction(job):
 def call_ended(job):
     """``agent.call_ended``: the agent's ``on_call_ended`` hook (by default, the record is
     stored)."""
-    event = events.parse(job.payload.encode("utf-8"))
+    event = _event(job)
     data = event.data
     if not isinstance(data.get("callId"), str) or not data["callId"]:
         log.warning("job %s: call_ended without a callId, not stored", job.id)
@@ -196,6 +197,14 @@ def call_ended(job):
     log.info("job %s: call %s ended after %ss (%s)", job.id, record.call_id,
              record.duration_seconds, record.disconnection_reason)
     get_agent(event.agent_id).on_call_ended(record)
+
+
+def _event(job):
+    """The job's stored delivery, parsed; one that fails the checks never will."""
+    try:
+        return events.parse(job.payload.encode("utf-8"))
+    except BadRequest as exc:
+        raise Unretryable(f"stored delivery is invalid: {exc.message} {exc.details}") from None
 
 
 HANDLERS = {"text_message": text_message, "reaction": reaction, "call_ended": call_ended}

@@ -17,6 +17,7 @@ import threading
 import time
 
 from app import logs
+from app.errors import Unretryable
 from app.metrics import JOB_OUTCOMES, JOB_SECONDS
 from app.store import StoreUnavailable
 from app.tasks import spawn
@@ -241,6 +242,11 @@ class JobRunner:
 
     def _failed(self, job, exc):
         error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, Unretryable):
+            log.error("job %s (%s) dead at attempt %d, retrying cannot help: %s", job.id,
+                      job.kind, job.attempts, error)
+            self.store.fail_job(job.id, error)
+            return
         if job.attempts >= self.max_attempts:
             log.error("job %s (%s) dead after %d attempts: %s", job.id, job.kind,
                       job.attempts, error)

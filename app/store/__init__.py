@@ -4,10 +4,10 @@ import logging
 
 from flask import current_app
 
-from app.store.base import JOB_STATES, Job, Retention, StoreUnavailable
+from app.store.base import JOB_STATES, Job, Replayed, Retention, SignedBytes, StoreUnavailable
 
-__all__ = ["JOB_STATES", "Job", "Retention", "StoreUnavailable", "get_store", "init_app",
-           "open_store"]
+__all__ = ["JOB_STATES", "Job", "Replayed", "Retention", "SignedBytes", "StoreUnavailable",
+           "get_store", "init_app", "open_store"]
 
 log = logging.getLogger(__name__)
 

@@ -172,6 +172,8 @@ class PostgresStore(SQLStore):
     lock_clause = " FOR UPDATE SKIP LOCKED"
     # PoolTimeout and PoolClosed are psycopg.OperationalError subclasses.
     errors = (psycopg.Error,)
+    # DataError: NUL in text, a number out of range; checked before `errors`, its base.
+    value_errors = (psycopg.DataError, *SQLStore.value_errors)
 
     def __init__(self, url, clock=time.time, min_size=1, max_size=10, timeout=3.0,
                  reconnect_timeout=1.0):

@@ -139,6 +139,16 @@ MIGRATIONS = [
     """
     ALTER TABLE outbox ADD COLUMN job_id INTEGER
     """,
+    # 7: the signed bytes (timestamp and body) of accepted deliveries, kept while a copy
+    # could still pass verification, so that a copy under another delivery id is refused.
+    """
+    CREATE TABLE IF NOT EXISTS signed_requests (
+        digest TEXT PRIMARY KEY,
+        delivery_id TEXT NOT NULL,
+        expires_at {real} NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS signed_requests_expires_at ON signed_requests (expires_at)
+    """,
 ]
 
 

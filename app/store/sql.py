@@ -10,7 +10,7 @@ import threading
 import time
 
 from app.metrics import STORE_SECONDS
-from app.store.base import Job, Retention, StoreUnavailable
+from app.store.base import Job, Replayed, Retention, StoreUnavailable, UnstorableValue
 from app.store.console import ConsoleMixin
 from app.store.records import OUTBOX, RecordsMixin, select_one
 from app.store.schema import MIGRATIONS, statements
@@ -30,14 +30,16 @@ JOB_COLUMNS = (
 
 class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
     """Shared implementation; subclasses define `backend`, `types`, `lock_clause`, `_connection`,
-    `_cursor(transaction)`, `errors` (the driver's base exception classes) and `lock_wait`
-    (seconds an operation may wait on a lock held elsewhere before StoreUnavailable)."""
+    `_cursor(transaction)`, `errors` (the driver's base exception classes), `value_errors`
+    (raised for a value the database can never take) and `lock_wait` (seconds an operation may
+    wait on a lock held elsewhere before StoreUnavailable)."""
 
     backend = "sql"
     types = {}
     lock_clause = ""
     errors = ()
     lock_wait = 0.0
+    value_errors = (OverflowError, UnicodeEncodeError)
 
     def __init__(self, clock=time.time):
         self.clock = clock
@@ -71,6 +73,9 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
         try:
             with self._cursor(transaction, **cursor_options) as cur:
                 return fn(cur)
+        except self.value_errors as exc:
+            log.warning("%s store refused a value: %s", self.backend, exc)
+            raise UnstorableValue() from exc
         except self.errors as exc:
             raise StoreUnavailable(f"{self.backend} store error: {exc}") from exc
 
@@ -160,9 +165,19 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
         table = version_table or CORE_SCHEMA
         return self._one(f"SELECT MAX(version) FROM {table}")[0]
 
+    def check_writable(self):
+        """Raise StoreUnavailable unless the store takes a write: a transaction that takes the
+        write lock and changes nothing (a read-only file or standby fails it)."""
+        self.run(lambda cur: cur.execute(
+            f"UPDATE {CORE_SCHEMA} SET applied_at = applied_at WHERE version < 0"))
+
     # -- deliveries -------------------------------------------------------------------------
 
-    def _claim(self, cur, delivery_id, event):
+    def _claim(self, cur, delivery_id, event, signed=None):
+        """Record a delivery id; True if new. With ``signed`` (SignedBytes), raise Replayed
+        when those bytes came before under another id."""
+        if signed is not None:
+            self._refuse_replay(cur, delivery_id, signed)
         cur.execute(
             "INSERT INTO deliveries (id, event, received_at) VALUES (?, ?, ?) "
             "ON CONFLICT (id) DO NOTHING",
@@ -170,11 +185,28 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
         )
         return cur.rowcount == 1
 
-    def claim_with_job(self, delivery_id, event, kind, payload):
-        """Claim a delivery and enqueue its job atomically; True if it was new."""
+    def _refuse_replay(self, cur, delivery_id, signed):
+        # In the claim's transaction: a replay leaves nothing behind, and costs no commit.
+        cur.execute(
+            "INSERT INTO signed_requests (digest, delivery_id, expires_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (digest) DO NOTHING",
+            (signed.digest, delivery_id, signed.expires_at),
+        )
+        if cur.rowcount == 1:
+            return
+        cur.execute("SELECT delivery_id FROM signed_requests WHERE digest = ?",
+                    (signed.digest,))
+        row = cur.fetchone()
+        # The same id again is a plain duplicate (a resend of the very same request).
+        if row is not None and row[0] != delivery_id:
+            raise Replayed(row[0])
+
+    def claim_with_job(self, delivery_id, event, kind, payload, signed=None):
+        """Claim a delivery and enqueue its job atomically; True if it was new. ``signed`` as
+        for ``_claim``."""
 
         def claim(cur):
-            if not self._claim(cur, delivery_id, event):
+            if not self._claim(cur, delivery_id, event, signed):
                 return False
             now = self.clock()
             cur.execute(
@@ -188,14 +220,23 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
 
     # -- voice claims and replies -----------------------------------------------------------
 
-    def claim_voice(self, delivery_id, event, owner):
-        """Claim a voice delivery for ``owner`` (attempt 0, heartbeat now); True if it was new."""
-        now = self.clock()
-        return self._exec(
-            "INSERT INTO deliveries (id, event, received_at, owner, attempt, heartbeat_at) "
-            "VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (id) DO NOTHING",
-            (delivery_id, event, now, owner, now),
-        ) == 1
+    def claim_voice(self, delivery_id, event, owner, signed=None):
+        """Claim a voice delivery for ``owner`` (attempt 0, heartbeat now); True if it was new.
+        ``signed`` as for ``_claim``."""
+
+        def claim(cur):
+            if signed is not None:
+                self._refuse_replay(cur, delivery_id, signed)
+            now = self.clock()
+            cur.execute(
+                "INSERT INTO deliveries (id, event, received_at, owner, attempt, heartbeat_at) "
+                "VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (id) DO NOTHING",
+                (delivery_id, event, now, owner, now),
+            )
+            return cur.rowcount == 1
+
+        # One statement needs no transaction; with the replay check it is two.
+        return self.run(claim, transaction=signed is not None)
 
     def voice_claim(self, delivery_id):
         """(stored final line or None, time of the holder's last heartbeat) of a voice
@@ -374,7 +415,8 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
 
     def prune(self, retention=DEFAULT_RETENTION):
         """Delete what has outlived its use: delivery ids with their voice replies and reply
-        outbox rows and log, finished jobs, idle agent sessions and expired webhook secrets.
+        outbox rows and log, finished jobs, idle agent sessions, expired webhook secrets
+        and signed bytes too old to pass verification.
         Call records, reactions and dead jobs are kept."""
         now = self.clock()
         deliveries = now - retention.deliveries
@@ -391,6 +433,7 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
             ("DELETE FROM delivery_log WHERE received_at < (SELECT received_at FROM "
              f"delivery_log ORDER BY received_at DESC LIMIT 1 OFFSET {retention.log_rows})",
              None),
+            ("DELETE FROM signed_requests WHERE expires_at < ?", now),
         ]
 
         def prune(cur):

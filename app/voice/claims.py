@@ -58,10 +58,11 @@ class VoiceClaims:
         self._beating = False
         self._lock = threading.Lock()
 
-    def claim(self, delivery_id, event):
-        """The first attempt's Claim, or None when the delivery was claimed before."""
+    def claim(self, delivery_id, event, signed=None):
+        """The first attempt's Claim, or None when the delivery was claimed before; raises
+        Replayed for ``signed`` bytes seen under another delivery id."""
         owner = self._owner()
-        if not self.store.claim_voice(delivery_id, event, owner):
+        if not self.store.claim_voice(delivery_id, event, owner, signed):
             return None
         return self._hold(delivery_id, 0)
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 
 from app.errors import BadRequest, field_error
@@ -48,23 +49,45 @@ class Event:
         return None
 
 
+MAX_ID_LENGTH = 200
+HASHED = "sha256:"
+
+
 def delivery_id(header_value, body):
-    """The idempotency key: X-Webhook-ID, else a hash of the signed body."""
-    if header_value and header_value.strip():
-        return header_value.strip()[:200]
-    return "sha256:" + hashlib.sha256(body).hexdigest()
+    """The idempotency key: X-Webhook-ID, else a hash of the signed body.
+
+    An id kept verbatim is short printable ASCII; any other id (too long for the key columns,
+    control characters, or one that looks like a hash) is stored as ``sha256:id:<hex>`` of
+    the whole id, so distinct ids never share a key. A body hash is ``sha256:<hex>``.
+    """
+    value = (header_value or "").strip()
+    if not value:
+        return HASHED + hashlib.sha256(body).hexdigest()
+    if (len(value) <= MAX_ID_LENGTH and value.isascii() and value.isprintable()
+            and not value.startswith(HASHED)):
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
+    return f"{HASHED}id:{digest}"
 
 
 def parse(body):
-    """Decode a delivery body; raises BadRequest naming the problem."""
+    """Decode and check a delivery body; raises BadRequest naming every problem.
+
+    Everything a handler reads is checked here, before the delivery is acknowledged, so
+    that an accepted delivery can always be processed: lone surrogates and NUL characters
+    (which no store can hold) become U+FFFD, and a field of the wrong type or out of range is
+    a 400 with ``details``.
+    """
     try:
-        doc = json.loads(body.decode("utf-8"))
+        doc = json.loads(body.decode("utf-8"), parse_constant=_not_json)
     except UnicodeDecodeError:
         raise BadRequest("Body is not valid UTF-8") from None
     except (ValueError, RecursionError) as exc:
         raise BadRequest("Body is not valid JSON", [field_error("body", str(exc)[:200])]) from None
     if not isinstance(doc, dict):
         raise BadRequest("Body must be a JSON object", [field_error("body", "expected an object")])
+    if UNSTORABLE_ESCAPE.search(body):
+        _replace_unstorable(doc)
     name = doc.get("event")
     if not isinstance(name, str) or not name:
         raise BadRequest("Missing event type", [field_error("event", "required string")])
@@ -79,6 +102,9 @@ def parse(body):
             problems.append(field_error("channel", "required string"))
         if not isinstance(data, dict):
             problems.append(field_error("data", "required object"))
+        else:
+            problems += _field_problems(DATA_FIELDS[name], data, "data.")
+        problems += _field_problems(ENVELOPE_FIELDS, doc, "")
         if problems:
             raise BadRequest(f"Invalid {name} delivery", problems)
     agent_id = doc.get("agentId")
@@ -93,3 +119,78 @@ def parse(body):
         test=doc.get("test") is True,
         body=doc,
     )
+
+
+def _not_json(constant):
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+# A lone surrogate or NUL can only arrive as a \u escape: raw UTF-8 cannot encode a
+# surrogate, and JSON forbids raw control characters in strings.
+UNSTORABLE_ESCAPE = re.compile(rb"\\u(?:[dD][89a-fA-F]|0000)")
+UNSTORABLE = re.compile("[\ud800-\udfff\x00]")
+REPLACEMENT = "\ufffd"
+
+
+def _replace_unstorable(doc):
+    """Replace lone surrogates and NUL in every string and key of ``doc``, in place."""
+    stack = [doc]  # a loop, not recursion: the document may be nested as deep as json allows
+    while stack:
+        node = stack.pop()
+        items = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+        for key, value in items:
+            if isinstance(value, str):
+                value = UNSTORABLE.sub(REPLACEMENT, value)
+            elif isinstance(value, dict | list):
+                stack.append(value)
+            if isinstance(key, str) and UNSTORABLE.search(key):
+                del node[key]
+                key = UNSTORABLE.sub(REPLACEMENT, key)
+            node[key] = value
+
+
+MAX_DURATION = 2**53 - 1  # the largest whole number a float column holds exactly
+
+
+def _duration(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "must be a number"
+    if not 0 <= value <= MAX_DURATION:  # also false for NaN; 1e400 is inf
+        return f"must be from 0 to {MAX_DURATION}"
+    return None
+
+
+def _of_type(kind, name):
+    def check(value):
+        return None if isinstance(value, kind) else f"must be {name}"
+    return check
+
+
+TEXT = _of_type(str, "a string")
+OBJECT = _of_type(dict, "an object")
+ARRAY = _of_type(list, "an array")
+BOOLEAN = _of_type(bool, "true or false")
+
+# The fields a handler (or the agent) reads; each may also be null or absent.
+ENVELOPE_FIELDS = {"agentId": TEXT, "conversationState": OBJECT, "recentHistory": ARRAY}
+_MESSAGE_TEXT = ("message", "transcript", "from", "to", "callId", "conversationId",
+                 "messageId", "numberId", "direction")
+DATA_FIELDS = {
+    MESSAGE: dict.fromkeys(_MESSAGE_TEXT, TEXT),
+    REACTION: dict.fromkeys(("conversationId", "messageId", "reactionType", "fromNumber",
+                             "from", "direction"), TEXT),
+    CALL_ENDED: {
+        **dict.fromkeys(("callId", "from", "to", "direction", "status", "startedAt",
+                         "endedAt", "disconnectionReason", "summary", "userSentiment"), TEXT),
+        "durationSeconds": _duration, "transcript": ARRAY, "callSuccessful": BOOLEAN,
+    },
+}
+
+
+def _field_problems(checks, obj, prefix):
+    problems = []
+    for name, check in checks.items():
+        value = obj.get(name)
+        if value is not None and (message := check(value)):
+            problems.append(field_error(prefix + name, message))
+    return problems

@@ -5,14 +5,15 @@ import logging
 import time
 
 from flask import Blueprint, current_app, g, jsonify, request
+from gunicorn.http.errors import ParseException
 
 from app import logs
 from app.agent import get_agent
-from app.agent.base import Turn
+from app.agent.base import Agent, Reply, Turn
 from app.console.journal import JOURNAL
-from app.errors import PayloadTooLarge
+from app.errors import BadRequest, PayloadTooLarge, field_error
 from app.metrics import DELIVERIES
-from app.store import StoreUnavailable, get_store
+from app.store import Replayed, SignedBytes, StoreUnavailable, get_store
 from app.store.console import IN_FLIGHT
 from app.voice.hangup import caller_socket
 from app.voice.ndjson import StreamResponse
@@ -54,6 +55,7 @@ def verify_signature():
         raise
     g.delivery_id = events.delivery_id(request.headers.get("X-Webhook-ID"), body)
     logs.bind(delivery_id=g.delivery_id)
+    g.signed = SignedBytes(*signing.signed_digest(request.headers["X-Webhook-Timestamp"], body))
     g.event = events.parse(body)
     data = g.event.data
     logs.bind(event=g.event.event, channel=g.event.channel, agent_id=g.event.agent_id,
@@ -66,13 +68,19 @@ def _text(value):
 
 def _raw_body():
     """The body bytes exactly as sent, before any JSON parsing (SPEC 1.5)."""
-    body = request.get_data(cache=True)
-    # A chunked body has no Content-Length: Werkzeug stops reading at the limit without
-    # saying so, and the truncated body would be rejected as a bad signature instead.
-    if (request.content_length is None
-            and len(body) >= current_app.config["MAX_CONTENT_LENGTH"]
-            and request.environ["wsgi.input"].read(1)):
-        raise PayloadTooLarge()
+    try:
+        body = request.get_data(cache=True)
+        # A chunked body has no Content-Length: Werkzeug stops reading at the limit without
+        # saying so, and the truncated body would be rejected as a bad signature instead.
+        if (request.content_length is None
+                and len(body) >= current_app.config["MAX_CONTENT_LENGTH"]
+                and request.environ["wsgi.input"].read(1)):
+            raise PayloadTooLarge()
+    except (OSError, ParseException) as exc:
+        # A malformed chunk size or terminator, or a body cut short: the client's fault.
+        log.warning("unreadable body from %s: %s", request.remote_addr, type(exc).__name__)
+        raise BadRequest("Request body could not be read",
+                         [field_error("body", "malformed or incomplete")]) from None
     return body
 
 
@@ -89,7 +97,7 @@ def receive():
         g.outcome = "ignored"
         return _ack()
     payload = request.get_data(as_text=True)
-    if get_store().claim_with_job(delivery_id, event.event, kind, payload):
+    if get_store().claim_with_job(delivery_id, event.event, kind, payload, g.signed):
         log.info("delivery %s: %s queued as %s job", delivery_id, event.event, kind)
         current_app.extensions["job_runner"].wake()
         g.outcome = "accepted"
@@ -139,6 +147,15 @@ def _ack():
     return jsonify(ok=True)
 
 
+@bp.errorhandler(Replayed)
+def _replayed(exc):
+    """The same signed bytes under a new delivery id: acknowledged, with no effect."""
+    log.warning("delivery %s from %s: replay of delivery %s, ignored", g.delivery_id,
+                request.remote_addr, exc.first_delivery_id)
+    g.outcome = "replay"
+    return _ack()
+
+
 def _voice_turn(event, delivery_id):
     turn = Turn.from_event(event, delivery_id)
     agent = get_agent(turn.agent_id)
@@ -152,14 +169,24 @@ def _voice_turn(event, delivery_id):
     # Partials rather than closures (they live as long as the held stream, and are smaller),
     # bound here: Flask tears down the request context before the stream runs.
     claim = functools.partial(_claim_turn, current_app.extensions["voice_claims"], agent,
-                              delivery_id, event.event, _labels(event))
+                              delivery_id, event.event, g.signed, _labels(event))
     lines = stream_turn(agent, turn, deadline, sock=caller_socket(environ),
                         filler_after=current_app.config["VOICE_FILLER_AFTER"], environ=environ,
                         arrived=g.arrived, report=report, claim=claim)
     return StreamResponse(lines)
 
 
-def _claim_turn(claims, agent, delivery_id, event, labels, until):
+class _Nothing(Agent):
+    """What a replayed voice delivery runs: nothing (its first delivery had the effect)."""
+
+    def respond(self, turn):
+        yield Reply("")
+
+
+_NOTHING = _Nothing()
+
+
+def _claim_turn(claims, agent, delivery_id, event, signed, labels, until):
     """Claim the delivery id for this turn, after its interim line is out: ``(agent,
     on_final)`` for the first attempt; for a retry, an agent that replays the first attempt's
     reply (or takes the turn over if that attempt's worker died); None when the store stayed
@@ -168,8 +195,13 @@ def _claim_turn(claims, agent, delivery_id, event, labels, until):
     once its outcome is known."""
     while True:
         try:
-            claim = claims.claim(delivery_id, event)
+            claim = claims.claim(delivery_id, event, signed)
             break
+        except Replayed as exc:
+            log.warning("delivery %s: replay of delivery %s, ignored", delivery_id,
+                        exc.first_delivery_id)
+            DELIVERIES.labels(*labels, "replay").inc()
+            return _NOTHING, None
         except StoreUnavailable as exc:
             time.sleep(CLAIM_RETRY_SECONDS)
             if until - time.monotonic() <= claims.store.lock_wait + CLAIM_MARGIN_SECONDS:

@@ -1,0 +1,52 @@
+"""Log lines are never lost to characters the output cannot encode."""
+
+import io
+import logging
+import subprocess
+import sys
+
+from app.logs import EscapingStreamHandler
+from tests.servers import ROOT
+
+
+def test_lone_surrogate_in_a_log_message_is_escaped_not_dropped():
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    handler = EscapingStreamHandler(out)
+    log = logging.getLogger("tests.escaping")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("text %r and %s", "a\ud800b", "c\udfffd")
+        log.warning("next line")
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+    out.flush()
+    lines = out.buffer.getvalue().decode("utf-8").splitlines()
+    assert lines == ["text 'a\\ud800b' and c\\udfffd", "next line"]
+
+
+def test_ascii_stream_gets_escapes_for_any_non_ascii():
+    out = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict")
+    handler = EscapingStreamHandler(out)
+    handler.emit(logging.makeLogRecord({"msg": "caf\u00e9 \ud83d"}))
+    out.flush()
+    assert out.buffer.getvalue() == b"caf\\xe9 \\ud83d\n"
+
+
+def test_the_app_log_keeps_a_line_with_a_lone_surrogate(tmp_path):
+    code = (
+        "import logging\n"
+        "from app import create_app\n"
+        "create_app({'WEBHOOK_SECRETS': ('whsec_x',), 'JOB_RUNNER': False,"
+        f" 'DATABASE_URL': 'sqlite:///{tmp_path}/events.db'}})\n"
+        "logging.getLogger('app.x').warning('caller said %s', 'hi \\ud800 there')\n"
+        "logging.getLogger('app.x').warning('after')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            timeout=60, check=False, env={"PYTHONIOENCODING": "utf-8:strict",
+                                                           "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert b"caller said hi \\ud800 there" in result.stderr
+    assert b"after" in result.stderr
+    assert b"Logging error" not in result.stderr
