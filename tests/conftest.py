@@ -1,4 +1,6 @@
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,6 +9,9 @@ from app import create_app
 from app.simulator import signed_request
 from tests.servers import start_gunicorn
 
+# The servers the tests start (gunicorn empties the folder at start) write their metrics
+# outside the checkout; set after the imports, so that this process keeps its own.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="agentphone-metrics-"))
 DATA = Path(__file__).resolve().parent / "data"  # platform facts copied as test data
 SECRET = "whsec_test_secret_123"
 NOW = 1_736_942_400

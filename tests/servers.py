@@ -87,6 +87,8 @@ def start_gunicorn(tmp_path, env, workers=1, command=None, port=None):
         "WEB_CONCURRENCY": str(workers),
         "DATABASE_URL": "sqlite:///" + str(tmp_path / "events.db"),
         "PYTHONUNBUFFERED": "1",
+        # Each server its own metrics folder: gunicorn empties it at start.
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / f"prometheus-{port}"),
         **env,
     }
     if "AGENTPHONE_DEV" not in env:
