@@ -17,7 +17,7 @@ from app.agentphone import AgentPhoneClient
 SPEC_PATH = Path(__file__).resolve().parent / "data" / "openapi.json"
 API_KEY = "sk_test"
 
-# SPEC 4.2/4.7 document `limit` (default 20, max 100) on these lists, and the official SDKs
+# contract 4.2/4.7 document `limit` (default 20, max 100) on these lists, and the official SDKs
 # send it; the OpenAPI mirror lost the parameter (its X-Sub-Account-Id header carries the
 # stray `"default": 20`). Accepted here and nowhere else.
 DOCUMENTED_EXTRA_QUERY = {
@@ -28,7 +28,7 @@ DOCUMENTED_EXTRA_QUERY = {
 }
 
 
-# Response samples shaped like SPEC 4.2 / 4.6.
+# Response samples shaped like contract 4.2 / 4.6.
 CALL = {"id": "call_1", "agentId": "agt_1", "phoneNumberId": "num_1", "phoneNumber": "+15551234567",
         "fromNumber": "+15559876543", "toNumber": "+15551234567", "direction": "inbound",
         "status": "completed", "startedAt": "2025-01-15T14:00:00Z",

@@ -31,7 +31,7 @@ def message(n, key="fromNumber"):
 @pytest.mark.parametrize(("body", "offset", "count", "limit", "expected"), [
     ({"hasMore": True, "total": 3}, 0, 3, 3, True),      # hasMore wins
     ({"hasMore": False}, 0, 20, 20, False),
-    ({"total": 42}, 20, 20, 20, True),                  # Q29: no hasMore -> total
+    ({"total": 42}, 20, 20, 20, True),                  # contract D29: no hasMore -> total
     ({"total": 40}, 20, 20, 20, False),
     ({"items": [], "total": 25, "offset": 0}, 0, 25, 50, False),
     ({}, 0, 20, 20, True),                              # neither: a full page means more

@@ -119,7 +119,7 @@ def test_parser_result_does_not_depend_on_chunking(cuts):
 
 @pytest.mark.parametrize(("event", "expected"), [
     (SSEEvent("turn", '{"role":"user","content":"hi","extra":1}'), TranscriptTurn),
-    (SSEEvent("turn", '{"role":"user"}'), None),  # Q26: needs role and content
+    (SSEEvent("turn", '{"role":"user"}'), None),  # contract D26: needs role and content
     (SSEEvent("turn", "not json"), None),
     (SSEEvent("turn", "[1]"), None),
     (SSEEvent("ended", "{}"), StreamEnded),

@@ -1,4 +1,4 @@
-"""Known-answer vectors (SPEC 1.5), the official SDK as a cross-check, every negative case."""
+"""Known-answer vectors (contract 1.5), the official SDK as a cross-check, every negative case."""
 
 import pytest
 from agentphone.webhook import WebhookVerificationError, verify_webhook
@@ -85,22 +85,22 @@ REDUMPED = "sha256=389758fe8ac5ca56af7b1e1f09f496a9fbc677a1fbade2586bf8a71e87bd6
         ("", TS, BODY, int(TS), [SECRET], signing.MissingSignature),
         (GOOD, None, BODY, int(TS), [SECRET], signing.MissingSignature),
         (GOOD, "", BODY, int(TS), [SECRET], signing.MissingSignature),
-        # Q5: the sha256= prefix is required, exactly.
+        # contract D5: the sha256= prefix is required, exactly.
         (GOOD[7:], TS, BODY, int(TS), [SECRET], signing.InvalidSignature),
         ("SHA256=" + GOOD[7:], TS, BODY, int(TS), [SECRET], signing.InvalidSignature),
         ("sha1=" + GOOD[7:], TS, BODY, int(TS), [SECRET], signing.InvalidSignature),
         (GOOD + " ", TS, BODY, int(TS), [SECRET], signing.InvalidSignature),
         (GOOD[:-1], TS, BODY, int(TS), [SECRET], signing.InvalidSignature),
         ("sha256=ä" + GOOD[8:], TS, BODY, int(TS), [SECRET], signing.InvalidSignature),
-        # Q6: an HMAC of the body alone, or of a re-serialized body, never passes.
+        # contract D6: an HMAC of the body alone, or of a re-serialized body, never passes.
         (BODY_ONLY, TS, BODY, int(TS), [SECRET], signing.InvalidSignature),
         (REDUMPED, TS, BODY, int(TS), [SECRET], signing.InvalidSignature),
         (GOOD, TS, BODY + b" ", int(TS), [SECRET], signing.InvalidSignature),
         (GOOD, TS, BODY, int(TS), ["whsec_other"], signing.InvalidSignature),
         (GOOD, TS, BODY, int(TS), [], signing.InvalidSignature),
-        # Q9: the whsec_ prefix is part of the key.
+        # contract D9: the whsec_ prefix is part of the key.
         (GOOD, TS, BODY, int(TS), ["test_secret_123"], signing.InvalidSignature),
-        # Q7: unix seconds in ASCII digits only.
+        # contract D7: unix seconds in ASCII digits only.
         (GOOD, "+1736942400", BODY, int(TS), [SECRET], signing.InvalidTimestamp),
         (GOOD, "-1736942400", BODY, int(TS), [SECRET], signing.InvalidTimestamp),
         (GOOD, "1736942400.0", BODY, int(TS), [SECRET], signing.InvalidTimestamp),
@@ -108,7 +108,7 @@ REDUMPED = "sha256=389758fe8ac5ca56af7b1e1f09f496a9fbc677a1fbade2586bf8a71e87bd6
         (GOOD, "2025-01-15T12:00:00Z", BODY, int(TS), [SECRET], signing.InvalidTimestamp),
         (GOOD, "١٧٣٦٩٤٢٤٠٠", BODY, int(TS), [SECRET], signing.InvalidTimestamp),
         (GOOD, "9" * 40, BODY, int(TS), [SECRET], signing.InvalidTimestamp),
-        # Q38: 300 s is the edge, both directions.
+        # contract D38: 300 s is the edge, both directions.
         (GOOD, TS, BODY, int(TS) + 301, [SECRET], signing.InvalidTimestamp),
         (GOOD, TS, BODY, int(TS) - 301, [SECRET], signing.InvalidTimestamp),
     ],

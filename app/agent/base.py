@@ -73,7 +73,7 @@ TRANSFER = "transfer"
 
 @dataclass(frozen=True)
 class Reply:
-    """The final chunk of a turn (SPEC 2.3): at most one of hangup / transfer (Q15)."""
+    """The final chunk of a turn (contract 2.3): at most one of hangup / transfer (contract D15)."""
 
     text: str = ""
     hangup: bool = False
@@ -88,7 +88,8 @@ class Reply:
             raise ValueError(f"unknown action {self.action!r}")
 
     def to_line(self):
-        """The final NDJSON object: ``text`` always present unless it is a pure action (Q17)."""
+        """The final NDJSON object: ``text`` always present unless it is a pure action
+        (contract D17)."""
         line = {"text": self.text} if self.text or not (self.hangup or self.action) else {}
         if self.hangup:
             line["hangup"] = True

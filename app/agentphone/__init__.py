@@ -1,4 +1,4 @@
-"""Client for the AgentPhone REST API (SPEC section 4): calls, messages, webhooks, streams.
+"""Client for the AgentPhone REST API (contract 4): calls, messages, webhooks, streams.
 
     from app.agentphone import client_from_app
     client = client_from_app(current_app)

@@ -1,4 +1,4 @@
-"""AgentPhoneClient: the REST API (SPEC 4) over the retrying transport."""
+"""AgentPhoneClient: the REST API (contract 4) over the retrying transport."""
 
 import logging
 import time
@@ -171,7 +171,8 @@ class AgentPhoneClient:
         return Call.from_dict(self.request("GET", f"/v1/calls/{_seg(call_id)}"))
 
     def get_transcript(self, call_id):
-        """The whole transcript; accepts `{data: [...]}`, `{transcripts: [...]}` or a list (Q25)."""
+        """The whole transcript; accepts `{data: [...]}`, `{transcripts: [...]}` or a list
+        (contract D25)."""
         body = self.request("GET", f"/v1/calls/{_seg(call_id)}/transcript")
         if isinstance(body, dict) and isinstance(body.get("transcripts"), list):
             body = body["transcripts"]
@@ -199,8 +200,8 @@ class AgentPhoneClient:
 
         Stops after StreamEnded. A dropped connection, a server close before `ended`, or
         `quiet_timeout` seconds without a byte lead to a reconnect with backoff; the server
-        replays every turn then, and turns already yielded are skipped (Q27), as is a second
-        `connected`. After `max_reconnects` reconnects in a row without a new turn,
+        replays every turn then, and turns already yielded are skipped (contract D27), as is a
+        second `connected`. After `max_reconnects` reconnects in a row without a new turn,
         APIConnectionError is raised. HTTP errors (401, 404, ...) are raised at once.
         """
         quiet = self.stream_quiet_timeout if quiet_timeout is None else quiet_timeout
@@ -256,7 +257,7 @@ class AgentPhoneClient:
     def send_message(self, agent_id=None, to_number=None, body="", *, media_urls=None,
                      number_id=None, from_number=None, recipients=None, send_style=None,
                      reply_to_message_id=None):
-        """Send an SMS/MMS/iMessage (POST /v1/messages, snake_case body, SPEC 4.6).
+        """Send an SMS/MMS/iMessage (POST /v1/messages, snake_case body, contract 4.6).
 
         Retried only on 429/503; a timeout raises APIConnectionError and is NOT retried,
         since the text may have gone out.
@@ -285,7 +286,7 @@ class AgentPhoneClient:
 
     def _messages_body(self, path, limit=None, before=None, after=None):
         if before is not None and after is not None:
-            raise ValueError("pass before or after, not both")  # Q28
+            raise ValueError("pass before or after, not both")  # contract D28
         return self.request("GET", path, params={
             "limit": limit,
             "before": None if before is None else format_timestamp(before),
@@ -306,7 +307,7 @@ class AgentPhoneClient:
     def iter_messages(self, *, number_id=None, conversation_id=None, direction="older",
                       start=None, limit=None, max_items=None):
         """Messages across pages: "older" walks back from `start` (default: now), "newer"
-        forward from `start`; de-duplicated by id (Q28)."""
+        forward from `start`; de-duplicated by id (contract D28)."""
         path = self._messages_path(number_id, conversation_id)
         items = walk_cursor(
             lambda lim, **cursor: self._messages_body(path, lim, **cursor),
@@ -370,7 +371,7 @@ class AgentPhoneClient:
         ))
 
     def list_deliveries(self, limit=None, offset=0, hours=None):
-        """One page of the delivery log (`items` envelope, Q24); `hours` looks back 1-168 h."""
+        """One page of the delivery log (`items` envelope, D24); `hours` looks back 1-168 h."""
         return self._page("/v1/webhooks/deliveries", WebhookDelivery, limit, offset, hours=hours)
 
     def delivery_stats(self, hours=None):

@@ -1,4 +1,4 @@
-"""AgentPhone API errors: one exception family, parsed from every body shape (SPEC 5.1, Q31)."""
+"""AgentPhone API errors: one exception family, parsed from every body shape (contract 5.1, D31)."""
 
 import email.utils
 import json

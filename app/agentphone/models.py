@@ -2,7 +2,7 @@
 
 Each field reads the first key present among its aliases (default: camelCase, then
 snake_case of the field name), so extra keys are ignored and known spellings of the same
-value are accepted (Q30: fromNumber/from/from_, toNumber/to).
+value are accepted (contract D30: fromNumber/from/from_, toNumber/to).
 """
 
 from dataclasses import MISSING, dataclass, field, fields
@@ -87,7 +87,7 @@ class Call(Model):
 
     @property
     def is_terminal(self):
-        """Q36: completed, failed, or any status once `endedAt` is set."""
+        """contract D36: completed, failed, or any status once `endedAt` is set."""
         return self.status in ("completed", "failed") or self.ended_at is not None
 
 
@@ -171,7 +171,7 @@ class DeliveryStats(Model):
 
 @_model
 class WebhookTestResult(Model):
-    """Q23: the docs say httpStatus/errorMessage, the official MCP statusCode/error."""
+    """contract D23: the docs say httpStatus/errorMessage, the official MCP statusCode/error."""
 
     success: bool
     http_status: int = alias("httpStatus", "statusCode", "http_status", "status_code")
@@ -222,7 +222,7 @@ class TranscriptTurn(Model):
 
     @property
     def key(self):
-        """Identity across reconnects (Q27): the server replays every turn on connect."""
+        """Identity across reconnects (contract D27): the server replays every turn on connect."""
         return (self.created_at, self.role, self.content)
 
 

@@ -1,6 +1,6 @@
 """Pagination: the pure decisions (next page? next cursor?) and the walkers that use them.
 
-Three styles (SPEC 4.7): offset lists `{data, hasMore, total}`, message lists with
+Three styles (contract 4.7): offset lists `{data, hasMore, total}`, message lists with
 timestamp cursors `{data, hasMore}`, and the delivery log `{items, total, offset, limit}`.
 """
 
@@ -23,7 +23,7 @@ class Page:
 
 
 def page_items(body):
-    """The item list of a page body: `data`, else `items` (delivery log, Q24), else a bare list."""
+    """The item list of a page body: `data`, else `items` (delivery log, D24), else a bare list."""
     if isinstance(body, list):
         return body
     if isinstance(body, dict):
@@ -34,7 +34,8 @@ def page_items(body):
 
 
 def has_more(body, offset, count, limit):
-    """Q29: `hasMore` if present; else `offset + count < total`; else a full page means more."""
+    """`hasMore` if present; else `offset + count < total`; else a full page means more
+    (contract D29)."""
     if isinstance(body, dict) and isinstance(body.get("hasMore"), bool):
         return body["hasMore"]
     total = body.get("total") if isinstance(body, dict) else None
@@ -84,7 +85,7 @@ def parse_timestamp(value):
 
 
 def format_timestamp(value):
-    """Q28: cursors are ISO-8601 UTC with `Z`."""
+    """contract D28: cursors are ISO-8601 UTC with `Z`."""
     parsed = parse_timestamp(value)
     if parsed is None:
         raise ValueError(f"not an ISO-8601 timestamp: {value!r}")
@@ -97,7 +98,7 @@ def message_time(item):
 
 
 def next_cursor(items, direction):
-    """Q28 cursor for the page after `items`: `before` the oldest, or `after` the newest.
+    """contract D28 cursor for the page after `items`: `before` the oldest, or `after` the newest.
 
     Returns ("before"|"after", timestamp) or None when no item has a usable time.
     """
@@ -113,7 +114,7 @@ def walk_cursor(fetch, direction="older", limit=None, start=None, max_items=None
     """Yield messages page by page; `fetch(limit, before=..., after=...)` returns a raw body.
 
     `direction` "older" walks back in time with `before`, "newer" forward with `after`
-    (never both, Q28); `start` is the first cursor timestamp. Items are de-duplicated by
+    (never both, D28); `start` is the first cursor timestamp. Items are de-duplicated by
     `id` in case cursors are inclusive; a page with nothing new ends the walk. Each page is
     yielded newest first going back, oldest first going forward.
     """

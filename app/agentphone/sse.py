@@ -1,5 +1,5 @@
 """Server-sent events: a parser following the WHATWG event-stream rules, and the typed
-transcript events AgentPhone sends over it (SPEC 4.4, Q26)."""
+transcript events AgentPhone sends over it (contract 4.4, D26)."""
 
 import codecs
 import json
@@ -147,5 +147,5 @@ def transcript_event(event):
         return None
     typed = model.from_dict(data)
     if model is TranscriptTurn and (typed.role is None or typed.content is None):
-        return None  # Q26: a turn needs at least role and content
+        return None  # contract D26: a turn needs at least role and content
     return typed

@@ -1,6 +1,6 @@
 """HTTP transport: one requests.Session whose urllib3 Retry is the only place retries happen.
 
-Retry policy (SPEC 5.3, Q32, Q33):
+Retry policy (contract 5.3, D32, D33):
 * GET/DELETE: connection errors, read errors, and 408, 429, 500, 502, 503, 504.
 * POST: only 429 and 503 (the server refused the work), plus failures to connect (nothing
   was sent). Never a read timeout or a dropped connection after sending: there is no

@@ -115,7 +115,7 @@ def text_message(job):
 
 def reply_key(event, job):
     """What one reply is sent for: the platform's message id when it gives one (the same
-    message delivered under two delivery ids is answered once, SPEC Q37), else the delivery."""
+    message delivered under two delivery ids is answered once, D37), else the delivery."""
     message_id = event.data.get("messageId")
     if isinstance(message_id, str) and message_id:
         return f"message:{message_id}"

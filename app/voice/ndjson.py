@@ -1,4 +1,5 @@
-"""NDJSON lines for voice replies (SPEC 2.2, Q14): one JSON object and a newline, nothing else."""
+"""NDJSON lines for voice replies (contract 2.2, D14): one JSON object and a newline,
+nothing else."""
 
 import json
 

@@ -18,7 +18,7 @@ CHANNELS = TEXT_CHANNELS | {VOICE}
 
 @dataclass(frozen=True)
 class Event:
-    """One webhook delivery: the envelope of SPEC 1.3 plus the raw decoded body."""
+    """One webhook delivery: the envelope of contract 1.3 plus the raw decoded body."""
 
     event: str
     channel: str

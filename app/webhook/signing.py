@@ -1,4 +1,4 @@
-"""AgentPhone webhook signatures (SPEC 1.5): pure functions, no Flask.
+"""AgentPhone webhook signatures (contract 1.5): pure functions, no Flask.
 
 The signed string is ``{X-Webhook-Timestamp}.{raw body}``, HMAC-SHA256 keyed with the whole
 ``whsec_...`` secret as UTF-8, sent as ``sha256=<lowercase hex>``.
@@ -38,7 +38,7 @@ def compute(secret, timestamp, body):
 
 
 def parse_timestamp(value):
-    """Unix seconds from the header, ASCII digits only (Q7); anything else is invalid."""
+    """Unix seconds from the header, ASCII digits only (contract D7); anything else is invalid."""
     if not value or not value.isascii() or not value.isdigit() or len(value) > 15:
         raise InvalidTimestamp()
     return int(value)

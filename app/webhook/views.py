@@ -67,7 +67,7 @@ def _text(value):
 
 
 def _raw_body():
-    """The body bytes exactly as sent, before any JSON parsing (SPEC 1.5)."""
+    """The body bytes exactly as sent, before any JSON parsing (contract 1.5)."""
     try:
         body = request.get_data(cache=True)
         # A chunked body has no Content-Length: Werkzeug stops reading at the limit without
