@@ -28,7 +28,7 @@ from flask import (
 )
 
 from app.console import figures
-from app.console.journal import JOURNAL
+from app.console.journal import Journal
 from app.store import get_store
 
 bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
@@ -223,7 +223,7 @@ def _platform_deliveries() -> tuple[list, Any, str | None]:
 
 
 def init_app(app: Any) -> None:
-    JOURNAL.attach(app.extensions["store"])
+    app.extensions["journal"] = Journal(app.extensions["store"])
     app.register_blueprint(bp)
     if (basis := _enabled_by(app.config)) is not None:
         app.secret_key = hashlib.sha256(b"agentphone-session:" + basis.encode()).hexdigest()

@@ -26,16 +26,13 @@ TEXT_LIMIT = 500
 
 
 class Journal:
-    """One per process; ``attach(store)`` at app start, then ``record``/``voice_*``."""
+    """The log of one app's deliveries (``get_journal()``), written to its ``store``."""
 
-    def __init__(self) -> None:
-        self.store: Any = None
+    def __init__(self, store: Any) -> None:
+        self.store = store
         self._pending: collections.deque[dict] = collections.deque(maxlen=MAX_PENDING)
         self._started_pid: int | None = None
         self._lock = threading.Lock()
-
-    def attach(self, store: Any) -> None:
-        self.store = store
 
     def record(self, delivery_id: str, event: str, outcome: str, status: int | None = None,
                channel: str | None = None, agent_id: str | None = None,
@@ -60,7 +57,7 @@ class Journal:
         """Write what has gathered; returns how many rows were written."""
         with self._lock:
             rows, self._pending = list(self._pending), collections.deque(maxlen=MAX_PENDING)
-        if not rows or self.store is None:
+        if not rows:
             return 0
         try:
             self.store.write_delivery_log(rows)
@@ -87,6 +84,8 @@ class Journal:
     def _loop(self) -> None:
         while True:
             time.sleep(FLUSH_SECONDS)
+            if self.store.closed:  # the app is gone (tests, a scenario's server)
+                return
             self.flush()
 
 
@@ -100,4 +99,8 @@ def _cut(text: str | None) -> str | None:
     return text[:TEXT_LIMIT] if isinstance(text, str) else None
 
 
-JOURNAL = Journal()
+def get_journal() -> Journal:
+    """This app's delivery log."""
+    from flask import current_app
+
+    return current_app.extensions["journal"]

@@ -261,6 +261,7 @@ class PostgresStore(SQLStore):
         cur.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK_ID,))
 
     def close(self):
+        self.closed = True
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None and self._pid == os.getpid():

@@ -39,6 +39,7 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
     lock_clause = ""
     errors = ()
     lock_wait = 0.0
+    closed = False  # set by close(): background tasks still holding the store stop using it
     value_errors = (OverflowError, UnicodeEncodeError)
 
     def __init__(self, clock=time.time):

@@ -219,7 +219,7 @@ class SQLiteStore(SQLStore):
         conn.close()
         if code in _STALE_ERRORS:
             self._generation += 1
-            self.close()
+            self._retire()
 
     def _fork_check(self):
         if self._pid != os.getpid():
@@ -235,15 +235,21 @@ class SQLiteStore(SQLStore):
             return self._connect()
 
     def _checkin(self, conn):
-        if conn.generation == self._generation:
+        if conn.generation == self._generation and not self.closed:
             self._idle.append(conn)
         else:
             conn.close()
 
-    def close(self):
+    def _retire(self):
         idle, self._idle = self._idle, collections.deque()
         for conn in idle:
             conn.close()
+
+    def close(self):
+        """Close the pooled connections; one still in use (a background task finishing) is
+        closed when it comes back, not pooled."""
+        self.closed = True
+        self._retire()
 
 
 class _Connection(sqlite3.Connection):

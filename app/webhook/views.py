@@ -10,7 +10,7 @@ from gunicorn.http.errors import ParseException
 from app import logs
 from app.agent import get_agent
 from app.agent.base import Agent, Reply, Turn
-from app.console.journal import JOURNAL
+from app.console.journal import get_journal
 from app.errors import BadRequest, PayloadTooLarge, field_error
 from app.metrics import DELIVERIES
 from app.store import Replayed, SignedBytes, StoreUnavailable, get_store
@@ -134,7 +134,7 @@ def _journal(outcome, status):
     event = g.get("event")
     data = event.data if event is not None else {}
     said = data.get("transcript") if event is not None and event.is_voice_turn else None
-    return JOURNAL.record(
+    return get_journal().record(
         g.delivery_id, event.event if event is not None else "unparsed", outcome, status,
         channel=_text(event.channel) if event is not None else None,
         agent_id=event.agent_id if event is not None else None,
@@ -165,7 +165,7 @@ def _voice_turn(event, delivery_id):
     # silent. Whether the turn is a retry is only known then, so every voice turn is
     # journalled as in flight here and completed when its stream ends.
     g.outcome = COUNTED_IN_STREAM
-    report = functools.partial(JOURNAL.voice_finished, _journal(IN_FLIGHT, 200))
+    report = functools.partial(get_journal().voice_finished, _journal(IN_FLIGHT, 200))
     # Partials rather than closures (they live as long as the held stream, and are smaller),
     # bound here: Flask tears down the request context before the stream runs.
     claim = functools.partial(_claim_turn, current_app.extensions["voice_claims"], agent,
