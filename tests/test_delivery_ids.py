@@ -1,5 +1,6 @@
 """X-Webhook-ID as the idempotency key: distinct ids never collide, however long or odd."""
 
+import contextlib
 import sqlite3
 
 import pytest
@@ -9,7 +10,8 @@ from app.webhook.events import MAX_ID_LENGTH, delivery_id
 
 
 def _job_ids(app):
-    with sqlite3.connect(app.config["DATABASE_URL"][len("sqlite:///"):]) as conn:
+    path = app.config["DATABASE_URL"][len("sqlite:///"):]
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         return [r[0] for r in conn.execute("SELECT delivery_id FROM jobs ORDER BY id")]
 
 

@@ -2,6 +2,8 @@
 while a genuine platform retry (new timestamp and signature, same id) is de-duplicated as
 always."""
 
+import contextlib
+import json
 import logging
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +25,8 @@ REACTION = {"event": "agent.reaction", "channel": "imessage", "agentId": "agt_1"
 
 
 def _rows(app, sql):
-    with sqlite3.connect(app.config["DATABASE_URL"][len("sqlite:///"):]) as conn:
+    path = app.config["DATABASE_URL"][len("sqlite:///"):]
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         return conn.execute(sql).fetchall()
 
 
@@ -80,7 +83,9 @@ def test_voice_replay_under_a_new_id_does_not_run_the_agent(app, client):
     first = client.post("/webhook", data=raw, headers=headers)
     assert first.mimetype == "application/x-ndjson" and first.get_data()
     replay = client.post("/webhook", data=raw, headers={**headers, "X-Webhook-ID": "whd_x"})
-    assert (replay.status_code, replay.get_json()) == (200, {"ok": True})
+    # A voice turn is claimed after its interim line: the replay hears it, then nothing.
+    lines = [json.loads(line) for line in replay.get_data(as_text=True).splitlines()]
+    assert replay.status_code == 200 and lines[0]["interim"] and lines[-1] == {"text": ""}
     assert _rows(app, "SELECT id FROM deliveries") == [("whd_call_turn",)]
     assert _rows(app, "SELECT delivery_id FROM voice_replies") == [("whd_call_turn",)]
 

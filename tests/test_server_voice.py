@@ -197,7 +197,7 @@ def database_url(request, tmp_path):
 
 def query(database_url, sql, params):
     if database_url.startswith("sqlite:///"):
-        with sqlite3.connect(database_url.removeprefix("sqlite:///")) as conn:
+        with contextlib.closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as conn:
             return conn.execute(sql.replace("%s", "?"), params).fetchall()
     with psycopg.connect(database_url) as conn:
         return conn.execute(sql, params).fetchall()
