@@ -140,4 +140,7 @@ class _Process:
 
 
 def init_app(app: object) -> None:
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:  # gunicorn makes it; another server (`flask run`, the worker) may be first
+        os.makedirs(folder, exist_ok=True)
     app.register_blueprint(bp)

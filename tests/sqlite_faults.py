@@ -56,7 +56,7 @@ def readonly(folder):
     os.chmod(path, 0o444)
     store = SQLiteStore(f"sqlite:///{path}")  # a worker starting meanwhile
     readers = threading.Barrier(5)
-    threads = [threading.Thread(target=store._run, args=(lambda cur: readers.wait(5), False))
+    threads = [threading.Thread(target=store.run, args=(lambda cur: readers.wait(5), False))
                for _ in range(5)]  # five reads at once: five pooled connections
     for thread in threads:
         thread.start()

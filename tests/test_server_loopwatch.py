@@ -17,7 +17,7 @@ def test_cpu_bound_agent_is_reported_with_its_stack(gunicorn):
     server = gunicorn(AGENT="tests.agents:busy_agent", TEST_BUSY_SECONDS=0.6,
                       LOOP_BLOCK_THRESHOLD=0.1)
     for expected in (1, 2):
-        raw, headers = signed_request(SECRET, payload("voice"))
+        raw, headers = signed_request(SECRET, payload("voice", callId=f"call_{expected}"))
         response, lines = post_stream(server.webhook, raw, headers)
         assert response.status_code == 200
         assert lines[-1][1]["text"].startswith("Counted to")

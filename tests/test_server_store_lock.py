@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
@@ -55,14 +56,17 @@ def held_lock(script, target, seconds):
 
 
 def voice_turn(server):
-    raw, headers = signed_request(SECRET, payload("voice", "where is it"))
+    # Each turn its own call: the same signed bytes twice would be a replay.
+    raw, headers = signed_request(SECRET, payload("voice", "where is it",
+                                                  callId=f"call_{uuid.uuid4().hex}"))
     response, lines = post_stream(server.webhook, raw, headers, timeout=30)
     assert response.status_code == 200
     return headers["X-Webhook-ID"], lines
 
 
 def text(server, body="hello"):
-    raw, headers = signed_request(SECRET, payload("sms", body))
+    raw, headers = signed_request(SECRET, payload("sms", body,
+                                                  messageId=f"msg_{uuid.uuid4().hex}"))
     started = time.monotonic()
     response = requests.post(server.webhook, data=raw, headers=headers, timeout=30)
     return headers["X-Webhook-ID"], response.status_code, time.monotonic() - started, raw, headers

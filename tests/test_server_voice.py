@@ -227,6 +227,7 @@ def test_retry_after_the_worker_died_mid_turn_runs_the_turn_again(voice_server, 
     assert [json.loads(reply) for reply, in stored] == [{"text": "Tool said done for hi."}]
     assert query(database_url, "SELECT attempt FROM deliveries WHERE id = %s",
                  (delivery,)) == [(1,)]
-    # A later retry replays the one stored answer.
+    # A later retry hears the interim line, then the one stored answer again.
     _, replay = post_stream(server.webhook, raw, headers)
-    assert [obj for _, obj in replay] == [{"text": "Tool said done for hi."}]
+    assert [obj for _, obj in replay] == [{"text": "Checking.", "interim": True},
+                                          {"text": "Tool said done for hi."}]
