@@ -28,6 +28,10 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # gunicorn makes it at start; another server (`flask run`, the worker) may come first.
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 TURN_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60, 120)
 
@@ -140,7 +144,4 @@ class _Process:
 
 
 def init_app(app: object) -> None:
-    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if folder:  # gunicorn makes it; another server (`flask run`, the worker) may be first
-        os.makedirs(folder, exist_ok=True)
     app.register_blueprint(bp)
