@@ -167,6 +167,15 @@ def mask(secret):
     return f"{secret[:6]}…{secret[-4:]}" if len(secret) > 14 else "…"
 
 
+def _keep(hook, agent_id, verb, as_json):
+    """Store the webhook's new secret and say so, the secret masked."""
+    _store_secret(hook, agent_id)
+    if as_json:
+        echo_json({**hook.raw, "secret": mask(hook.secret)})
+    else:
+        click.echo(_describe(hook, agent_id, verb))
+
+
 def _store_secret(hook, agent_id):
     from app.store.secrets import ACCOUNT
 
@@ -200,11 +209,7 @@ def webhook_set(url, agent_id, context_limit, timeout, as_json):
     with api_client() as client:
         hook = client.set_webhook(url, context_limit=context_limit, timeout=timeout,
                                   agent_id=agent_id)
-    _store_secret(hook, agent_id)
-    if as_json:
-        echo_json({**hook.raw, "secret": mask(hook.secret)})
-    else:
-        click.echo(_describe(hook, agent_id, "set"))
+    _keep(hook, agent_id, "set", as_json)
 
 
 @webhook.command("rotate")
@@ -223,11 +228,7 @@ def webhook_rotate(agent_id, as_json):
             raise click.ClickException("no webhook to rotate: create one with `webhook set URL`")
         hook = client.set_webhook(current.url, context_limit=current.context_limit,
                                   timeout=current.timeout, agent_id=agent_id)
-    _store_secret(hook, agent_id)
-    if as_json:
-        echo_json({**hook.raw, "secret": mask(hook.secret)})
-    else:
-        click.echo(_describe(hook, agent_id, "rotated"))
+    _keep(hook, agent_id, "rotated", as_json)
 
 
 @webhook.command("show")
