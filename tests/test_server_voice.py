@@ -93,16 +93,7 @@ def test_hung_tool_gets_the_fallback_before_the_platform_timeout(voice_server, e
 def test_caller_hanging_up_cancels_the_work(voice_server, effects, pipelined):
     server = voice_server(TEST_TOOL_SECONDS=3)
     raw, headers = signed_request(SECRET, payload("voice"))
-    port = int(server.url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        sock.sendall(f"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: {len(raw)}\r\n"
-                     f"{head}\r\n".encode() + raw)
-        received = b""
-        while b'"interim":true' not in received:
-            chunk = sock.recv(4096)
-            assert chunk, received
-            received += chunk
+    with turn_after_interim(server, raw, headers) as sock:
         if pipelined:  # while the tool runs: bytes the server leaves for after the stream
             time.sleep(0.3)
             sock.sendall(pipelined)
