@@ -42,11 +42,12 @@ from app.agentphone.pagination import (
     walk_offset,
 )
 from app.agentphone.sse import parse_sse, transcript_event
+from app.config import default
 from app.metrics import API_REQUESTS, endpoint
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://api.agentphone.ai"
+DEFAULT_BASE_URL = default("AGENTPHONE_API_URL")
 USER_AGENT = "agentphone-backend/0.1"
 UNSET = object()  # "leave unchanged", where None means "clear"
 
