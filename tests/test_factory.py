@@ -137,3 +137,14 @@ def test_every_default_comes_from_the_settings_table(app):
             config.default(key)), attribute
     assert config.SETTINGS["AGENTPHONE_API_URL"][0] == DEFAULT_BASE_URL
     assert app.config["DATABASE_POOL_MAX"] == config.default("DATABASE_POOL_MAX")
+
+
+def test_a_local_server_takes_its_agent_from_the_environment(monkeypatch, tmp_path):
+    from app.testing import LocalServer
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LLM_BASE_URL", "http://127.0.0.1:9/v1")  # as `agentphone test` documents
+    monkeypatch.setenv("DATABASE_URL", "postgresql://hostile.invalid/db")
+    with LocalServer() as server:
+        assert isinstance(server.agent, LLMAgent)
+        assert server.store.backend == "sqlite"  # its own database, whatever the environment's

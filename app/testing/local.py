@@ -83,7 +83,8 @@ class LocalServer:
     """The app with ``agent`` served on a loopback port until ``close()``.
 
     ``agent``: an ``Agent``, a factory called with the app, a ``module:factory`` path, or
-    ``None`` for the agent the configuration chooses. ``config`` overrides settings.
+    ``None`` for the agent the configuration chooses. The settings are the environment's (and
+    ``.env``'s), with the server's own address, database and secret; ``config`` overrides them.
     ``clock_offset`` shifts the server's clock (scenario ``clock:``).
     """
 
@@ -91,9 +92,12 @@ class LocalServer:
                  clock_offset: float = 0.0) -> None:
         from app import create_app
         from app.agent import get_agent, served_agents
+        from app.config import from_env, instance_path, load_dotenv_file
         from app.jobs import get_job_runner
         from app.store import get_store
 
+        load_dotenv_file()
+        environment = from_env(instance_path(), require_secret=False)
         self._tmp = tempfile.TemporaryDirectory(prefix="agentphone-local-")
         self.secret = "whsec_local_" + secrets.token_hex(12)
         self.clock_offset = clock_offset
@@ -102,6 +106,7 @@ class LocalServer:
         self.messages = MessagesStandIn()
         self._platform = _Serving(self.messages)
         settings = {
+            **environment,
             "WEBHOOK_SECRETS": (self.secret,),
             "DEV_MODE": False,
             "DATABASE_URL": "sqlite:///" + str(Path(self._tmp.name) / "local.db"),
