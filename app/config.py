@@ -266,55 +266,58 @@ def _secrets(name, raw):
     return found
 
 
-# config key -> (the setting it is read from, its reader). AGENT_FACTORIES comes from two
-# settings (AGENTS, AGENTS_FILE); PORT, WEB_CONCURRENCY, WORKER_CONNECTIONS and
-# PROMETHEUS_MULTIPROC_DIR are gunicorn's and stay in the environment.
+# config key -> its reader. AGENT_FACTORIES comes from two settings (AGENTS, AGENTS_FILE);
+# PORT, WEB_CONCURRENCY, WORKER_CONNECTIONS and PROMETHEUS_MULTIPROC_DIR are gunicorn's and
+# stay in the environment.
 READERS = {
-    "DEV_MODE": ("AGENTPHONE_DEV", _enabled),
-    "WEBHOOK_SECRETS": ("AGENTPHONE_WEBHOOK_SECRET", _secrets),
-    "DATABASE_URL": ("DATABASE_URL", _text),
-    "DATABASE_POOL_MAX": ("DATABASE_POOL_MAX", _number(int, 1, 1000)),
-    "AGENTPHONE_API_KEY": ("AGENTPHONE_API_KEY", _text),
-    "AGENTPHONE_API_URL": ("AGENTPHONE_API_URL", _url),
-    "VOICE_TIMEOUT": ("VOICE_TIMEOUT", _number(float, 5, 120)),
-    "VOICE_FILLER_AFTER": ("VOICE_FILLER_AFTER", _number(float, 0, 120)),
-    "AGENT_FACTORY": ("AGENT", _text),
-    "DEMO_TOOL_LATENCY": ("DEMO_TOOL_LATENCY", _number(float, 0, 600)),
-    "LLM_BASE_URL": ("LLM_BASE_URL", _text),
-    "LLM_API_KEY": ("LLM_API_KEY", _text),
-    "LLM_MODEL": ("LLM_MODEL", _text),
-    "LLM_SYSTEM_PROMPT": ("LLM_SYSTEM_PROMPT", _text),
-    "LLM_MAX_ROUNDS": ("LLM_MAX_ROUNDS", _number(int, 1, 20)),
-    "LLM_TIMEOUT": ("LLM_TIMEOUT", _number(float, 1, 600)),
-    "LLM_TOOL_TIMEOUT": ("LLM_TOOL_TIMEOUT", _number(float, 0.1, 600)),
-    "LLM_TOOL_CHOICE": ("LLM_TOOL_CHOICE", _choice(None, "auto", "required", "none")),
-    "LLM_MAX_TOKENS": ("LLM_MAX_TOKENS", _number(int, 0, 1_000_000)),
-    "LLM_EXTRA_BODY": ("LLM_EXTRA_BODY", _json_object),
-    "LLM_STREAM_TOOLS": ("LLM_STREAM_TOOLS", _switch),
-    "TEXT_FAILURE_REPLY": ("TEXT_FAILURE_REPLY", _switch),
-    "JOB_RUNNER": ("JOB_RUNNER", _switch),
-    "JOB_CONCURRENCY": ("JOB_CONCURRENCY", _number(int, 1, 1000)),
-    "JOB_MAX_ATTEMPTS": ("JOB_MAX_ATTEMPTS", _number(int, 1, 100)),
-    "JOB_LEASE": ("JOB_LEASE", _number(float, 1, 86400)),
-    "JOB_GRACE": ("JOB_GRACE", _number(float, 0, 3600)),
-    "JOB_TIMEOUT": ("JOB_TIMEOUT", _number(float, 1, 3600)),
-    "REQUEST_READ_TIMEOUT": ("REQUEST_READ_TIMEOUT", _number(float, 0.1, 3600)),
-    "LOOP_BLOCK_THRESHOLD": ("LOOP_BLOCK_THRESHOLD", _number(float, 0, 60)),
-    "LOG_LEVEL": ("LOG_LEVEL", _log_level),
-    "LOG_FORMAT": ("LOG_FORMAT", _choice("text", "json")),
-    "METRICS_TOKEN": ("METRICS_TOKEN", _text),
-    "CONSOLE_PASSWORD": ("CONSOLE_PASSWORD", _text),
-    "SECRET_GRACE": ("SECRET_GRACE", _number(float, 0, 30 * 86400)),
+    "DEV_MODE": _enabled,
+    "WEBHOOK_SECRETS": _secrets,
+    "DATABASE_URL": _text,
+    "DATABASE_POOL_MAX": _number(int, 1, 1000),
+    "AGENTPHONE_API_KEY": _text,
+    "AGENTPHONE_API_URL": _url,
+    "VOICE_TIMEOUT": _number(float, 5, 120),
+    "VOICE_FILLER_AFTER": _number(float, 0, 120),
+    "AGENT_FACTORY": _text,
+    "DEMO_TOOL_LATENCY": _number(float, 0, 600),
+    "LLM_BASE_URL": _text,
+    "LLM_API_KEY": _text,
+    "LLM_MODEL": _text,
+    "LLM_SYSTEM_PROMPT": _text,
+    "LLM_MAX_ROUNDS": _number(int, 1, 20),
+    "LLM_TIMEOUT": _number(float, 1, 600),
+    "LLM_TOOL_TIMEOUT": _number(float, 0.1, 600),
+    "LLM_TOOL_CHOICE": _choice(None, "auto", "required", "none"),
+    "LLM_MAX_TOKENS": _number(int, 0, 1_000_000),
+    "LLM_EXTRA_BODY": _json_object,
+    "LLM_STREAM_TOOLS": _switch,
+    "TEXT_FAILURE_REPLY": _switch,
+    "JOB_RUNNER": _switch,
+    "JOB_CONCURRENCY": _number(int, 1, 1000),
+    "JOB_MAX_ATTEMPTS": _number(int, 1, 100),
+    "JOB_LEASE": _number(float, 1, 86400),
+    "JOB_GRACE": _number(float, 0, 3600),
+    "JOB_TIMEOUT": _number(float, 1, 3600),
+    "REQUEST_READ_TIMEOUT": _number(float, 0.1, 3600),
+    "LOOP_BLOCK_THRESHOLD": _number(float, 0, 60),
+    "LOG_LEVEL": _log_level,
+    "LOG_FORMAT": _choice("text", "json"),
+    "METRICS_TOKEN": _text,
+    "CONSOLE_PASSWORD": _text,
+    "SECRET_GRACE": _number(float, 0, 30 * 86400),
 }
-# Settings whose config key has another name: a mapping that uses the setting's is refused.
-_KEY_OF = {name: key for key, (name, _) in READERS.items() if name != key} | {
+# config key -> the setting it is read from, where their names differ.
+SETTING_OF = {"DEV_MODE": "AGENTPHONE_DEV", "WEBHOOK_SECRETS": "AGENTPHONE_WEBHOOK_SECRET",
+              "AGENT_FACTORY": "AGENT"}
+# A mapping that names a setting instead of its config key is refused.
+_KEY_OF = {name: key for key, name in SETTING_OF.items()} | {
     "AGENTS": "AGENT_FACTORIES", "AGENTS_FILE": "AGENT_FACTORIES"}
 
 
 def read(key, environ=None):
     """Config ``key`` as read from ``environ`` (the process environment by default)."""
-    name, reader = READERS[key]
-    return reader(name, env(name, environ))
+    name = SETTING_OF.get(key, key)
+    return READERS[key](name, env(name, environ))
 
 
 def default(key):
@@ -350,5 +353,5 @@ def from_mapping(mapping, instance_path):
                           + ", ".join(misnamed))
     settings = from_env(instance_path, require_secret=False, environ={})
     for key, value in mapping.items():
-        settings[key] = READERS[key][1](key, value) if key in READERS else value
+        settings[key] = READERS[key](key, value) if key in READERS else value
     return settings

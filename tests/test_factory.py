@@ -148,3 +148,11 @@ def test_a_local_server_takes_its_agent_from_the_environment(monkeypatch, tmp_pa
     with LocalServer() as server:
         assert isinstance(server.agent, LLMAgent)
         assert server.store.backend == "sqlite"  # its own database, whatever the environment's
+
+
+def test_every_setting_is_read_by_the_app_or_by_gunicorn():
+    read_by_app = {config.SETTING_OF.get(key, key) for key in config.READERS}
+    others = {"AGENTS", "AGENTS_FILE",  # AGENT_FACTORIES
+              "PORT", "WEB_CONCURRENCY", "WORKER_CONNECTIONS", "PROMETHEUS_MULTIPROC_DIR"}
+    assert read_by_app | others == set(config.SETTINGS)
+    assert not read_by_app & others
