@@ -30,6 +30,7 @@ from app.store.base import (
 )
 from app.store.postgres import PostgresStore
 from app.store.schema import MIGRATIONS
+from app.voice.claims import STALE_SECONDS, VoiceClaims
 from tests.servers import free_port
 from tests.toy_store import ToyStore
 
@@ -265,6 +266,21 @@ def test_a_stale_voice_claim_is_taken_over_by_exactly_one_retry(store):
     assert sorted(results, key=lambda r: r is None) == [1] + [None] * 11
     winner = f"w{results.index(1)}"
     assert store.save_voice_reply("whd_v", {"text": "answer"}, winner, 1)
+
+
+def test_the_apps_voice_claims_run_on_every_backend(store):
+    holder, retry = VoiceClaims(store, heartbeat=0.01), VoiceClaims(store, heartbeat=0.01)
+    claim = holder.claim("whd_v", "agent.call")
+    assert claim is not None and retry.claim("whd_v", "agent.call") is None
+    assert retry.state("whd_v") == (None, False)
+    holder.release(claim)  # its worker died: the heartbeat stops
+    store.clock.advance(STALE_SECONDS + 1)
+    assert retry.state("whd_v") == (None, True)
+    taken = retry.take_over("whd_v")
+    assert taken.attempt == 1 and holder.take_over("whd_v") is None
+    claim({"text": "late"})  # the dead holder's line is not stored
+    taken({"text": "answer"})
+    assert retry.state("whd_v") == ({"text": "answer"}, False)
 
 
 # -- jobs -----------------------------------------------------------------------------------

@@ -36,6 +36,13 @@ class _Leased:
     lease_until: float | None = None
     worker: str | None = None
 
+    def due(self, now: float) -> bool:
+        """Pending and due, or running on a lease that ran out (its worker died)."""
+        if self.job.status == "pending":
+            return self.job.run_at <= now
+        return (self.job.status == "running" and self.lease_until is not None
+                and self.lease_until < now)
+
 
 class ToyStore:
     """Deliveries, voice claims and jobs in dicts; lost when the process ends."""
@@ -150,9 +157,7 @@ class ToyStore:
         """Lease the next due (or abandoned) job to ``worker``."""
         with self._lock:
             now = self.clock()
-            due = [held for held in self._jobs.values()
-                   if (held.job.status == "pending" and held.job.run_at <= now)
-                   or (held.job.status == "running" and held.lease_until < now)]
+            due = [held for held in self._jobs.values() if held.due(now)]
             if not due:
                 return None
             held = min(due, key=lambda h: (h.job.run_at, h.job.id))
