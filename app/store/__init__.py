@@ -1,22 +1,36 @@
-"""The event store: chosen by DATABASE_URL, created and migrated when the app starts."""
+"""The event store: chosen by DATABASE_URL, created and migrated when the app starts.
+
+Its interfaces (``EventStore`` and the repositories) are declared in ``app.store.base``.
+"""
 
 import logging
 import time
+from collections.abc import Callable
 
-from flask import current_app
+from flask import Flask, current_app
 
 from app.config import default
-from app.store.base import JOB_STATES, Job, Replayed, Retention, SignedBytes, StoreUnavailable
+from app.store.base import (
+    JOB_STATES,
+    EventStore,
+    Job,
+    Replayed,
+    Retention,
+    SignedBytes,
+    Store,
+    StoreUnavailable,
+)
 
-__all__ = ["JOB_STATES", "Job", "Replayed", "Retention", "SignedBytes", "StoreUnavailable",
-           "get_store", "init_app", "open_store"]
+__all__ = ["JOB_STATES", "EventStore", "Job", "Replayed", "Retention", "SignedBytes", "Store",
+           "StoreUnavailable", "get_store", "init_app", "open_store"]
 
 log = logging.getLogger(__name__)
 _KEY = "store"
 POOL_MAX = default("DATABASE_POOL_MAX")
 
 
-def open_store(url, pool_max=POOL_MAX, clock=time.time):
+def open_store(url: str, pool_max: int = POOL_MAX,
+               clock: Callable[[], float] = time.time) -> Store:
     """A store for ``url``: ``sqlite:///...`` or ``postgres(ql)://...`` (with at most
     ``pool_max`` connections per process), recording times read from ``clock``."""
     if url.startswith("sqlite:///"):
@@ -33,14 +47,14 @@ def open_store(url, pool_max=POOL_MAX, clock=time.time):
     )
 
 
-def get_store(app=None):
+def get_store(app: Flask | None = None) -> Store:
     """The store of ``app``, by default the current one."""
     return (current_app if app is None else app).extensions[_KEY]
 
 
-def init_app(app, clock=time.time):
-    """Open and migrate the store of DATABASE_URL for ``app``; ``clock`` gives the times it
-    records."""
+def init_app(app: Flask, clock: Callable[[], float] = time.time) -> None:
+    """Open the store of ``app.config["DATABASE_URL"]``, recording times read from ``clock``,
+    and migrate it (or defer that while the database is down)."""
     store = open_store(app.config["DATABASE_URL"], app.config["DATABASE_POOL_MAX"], clock)
     try:
         store.migrate()
