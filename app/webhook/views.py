@@ -10,19 +10,16 @@ from gunicorn.http.errors import ParseException
 from app import logs, registry
 from app.agent import get_agent
 from app.agent.base import Agent, Reply, Turn
-from app.config import REFUSAL_WITHOUT_KEY, ConfigError
 from app.console.journal import get_journal
 from app.errors import BadRequest, PayloadTooLarge, Unauthorized, field_error, render
 from app.metrics import DELIVERIES
 from app.store import Replayed, SignedBytes, StoreUnavailable, get_store
 from app.store.console import IN_FLIGHT
-from app.voice.claims import VoiceClaims
 from app.voice.hangup import caller_socket
 from app.voice.ndjson import StreamResponse
 from app.voice.replay import ReplayAgent
 from app.voice.streamer import deadline_for, stream_turn
 from app.webhook import events, signing
-from app.webhook.secrets import SecretSource
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhook", __name__)
@@ -31,25 +28,6 @@ CLAIM_RETRY_SECONDS = 0.1  # pause between claims of a voice turn while the stor
 # A voice turn's outcome is known in its stream, after the interim line: counted there.
 COUNTED_IN_STREAM = "counted in stream"
 CLAIM_MARGIN_SECONDS = 0.5  # how far a claim may overrun its lock wait (connecting, busy CPU)
-
-
-def init_app(app, require_secret=True):
-    """Register the blueprint, its voice claims and its secrets (see ``app.webhook.init_app``)."""
-    store = app.extensions["store"]
-    app.extensions["voice_claims"] = VoiceClaims(store)
-    source = SecretSource(app.config["WEBHOOK_SECRETS"], store.webhook_secrets,
-                          clock=app.config.get("CLOCK", time.time))
-    app.extensions["webhook_secrets"] = source
-    if require_secret and not source.static:
-        try:
-            stored = store.webhook_secrets()
-        except StoreUnavailable as exc:
-            # The database may be restarting: boot, and answer 503 until it is readable.
-            log.error("no configured webhook secret and the store is unavailable: %s", exc)
-        else:
-            if not stored:
-                raise ConfigError(REFUSAL_WITHOUT_KEY)
-    app.register_blueprint(bp)
 
 
 @bp.before_request
