@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from app.agent.base import Agent, CallRecord, Reaction, Reply, Turn
 from app.agentphone import AgentPhoneClient, AgentPhoneError, APIConnectionError
+from app.store import Store
 from app.store.records import RESENDABLE
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class JobContext:
     ``failure_reply`` says whether a text the agent could not answer gets the apology.
     """
 
-    store: object
+    store: Store
     agent: Agent
     api: Callable[[], AgentPhoneClient]
     send_replies: bool
