@@ -22,7 +22,8 @@ worker_connections = int(app_settings.env("WORKER_CONNECTIONS"))
 timeout = 150
 graceful_timeout = 30
 keepalive = 75
-accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None  # "" turns access lines off
+logger_class = "app.gunicorn_worker.AppLogger"
 errorlog = "-"
 loglevel = app_settings.read("LOG_LEVEL").lower()
 # gunicorn's error and access lines go through the app's handler: one stream, one format.
