@@ -20,6 +20,7 @@ from _server import (
     gunicorn,
     median,
     percentile,
+    server_env,
     source_tree,
     write_results,
 )
@@ -124,10 +125,8 @@ def main():
     with source_tree(args.rev) as cwd:
         source = describe_source(args.rev)
         for run in range(args.runs):
-            env = {"CONSOLE_PASSWORD": PASSWORD, "JOB_RUNNER": "off",
-                   "LOG_LEVEL": args.log_level, "AGENTPHONE_API_KEY": ""}
-            if args.quiet:
-                env["GUNICORN_ACCESS_LOG"] = ""
+            env = server_env(args, CONSOLE_PASSWORD=PASSWORD, JOB_RUNNER="off",
+                             AGENTPHONE_API_KEY="")
             with gunicorn(1, env, cwd=cwd) as server:
                 seeded = seed(server.database_url.removeprefix("sqlite:///"), args.calls,
                               args.log_rows, args.spread)
