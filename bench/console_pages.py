@@ -80,7 +80,9 @@ def seed(path, calls, log_rows, spread, seed_value=7):
                     f"call_live_{n}", None, "in-flight", 200, "Are you there?", None,
                     now - rnd.uniform(0, 5), None, None))
     db.executemany(f"INSERT INTO delivery_log VALUES ({', '.join('?' * 14)})", log)
-    db.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?)", outbox)
+    db.executemany(
+        "INSERT INTO outbox (delivery_id, status, to_number, body, message_id, error,"
+        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", outbox)
     db.executemany(
         "INSERT INTO jobs (delivery_id, kind, payload, status, attempts, run_at, last_error,"
         " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", jobs)
