@@ -273,7 +273,8 @@ class AgentPhoneClient:
     def react(self, message_id, reaction):
         """iMessage tapback on a message."""
         return Reaction.from_dict(self.request(
-            "POST", f"/v1/messages/{_path_segment(message_id)}/reactions", json={"reaction": reaction}
+            "POST", f"/v1/messages/{_path_segment(message_id)}/reactions",
+            json={"reaction": reaction},
         ))
 
     @staticmethod
@@ -321,8 +322,8 @@ class AgentPhoneClient:
         return self._page("/v1/conversations", Conversation, limit, offset)
 
     def list_agent_conversations(self, agent_id, limit=None, offset=0):
-        return self._page(f"/v1/agents/{_path_segment(agent_id)}/conversations", Conversation, limit,
-                          offset)
+        return self._page(f"/v1/agents/{_path_segment(agent_id)}/conversations", Conversation,
+                          limit, offset)
 
     def get_conversation(self, conversation_id, message_limit=None):
         return Conversation.from_dict(self.request(
@@ -343,7 +344,9 @@ class AgentPhoneClient:
 
     @staticmethod
     def _webhook_path(agent_id):
-        return "/v1/webhooks" if agent_id is None else f"/v1/agents/{_path_segment(agent_id)}/webhook"
+        if agent_id is None:
+            return "/v1/webhooks"
+        return f"/v1/agents/{_path_segment(agent_id)}/webhook"
 
     def get_webhook(self, agent_id=None):
         """The project's (or an agent's own) webhook, or None when none is set."""
