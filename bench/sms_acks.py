@@ -31,7 +31,6 @@ lock as the acks. With JOB_RUNNER=off nothing but acks runs in the web workers.
 import argparse
 import asyncio
 import json
-import os
 import resource
 import shutil
 import sqlite3
@@ -45,6 +44,7 @@ from _server import (
     SECRET,
     add_common_options,
     announce_source,
+    cpu_seconds,
     fmt,
     gunicorn,
     percentile,
@@ -82,12 +82,6 @@ def write_thread_files(requests, threads, prefix):
         with open(f"{prefix}{t}.bin", "wb") as f:
             for req in requests[t::threads]:
                 f.write(req + b"\0")
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu():

@@ -38,6 +38,7 @@ from _server import (
     SECRET,
     add_common_options,
     announce_source,
+    cpu_seconds,
     fmt,
     gunicorn,
     percentile,
@@ -266,10 +267,10 @@ async def one_run(args, n, run_index, database_url):
         offsets = sorted(rng.uniform(0, args.ramp) for _ in range(n)) if args.ramp else [0] * n
         lag, stop = [], asyncio.Event()
         sampler = asyncio.get_running_loop().create_task(loop_lag_sampler(lag, stop))
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), cpu_seconds(pid)
         with py_spy([pid], args.profile, f"voice-{n}-{run_index}"):
             run, streams = await fire(server.port, requests, offsets, pid, STREAM_TIMEOUT)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
         stop.set()
         await sampler
         after = rss_kib(pid)
@@ -284,6 +285,7 @@ async def one_run(args, n, run_index, database_url):
         "first_max_ms": firsts[-1] if firsts else None,
         "final_p50_ms": percentile(finals, 50), "final_p99_ms": percentile(finals, 99),
         "errors": len(errors), "error_samples": sorted(set(errors))[:5],
+        "cpu_us_per_turn": cpu / n * 1e6,
         "warmup_errors": warm_errors,
         "rss_idle_kib": idle, "rss_held_kib": held, "rss_after_kib": after,
         "rss_per_stream_kib": (held - idle) / n if held else None,
@@ -296,7 +298,7 @@ async def one_run(args, n, run_index, database_url):
 def print_header():
     print(f"{'N':>5} {'run':>3} {'first p50':>9} {'first p99':>9} {'first max':>9} "
           f"{'final p50':>9} {'final p99':>9} {'err':>4} {'idle MiB':>8} {'held MiB':>8} "
-          f"{'KiB/strm':>8} {'lag p99':>7}")
+          f"{'KiB/strm':>8} {'lag p99':>7} {'CPU µs/turn':>11}")
 
 
 def print_runs(rows):
@@ -306,7 +308,8 @@ def print_runs(rows):
               f"{fmt(r['final_p99_ms'], '.0f'):>9} {r['errors']:>4} "
               f"{fmt(r['rss_idle_kib'] / 1024):>8} "
               f"{fmt(r['rss_held_kib'] / 1024 if r['rss_held_kib'] else None):>8} "
-              f"{fmt(r['rss_per_stream_kib']):>8} {fmt(r['client_lag_p99_ms']):>7}")
+              f"{fmt(r['rss_per_stream_kib']):>8} {fmt(r['client_lag_p99_ms']):>7} "
+              f"{fmt(r['cpu_us_per_turn'], '.0f'):>11}")
         if r["error_samples"]:
             print(f"      errors: {r['error_samples']}")
         if r["finals_before_all_held"]:
@@ -315,19 +318,21 @@ def print_runs(rows):
 
 
 SUMMARY_KEYS = ("first_p50_ms", "first_p99_ms", "final_p50_ms", "final_p99_ms", "errors",
-                "rss_per_stream_kib", "client_lag_p99_ms")
+                "rss_per_stream_kib", "client_lag_p99_ms", "cpu_us_per_turn")
 
 
 def print_summary(summary):
     print("\nmedian over runs [min-max]:")
     print(f"{'N':>5} {'runs':>4}  {'first p50 ms':>18}  {'first p99 ms':>18}  "
-          f"{'final p50 ms':>18}  {'final p99 ms':>18}  {'errors':>6}  {'KiB/stream':>18}")
+          f"{'final p50 ms':>18}  {'final p99 ms':>18}  {'errors':>6}  {'KiB/stream':>18}  "
+          f"{'CPU µs/turn':>18}")
     for s in summary:
         def cell(key, spec=".1f", s=s):
             return range_cell(s[key], spec)
         print(f"{s['n']:>5} {s['runs']:>4}  {cell('first_p50_ms'):>18}  {cell('first_p99_ms'):>18}"
               f"  {cell('final_p50_ms', '.0f'):>18}  {cell('final_p99_ms', '.0f'):>18}  "
-              f"{s['errors']['max']:>6}  {cell('rss_per_stream_kib'):>18}")
+              f"{s['errors']['max']:>6}  {cell('rss_per_stream_kib'):>18}  "
+              f"{cell('cpu_us_per_turn', '.0f'):>18}")
 
 
 def main(argv=None):

@@ -1,16 +1,24 @@
-"""Storage faults for the SQLite store: ``python -m tests.sqlite_faults MODE DIR`` prints one
-JSON object of counts.
+"""Storage faults for the SQLite store: ``python -m tests.sqlite_faults MODE DIR [gevent]``
+prints one JSON object of counts; with ``gevent`` the process is monkey-patched first, as a
+gunicorn gevent worker is, so operations take the event loop's connection.
 
 full (in a private mount namespace, ``unshare --mount``, so the mount vanishes with the
 process): a 3 MiB tmpfs is filled by another file, then the file is deleted.
 readonly (without CAP_DAC_OVERRIDE, so that file modes bind root too): the database file is
 made read-only while a worker starts and reads, then writable again.
+wal: many small commits; the size of the WAL afterwards (checkpoints keep it bounded).
 """
+
+import sys
+
+if sys.argv[3:] == ["gevent"]:
+    from gevent import monkey
+
+    monkey.patch_all()
 
 import json
 import os
 import subprocess
-import sys
 import threading
 
 from app.store import StoreUnavailable
@@ -68,5 +76,16 @@ def readonly(folder):
     return {"while_readonly": while_readonly, "after": writes(store, 20, "after")}
 
 
+def wal(folder):
+    store = SQLiteStore(f"sqlite:///{folder}/events.db")
+    store.migrate()
+    failed = writes(store, 3000, "wal")
+    store.run(lambda cur: None, transaction=False)  # the last checkpoint (if any) has ended
+    return {"failed": failed, "wal_bytes": os.path.getsize(f"{folder}/events.db-wal"),
+            "rows": store.run(lambda cur: cur.execute(
+                "SELECT COUNT(*) FROM deliveries").fetchone()[0], transaction=False)}
+
+
 if __name__ == "__main__":
-    print(json.dumps({"full": full, "readonly": readonly}[sys.argv[1]](sys.argv[2])))
+    modes = {"full": full, "readonly": readonly, "wal": wal}
+    print(json.dumps(modes[sys.argv[1]](sys.argv[2])))

@@ -1,27 +1,33 @@
 """The SQLite store recovers by itself from storage faults: a full disk and a read-only
-database file, each fixed while the process runs."""
+database file, each fixed while the process runs; with threads, and under gevent, where
+operations run on the event loop's connection first."""
 
 import json
 import subprocess
 import sys
 
+import pytest
+
+from app.store.sqlite import WAL_PAGES
 from tests.servers import ROOT
 
 # A private mount namespace for the tmpfs; file modes that bind root for the read-only file.
 CONFINE = {"full": ["unshare", "--mount"],
-           "readonly": ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]}
+           "readonly": ["setpriv", "--bounding-set=-dac_override,-dac_read_search"], "wal": []}
+RUNTIMES = pytest.mark.parametrize("runtime", ["threads", "gevent"])
 
 
-def run_fault(mode, folder):
+def run_fault(mode, folder, runtime="threads"):
     result = subprocess.run([*CONFINE[mode], sys.executable, "-m", "tests.sqlite_faults", mode,
-                             str(folder)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120, check=False)
+                             str(folder), *(["gevent"] if runtime == "gevent" else [])],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.splitlines()[-1])
 
 
-def test_sqlite_store_writes_again_as_soon_as_the_full_disk_has_space(tmp_path):
-    counts = run_fault("full", tmp_path)
+@RUNTIMES
+def test_sqlite_store_writes_again_as_soon_as_the_full_disk_has_space(tmp_path, runtime):
+    counts = run_fault("full", tmp_path, runtime)
     assert counts["before"] == 0
     assert counts["while_full"] == 20  # the disk really was full
     assert counts["after"] == 0
@@ -31,3 +37,12 @@ def test_sqlite_store_writes_again_as_soon_as_the_files_are_writable(tmp_path):
     counts = run_fault("readonly", tmp_path)
     assert counts["while_readonly"] == 3
     assert counts["after"] == 0
+
+
+@RUNTIMES
+def test_sqlite_checkpoints_keep_the_wal_small(tmp_path, runtime):
+    counts = run_fault("wal", tmp_path, runtime)
+    assert counts["failed"] == 0
+    assert counts["rows"] == 3000
+    # 3,000 commits of a page or more each: without checkpoints the WAL would hold them all.
+    assert counts["wal_bytes"] <= 2 * WAL_PAGES * 4096

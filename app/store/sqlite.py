@@ -1,12 +1,16 @@
 """SQLite backend: the zero-setup default, one file shared by the workers of one machine.
 
-Under gevent no SQLite call runs in the event loop's thread: SQLite waits in C (busy handler,
+Under gevent no SQLite call waits in the event loop's thread: SQLite waits in C (busy handler,
 ``fsync`` of a checkpoint, opening the file), and there such a wait would stop every greenlet
-of the worker. Transactions go to one writer thread per process, which commits the queued ones
-as a group (one ``BEGIN IMMEDIATE`` ... ``COMMIT``, a savepoint per operation: one failing
-operation does not undo the others); single statements run in a small pool of native threads
+of the worker. An operation first tries the loop's own connection, which never waits: its busy
+timeout is 0, it never checkpoints (so it never syncs) and it runs only when no other operation
+of this process is queued. When the file is locked, or that try cannot run, the operation goes
+to a thread: transactions to one writer thread per process, which commits the queued ones as a
+group (one ``BEGIN IMMEDIATE`` ... ``COMMIT``, a savepoint per operation: one failing operation
+does not undo the others), single statements to a small pool of native threads
 (``STORE_THREADS``). Each operation waits for a lock at most ``LOCK_WAIT_SECONDS`` from the
 moment it was submitted, queueing included, and then fails with StoreUnavailable (503).
+Checkpoints run in a pool thread every ``CHECKPOINT_EVERY`` commits.
 """
 
 import collections
@@ -31,6 +35,7 @@ STORE_THREADS = 4
 GROUP_MAX = 256  # operations committed together at most
 WRITER_SLACK_SECONDS = 30.0
 WAL_PAGES = 256  # checkpoint the WAL at this many pages (1 MiB of 4 KiB pages)
+CHECKPOINT_EVERY = 64  # commits between two checkpoints under gevent (a few pages each)
 # Errors after which no pooled connection is trusted: each may have been opened read-only
 # (the file was not writable then) or hold a WAL that could not be written.
 _STALE_ERRORS = {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR,
@@ -47,6 +52,10 @@ def path_from_url(url):
 
 class LockWaitExceeded(sqlite3.OperationalError):
     """The operation's lock-wait budget ran out before it could start."""
+
+
+class _Busy(Exception):
+    """The loop's connection could not run the operation without waiting: use a thread."""
 
 
 class SQLiteStore(SQLStore):
@@ -66,6 +75,11 @@ class SQLiteStore(SQLStore):
         self._pid = os.getpid()
         self._generation = 0  # bumped to retire every connection made before a stale error
         self._pool = self._pool_pid = self._queue = None
+        self._loop_conn = None  # the event loop's connection (gevent only), opened in a thread
+        self._loop_conn_state = _CLOSED
+        self._loop_thread = None
+        self._commits = 0  # since the last checkpoint (gevent only)
+        self._checkpointing = False  # until it ends, every operation runs in a thread
         # One write transaction at a time per process without gevent (threads): more would only
         # take turns at the file lock through SQLite's sleeping busy handler.
         self._writer = _native_lock()
@@ -76,7 +90,19 @@ class SQLiteStore(SQLStore):
         give_up = time.monotonic() + self.lock_wait
         if not gevent_active():
             return super()._attempt(fn, transaction, give_up=give_up)
-        if transaction:
+        conn = self._loop_connection(transaction)
+        if conn is not None:
+            try:
+                return super()._attempt(fn, transaction, loop_conn=conn)
+            except _Busy:
+                pass  # another writer has the file, or the try failed: a thread waits for it
+            finally:
+                self._loop_conn_state = _IDLE if self._loop_conn is conn else _CLOSED
+                if transaction:
+                    self._writer.release()
+        # While a checkpoint runs, single statements queue behind it too: a write of theirs
+        # between the checkpoint and the WAL's restart would stop the restart.
+        if transaction or self._checkpointing:
             result = AsyncResult()  # set by the writer thread
             self._writes().put((fn, give_up, result))
             # With a timeout: its timer keeps the loop alive while only another thread can
@@ -101,12 +127,73 @@ class SQLiteStore(SQLStore):
         except Exception as exc:
             return False, exc
 
+    def _loop_connection(self, transaction):
+        """The loop's connection when it may run this operation now, else None (and, the
+        first time, open it in a pool thread for the next operations)."""
+        self._fork_check()
+        if self.closed or _native_thread_id() != self._loop_thread:
+            return None  # a native thread of its own (a pool thread): not the loop's
+        if self._loop_conn_state is _CLOSED:
+            self._loop_conn_state = _OPENING
+            self._threads().spawn(self._open_loop_connection)
+            return None
+        if self._loop_conn_state is not _IDLE or self._checkpointing:
+            return None  # opening, in use by an operation that yielded (never expected)
+        conn = self._loop_conn
+        if conn.generation != self._generation:  # retired after a stale error
+            self._loop_conn, self._loop_conn_state = None, _CLOSED
+            conn.close()
+            return None
+        if transaction and (not self._queue.empty()
+                            or not self._writer.acquire(blocking=False)):
+            return None  # queued operations go first; the writer thread holds the lock
+        self._loop_conn_state = _IN_USE
+        return conn
+
+    def _open_loop_connection(self):
+        try:
+            conn = self._connect()
+            conn.execute("PRAGMA busy_timeout = 0")
+        except Exception:
+            self._loop_conn_state = _CLOSED  # the next operation tries again
+            return
+        self._loop_conn, self._loop_conn_state = conn, _IDLE
+
+    def _committed(self, in_writer=False):
+        """Count a commit; every CHECKPOINT_EVERY, have the writer thread checkpoint."""
+        self._commits += 1
+        if self._commits >= CHECKPOINT_EVERY and not self._checkpointing:
+            self._commits, self._checkpointing = 0, True
+            if in_writer:
+                self._checkpoint()
+            else:
+                self._queue.put(_CHECKPOINT)
+
+    def _checkpoint(self):
+        """In the writer thread: copy the WAL into the database (PASSIVE: waiting for no one).
+        When all of it was copied, write once more at once, so that this thread, not the
+        loop's next write, starts the WAL over (and syncs its header). Meanwhile no operation
+        runs on the loop's connection: a write between the two would stop the restart."""
+        try:
+            with self._cursor(True, time.monotonic() + self.lock_wait) as cur:
+                cur.execute("COMMIT")  # a checkpoint cannot run inside a transaction
+                busy, frames, copied = cur.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                cur.execute("BEGIN IMMEDIATE")
+                if not busy and frames == copied:
+                    version = cur.execute("PRAGMA user_version").fetchone()[0]
+                    cur.execute(f"PRAGMA user_version = {(version + 1) % 1000}")
+        except sqlite3.Error:
+            pass  # the next one tries again; the WAL only grows meanwhile
+        finally:
+            self._checkpointing = False
+
     def _threads(self):
         if self._pool_pid != os.getpid():  # made in each process: threads do not cross a fork
             from gevent.monkey import get_original
             from gevent.threadpool import ThreadPool
 
             self._pool, self._pool_pid = ThreadPool(STORE_THREADS), os.getpid()
+            self._loop_thread = _native_thread_id()
             self._queue = get_original("queue", "SimpleQueue")()
             get_original("_thread", "start_new_thread")(self._write_groups, (self._queue,))
         return self._pool
@@ -125,6 +212,9 @@ class SQLiteStore(SQLStore):
                 pending.append(queue.get())
             while len(pending) < GROUP_MAX and not queue.empty():
                 pending.append(queue.get())
+            if _CHECKPOINT in pending:
+                pending = [item for item in pending if item is not _CHECKPOINT]
+                self._checkpoint()
             now = time.monotonic()
             for _, give_up, result in pending:
                 if give_up <= now:
@@ -134,6 +224,7 @@ class SQLiteStore(SQLStore):
                 continue
             try:
                 outcomes = self._commit_group(pending)
+                self._committed(in_writer=True)
             except sqlite3.OperationalError as exc:
                 if _locked(exc):
                     continue  # the earliest budget ran out: fail that one, try the rest again
@@ -170,13 +261,18 @@ class SQLiteStore(SQLStore):
         _enable_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         # A WAL left to its default 4 MiB can fill a small volume by itself, after which no
-        # checkpoint (it must grow the database) can make room: keep it to 1 MiB.
-        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_PAGES}")
+        # checkpoint (it must grow the database) can make room: keep it to 1 MiB. Under gevent
+        # checkpoints are explicit (a checkpoint in the loop's thread would stop it).
+        pages = 0 if gevent_active() else WAL_PAGES
+        conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
         conn.execute(f"PRAGMA journal_size_limit = {WAL_PAGES * 4096}")
         return conn
 
     @contextlib.contextmanager
-    def _cursor(self, transaction, give_up):
+    def _cursor(self, transaction, give_up=None, loop_conn=None):
+        if loop_conn is not None:
+            yield from self._loop_transaction(loop_conn, transaction)
+            return
         conn = self._checkout()
         try:
             cur = conn.cursor()
@@ -200,6 +296,32 @@ class SQLiteStore(SQLStore):
             self._checkin(conn)  # rolled back: fit for the next caller
             raise
         self._checkin(conn)
+
+    def _loop_transaction(self, conn, transaction):
+        """Run the operation on the loop's connection in a transaction of its own, which
+        never waits: any SQLite error rolls it back and raises _Busy (a thread runs it again,
+        and reports the error if there is one)."""
+        cur = conn.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE" if transaction else "BEGIN")
+            try:
+                yield cur
+            except BaseException:
+                if conn.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
+            if not _locked(exc):  # a full disk, a permission: the thread path recovers
+                self._loop_conn = None
+                conn.close()
+            raise _Busy() from exc
+        if conn.total_changes != getattr(conn, "seen_changes", 0):
+            conn.seen_changes = conn.total_changes
+            self._committed()
 
     def _writable(self):
         if self.path == ":memory:":
@@ -226,6 +348,7 @@ class SQLiteStore(SQLStore):
             # Connections and locks must not cross a fork: drop the parent's.
             self._idle, self._pid = collections.deque(), os.getpid()
             self._writer = _native_lock()
+            self._loop_conn, self._loop_conn_state = None, _CLOSED
 
     def _checkout(self):
         self._fork_check()
@@ -250,6 +373,13 @@ class SQLiteStore(SQLStore):
         closed when it comes back, not pooled."""
         self.closed = True
         self._retire()
+        conn, self._loop_conn = self._loop_conn, None
+        if conn is not None and self._loop_conn_state is not _IN_USE:
+            conn.close()
+
+
+_CLOSED, _OPENING, _IDLE, _IN_USE = (object() for _ in range(4))  # the loop connection's states
+_CHECKPOINT = object()  # queued for the writer thread: checkpoint now
 
 
 class _Connection(sqlite3.Connection):
@@ -300,6 +430,18 @@ def _enable_wal(conn):
             if time.monotonic() > deadline:
                 raise
             _native_sleep(0.01)
+
+
+def _native_thread_id():
+    global _native_get_ident
+    if _native_get_ident is None:
+        from gevent.monkey import get_original
+
+        _native_get_ident = get_original("_thread", "get_ident")
+    return _native_get_ident()
+
+
+_native_get_ident = None
 
 
 def _native_sleep(seconds):
