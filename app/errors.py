@@ -4,7 +4,7 @@ from flask import current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
 
-class APIError(Exception):
+class ErrorResponse(Exception):
     """Base of every error the service answers with; subclasses set status and code."""
 
     status = 500
@@ -23,7 +23,7 @@ class APIError(Exception):
         return {"error": body}
 
 
-class BadRequest(APIError):
+class BadRequest(ErrorResponse):
     status = 400
     code = "VALIDATION_ERROR"
     message = "Invalid request"
@@ -33,19 +33,19 @@ class Unretryable(Exception):
     """A failure that no later attempt can fix: a job raising it is dead-lettered at once."""
 
 
-class Unauthorized(APIError):
+class Unauthorized(ErrorResponse):
     status = 401
     code = "UNAUTHORIZED"
     message = "Invalid webhook signature"
 
 
-class PayloadTooLarge(APIError):
+class PayloadTooLarge(ErrorResponse):
     status = 413
     code = "PAYLOAD_TOO_LARGE"
     message = "Request body is larger than 1 MiB"
 
 
-class ServiceUnavailable(APIError):
+class ServiceUnavailable(ErrorResponse):
     status = 503
     code = "SERVICE_UNAVAILABLE"
     message = "Temporarily unavailable, retry later"
@@ -71,7 +71,7 @@ def render(error):
 def _http_exception(exc):
     if exc.code == 413:
         return render(PayloadTooLarge())
-    err = APIError(exc.description)
+    err = ErrorResponse(exc.description)
     err.status = exc.code or 500
     err.code = (exc.name or "error").upper().replace(" ", "_")
     response = render(err)
@@ -90,13 +90,13 @@ def _store_unavailable(exc):
 def _unexpected(exc):
     # A registered handler for Exception stops Flask from logging it, so log here.
     current_app.logger.exception("unhandled error: %s", exc)
-    return render(APIError())
+    return render(ErrorResponse())
 
 
 def init_app(app):
     from app.store.base import StoreUnavailable  # the store's module imports this one
 
-    app.register_error_handler(APIError, render)
+    app.register_error_handler(ErrorResponse, render)
     app.register_error_handler(StoreUnavailable, _store_unavailable)
     app.register_error_handler(HTTPException, _http_exception)
     app.register_error_handler(Exception, _unexpected)

@@ -7,7 +7,9 @@ import time
 
 import pytest
 
+from app.jobs import get_job_runner
 from app.simulator import payload, signed_request
+from app.store import get_store
 from app.voice.streamer import LATE_TEXT, deadline_for
 from tests.conftest import NOW, SECRET
 
@@ -46,6 +48,42 @@ def test_unverified_deliveries_are_401(client, mutate, code):
     response = client.post("/webhook", data=raw, headers=headers)
     assert response.status_code == 401
     assert _error(response)["code"] == code
+
+
+@pytest.mark.parametrize(
+    ("mutate", "error"),
+    [
+        (lambda h: h.pop("X-Webhook-Signature"), {
+            "code": "MISSING_SIGNATURE",
+            "message": "Missing X-Webhook-Signature or X-Webhook-Timestamp header"}),
+        (lambda h: h.update({"X-Webhook-Timestamp": "soon"}), {
+            "code": "INVALID_TIMESTAMP",
+            "message": "X-Webhook-Timestamp must be unix seconds within 300 s of now"}),
+        (lambda h: h.update({"X-Webhook-Signature": "sha256=" + "0" * 64}), {
+            "code": "INVALID_SIGNATURE",
+            "message": "Signature does not match the body and timestamp"}),
+    ],
+)
+def test_refusals_are_answered_in_the_error_envelope(client, mutate, error):
+    raw, headers = signed_request(SECRET, payload("sms"), timestamp=NOW)
+    mutate(headers)
+    response = client.post("/webhook", data=raw, headers=headers)
+    assert (response.status_code, response.get_json()) == (401, {"error": error})
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b"\xff\xfe", {"code": "VALIDATION_ERROR", "message": "Body is not valid UTF-8"}),
+        (b'{"event": "agent.message", "data": {"message": 7}}', {
+            "code": "VALIDATION_ERROR", "message": "Invalid agent.message delivery",
+            "details": [{"field": "channel", "message": "required string"},
+                        {"field": "data.message", "message": "must be a string"}]}),
+    ],
+)
+def test_malformed_bodies_are_answered_in_the_error_envelope(post_signed, body, error):
+    response = post_signed(body)
+    assert (response.status_code, response.get_json()) == (400, {"error": error})
 
 
 def test_unverified_delivery_has_no_effect(app, client):
@@ -149,7 +187,7 @@ def test_duplicate_voice_turn_replays_the_stored_reply(post_signed):
 
 
 def test_voice_turn_whose_first_attempt_stopped_beating_runs_again(app, post_signed):
-    store = app.extensions["store"]
+    store = get_store(app)
     store.clock = lambda: NOW - 10  # claimed 10 s ago by a worker that has died since
     assert store.claim_voice("whd_dead", "agent.message", "gone:1:0")
     store.clock = lambda: NOW
@@ -207,8 +245,8 @@ def test_unclaimable_voice_turn_still_hears_interim_and_fallback(make_app, monke
 def test_healthz(app, client):
     assert client.get("/healthz").get_json() == {"ok": True, "store": "sqlite"}
     path = app.config["DATABASE_URL"][len("sqlite:///"):]
-    app.extensions["store"].close()
-    app.extensions["store"].path = str(path) + ".missing/x.db"
+    get_store(app).close()
+    get_store(app).path = str(path) + ".missing/x.db"
     assert client.get("/healthz").status_code == 503
 
 
@@ -265,8 +303,8 @@ def test_call_ended_and_reaction_need_no_channel(app, post_signed, fixtures_dir,
     del body["channel"]
     response = post_signed(body, delivery_id="whd_nochannel")
     assert (response.status_code, response.get_json()) == (200, {"ok": True})
-    assert app.extensions["job_runner"].run_pending() == 1
-    store = app.extensions["store"]
+    assert get_job_runner(app).run_pending() == 1
+    store = get_store(app)
     assert [(j.delivery_id, j.status) for j in store.jobs()] == [("whd_nochannel", "done")]
     if body["event"] == "agent.call_ended":
         assert store.call_record("call_ghi012")["duration_seconds"] == 330

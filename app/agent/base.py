@@ -10,6 +10,8 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 
+from app.webhook.events import VOICE
+
 log = logging.getLogger(__name__)
 
 
@@ -42,7 +44,8 @@ class Turn:
     def from_event(cls, event, delivery_id=None):
         """The turn of a parsed ``agent.message`` delivery."""
         data = event.data
-        text = data.get("transcript") if event.is_voice_turn else data.get("message")
+        # A voice message carries the caller's words as a transcript, a text as a message.
+        text = data.get("transcript") if event.channel == VOICE else data.get("message")
         return cls(
             text=text if isinstance(text, str) else "",
             channel=event.channel,

@@ -33,7 +33,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from app.tasks import spawn
+from app.runtime import spawn
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +344,7 @@ def run_tools(calls, tools, turn=None, timeout=None):
     """Run ``calls`` (ToolCall, or (name, arguments) pairs) concurrently; results in order.
 
     ``tools`` is a Toolbox or an iterable of Tools. Each call gets its tool's timeout, capped
-    by ``timeout`` when given; a call still running then is cancelled (see app.tasks) and
+    by ``timeout`` when given; a call still running then is cancelled (see app.runtime) and
     reported as timed out.
     """
     box = tools if isinstance(tools, Toolbox) else Toolbox(tools)

@@ -42,11 +42,12 @@ from app.agentphone.pagination import (
     walk_offset,
 )
 from app.agentphone.sse import parse_sse, transcript_event
+from app.config import default
 from app.metrics import API_REQUESTS, endpoint
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://api.agentphone.ai"
+DEFAULT_BASE_URL = default("AGENTPHONE_API_URL")
 USER_AGENT = "agentphone-backend/0.1"
 UNSET = object()  # "leave unchanged", where None means "clear"
 
@@ -77,7 +78,8 @@ class AgentPhoneClient:
                  stream_reconnects=3):
         if not api_key:
             raise MissingAPIKeyError(
-                "No AgentPhone API key: set AGENTPHONE_API_KEY to your sk_... key."
+                "No AgentPhone API key: set AGENTPHONE_API_KEY to your sk_... key.",
+                request_sent=False,
             )
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self.timeout = timeout
@@ -120,7 +122,8 @@ class AgentPhoneClient:
         except requests.RequestException as exc:
             API_REQUESTS.labels(method, where, "error").inc()
             error = APITimeoutError if _timed_out(exc) else APIConnectionError
-            raise error(f"{method} {path} failed: {exc}") from exc
+            raise error(f"{method} {path} failed: {exc}",
+                        request_sent=transport.request_sent(exc)) from exc
         API_REQUESTS.labels(method, where, str(response.status_code)).inc()
         if response.status_code >= 300:
             raise error_from_response(response.status_code, response.text, response.headers,

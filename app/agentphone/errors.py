@@ -21,12 +21,18 @@ class ErrorInfo:
 
 
 class AgentPhoneError(Exception):
-    """Any failure talking to AgentPhone; `status` is None when no HTTP response was received."""
+    """Any failure talking to AgentPhone; `status` is None when no HTTP response was received.
+
+    `request_sent` is False only when the request certainly never reached the server (no key,
+    connection refused, DNS, connect timeout); True when it may have (always, once there is
+    a response): a request that may have been sent must not be repeated blindly.
+    """
 
     def __init__(self, message, *, status=None, code=None, type=None, details=None,
-                 retry_after=None, body=None):
+                 retry_after=None, body=None, request_sent=True):
         super().__init__(message)
         self.message = message
+        self.request_sent = request_sent
         self.status = status
         self.code = code
         self.type = type
@@ -51,7 +57,8 @@ class MissingAPIKeyError(AgentPhoneError):
 
 
 class APIConnectionError(AgentPhoneError):
-    """The request failed without an HTTP response (DNS, refused, timeout, dropped stream)."""
+    """The request failed without an HTTP response (DNS, refused, timeout, dropped stream);
+    `request_sent` says whether it may have reached the server."""
 
 
 class APITimeoutError(APIConnectionError):

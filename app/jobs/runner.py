@@ -16,16 +16,19 @@ import socket
 import threading
 import time
 
+from flask import current_app
+
 from app import logs
 from app.errors import Unretryable
 from app.metrics import JOB_OUTCOMES, JOB_SECONDS
-from app.store import StoreUnavailable
-from app.tasks import spawn
+from app.runtime import spawn
+from app.store import StoreUnavailable, get_store
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 1.0
 PRUNE_EVERY_SECONDS = 3600.0
+EXTENSION = "job_runner"  # the key of an app's JobRunner in app.extensions
 
 
 class JobTimeout(Exception):
@@ -38,12 +41,13 @@ def retry_delay(attempt, base=2.0, cap=600.0, rand=random.random):
 
 
 class JobRunner:
-    """Runs up to ``concurrency`` jobs at once. On stop it claims nothing more, lets running
-    jobs finish for up to ``grace`` seconds, then hands the rest back to the queue (their
-    interrupted attempt not counted)."""
+    """Runs up to ``concurrency`` jobs at once, each by ``handlers[job.kind](job)`` (the app's
+    come from the one event table, ``app.registry.job_handlers``). On stop it claims nothing
+    more, lets running jobs finish for up to ``grace`` seconds, then hands the rest back to
+    the queue (their interrupted attempt not counted)."""
 
-    def __init__(self, app, handlers, concurrency=4, max_attempts=5, lease=60.0, grace=25.0,
-                 timeout=60.0, poll=IDLE_POLL_SECONDS, prune_every=PRUNE_EVERY_SECONDS):
+    def __init__(self, app, handlers, *, concurrency, max_attempts, lease, grace, timeout,
+                 poll=IDLE_POLL_SECONDS, prune_every=PRUNE_EVERY_SECONDS):
         self.app = app
         self.handlers = handlers
         self.concurrency = concurrency
@@ -64,7 +68,7 @@ class JobRunner:
 
     @property
     def store(self):
-        return self.app.extensions["store"]
+        return get_store(self.app)
 
     # -- control ----------------------------------------------------------------------------
 
@@ -271,3 +275,8 @@ class JobRunner:
 
 def _worker_name():
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def get_job_runner(app=None) -> JobRunner:
+    """The job runner of ``app``, by default the current one."""
+    return (current_app if app is None else app).extensions[EXTENSION]

@@ -11,7 +11,7 @@ import time
 
 from app.agent.base import Agent, Reply
 from app.metrics import FINAL_LINE, FIRST_LINE, IN_FLIGHT, VOICE_OUTCOMES
-from app.tasks import gevent_active, spawn
+from app.runtime import gevent_active, spawn
 from app.voice.hangup import peer_closed
 from app.voice.ndjson import WRITE_KEY, interim, line
 
