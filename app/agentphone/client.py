@@ -52,7 +52,7 @@ USER_AGENT = "agentphone-backend/0.1"
 UNSET = object()  # "leave unchanged", where None means "clear"
 
 
-def _seg(value):
+def _path_segment(value):
     """A path segment, escaped so an id can never change the path."""
     return quote(str(value), safe="")
 
@@ -165,18 +165,18 @@ class AgentPhoneClient:
                           type=type, search=search)
 
     def list_agent_calls(self, agent_id, limit=None, offset=0):
-        return self._page(f"/v1/agents/{_seg(agent_id)}/calls", Call, limit, offset)
+        return self._page(f"/v1/agents/{_path_segment(agent_id)}/calls", Call, limit, offset)
 
     def list_number_calls(self, number_id, limit=None, offset=0):
-        return self._page(f"/v1/numbers/{_seg(number_id)}/calls", Call, limit, offset)
+        return self._page(f"/v1/numbers/{_path_segment(number_id)}/calls", Call, limit, offset)
 
     def get_call(self, call_id):
-        return Call.from_dict(self.request("GET", f"/v1/calls/{_seg(call_id)}"))
+        return Call.from_dict(self.request("GET", f"/v1/calls/{_path_segment(call_id)}"))
 
     def get_transcript(self, call_id):
         """The whole transcript; accepts `{data: [...]}`, `{transcripts: [...]}` or a list
         (contract D25)."""
-        body = self.request("GET", f"/v1/calls/{_seg(call_id)}/transcript")
+        body = self.request("GET", f"/v1/calls/{_path_segment(call_id)}/transcript")
         if isinstance(body, dict) and isinstance(body.get("transcripts"), list):
             body = body["transcripts"]
         return [TranscriptEntry.from_dict(item) for item in page_items(body)]
@@ -194,7 +194,7 @@ class AgentPhoneClient:
         return Call.from_dict(self.request("POST", "/v1/calls", json=body))
 
     def end_call(self, call_id):
-        return Call.from_dict(self.request("POST", f"/v1/calls/{_seg(call_id)}/end"))
+        return Call.from_dict(self.request("POST", f"/v1/calls/{_path_segment(call_id)}/end"))
 
     # -- transcript stream ------------------------------------------------------------------
 
@@ -209,7 +209,7 @@ class AgentPhoneClient:
         """
         quiet = self.stream_quiet_timeout if quiet_timeout is None else quiet_timeout
         limit = self.stream_reconnects if max_reconnects is None else max_reconnects
-        path = f"/v1/calls/{_seg(call_id)}/transcript/stream"
+        path = f"/v1/calls/{_path_segment(call_id)}/transcript/stream"
         seen, connected, failures = set(), False, 0
         while True:
             try:
@@ -276,7 +276,8 @@ class AgentPhoneClient:
     def react(self, message_id, reaction):
         """iMessage tapback on a message."""
         return Reaction.from_dict(self.request(
-            "POST", f"/v1/messages/{_seg(message_id)}/reactions", json={"reaction": reaction}
+            "POST", f"/v1/messages/{_path_segment(message_id)}/reactions",
+            json={"reaction": reaction},
         ))
 
     @staticmethod
@@ -284,8 +285,8 @@ class AgentPhoneClient:
         if (number_id is None) == (conversation_id is None):
             raise ValueError("pass exactly one of number_id and conversation_id")
         if number_id is not None:
-            return f"/v1/numbers/{_seg(number_id)}/messages"
-        return f"/v1/conversations/{_seg(conversation_id)}/messages"
+            return f"/v1/numbers/{_path_segment(number_id)}/messages"
+        return f"/v1/conversations/{_path_segment(conversation_id)}/messages"
 
     def _messages_body(self, path, limit=None, before=None, after=None):
         if before is not None and after is not None:
@@ -324,12 +325,12 @@ class AgentPhoneClient:
         return self._page("/v1/conversations", Conversation, limit, offset)
 
     def list_agent_conversations(self, agent_id, limit=None, offset=0):
-        return self._page(f"/v1/agents/{_seg(agent_id)}/conversations", Conversation, limit,
-                          offset)
+        return self._page(f"/v1/agents/{_path_segment(agent_id)}/conversations", Conversation,
+                          limit, offset)
 
     def get_conversation(self, conversation_id, message_limit=None):
         return Conversation.from_dict(self.request(
-            "GET", f"/v1/conversations/{_seg(conversation_id)}",
+            "GET", f"/v1/conversations/{_path_segment(conversation_id)}",
             params={"message_limit": message_limit},
         ))
 
@@ -339,14 +340,16 @@ class AgentPhoneClient:
         if metadata is not UNSET:
             body["metadata"] = metadata
         return Conversation.from_dict(self.request(
-            "PATCH", f"/v1/conversations/{_seg(conversation_id)}", json=body
+            "PATCH", f"/v1/conversations/{_path_segment(conversation_id)}", json=body
         ))
 
     # -- webhooks ---------------------------------------------------------------------------
 
     @staticmethod
     def _webhook_path(agent_id):
-        return "/v1/webhooks" if agent_id is None else f"/v1/agents/{_seg(agent_id)}/webhook"
+        if agent_id is None:
+            return "/v1/webhooks"
+        return f"/v1/agents/{_path_segment(agent_id)}/webhook"
 
     def get_webhook(self, agent_id=None):
         """The project's (or an agent's own) webhook, or None when none is set."""
@@ -370,7 +373,7 @@ class AgentPhoneClient:
     def test_agent_webhook(self, agent_id):
         """Have AgentPhone send a sample event to the agent's own webhook."""
         return WebhookTestResult.from_dict(self.request(
-            "POST", f"/v1/agents/{_seg(agent_id)}/webhook/test"
+            "POST", f"/v1/agents/{_path_segment(agent_id)}/webhook/test"
         ))
 
     def list_deliveries(self, limit=None, offset=0, hours=None):
@@ -384,7 +387,7 @@ class AgentPhoneClient:
 
     def list_agent_deliveries(self, agent_id, limit=None):
         """Recent deliveries to an agent's own webhook (a bare list, no paging)."""
-        body = self.request("GET", f"/v1/agents/{_seg(agent_id)}/webhook/deliveries",
+        body = self.request("GET", f"/v1/agents/{_path_segment(agent_id)}/webhook/deliveries",
                             params={"limit": limit})
         return [WebhookDelivery.from_dict(item) for item in page_items(body)]
 
@@ -394,13 +397,13 @@ class AgentPhoneClient:
         return self._page("/v1/agents", Agent, limit, offset)
 
     def get_agent(self, agent_id):
-        return Agent.from_dict(self.request("GET", f"/v1/agents/{_seg(agent_id)}"))
+        return Agent.from_dict(self.request("GET", f"/v1/agents/{_path_segment(agent_id)}"))
 
     def list_numbers(self, limit=None, offset=0):
         return self._page("/v1/numbers", PhoneNumber, limit, offset)
 
     def get_number(self, number_id):
-        return PhoneNumber.from_dict(self.request("GET", f"/v1/numbers/{_seg(number_id)}"))
+        return PhoneNumber.from_dict(self.request("GET", f"/v1/numbers/{_path_segment(number_id)}"))
 
     def list_contacts(self, limit=None, offset=0):
         return self._page("/v1/contacts", Contact, limit, offset)

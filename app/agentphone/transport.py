@@ -184,7 +184,6 @@ def build_retry(max_retries=2, backoff_factor=1.0, max_wait=60.0, jitter=0.1):
         other=0,  # unclassified errors may strike after the request went out
         redirect=0,
         allowed_methods=IDEMPOTENT_METHODS,  # read errors are retried only for these
-        status_forcelist=IDEMPOTENT_RETRY_STATUSES | POST_RETRY_STATUSES,
         backoff_factor=backoff_factor,
         backoff_jitter=backoff_factor * jitter,
         backoff_max=max_wait,

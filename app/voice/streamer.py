@@ -4,6 +4,7 @@ whatever the agent does."""
 
 import contextlib
 import dataclasses
+import enum
 import logging
 import queue
 import time
@@ -20,13 +21,19 @@ LATE_TEXT = "Sorry, that is taking longer than it should. Could you say that aga
 ERROR_TEXT = "Sorry, something went wrong on my side. Could you say that again?"
 POLL_SECONDS = 0.25
 
-# What a chunk source reports besides a chunk (kind None).
-_WAIT = "wait"  # nothing yet; look at the deadline again
-_LATE = "late"
-_GONE = "gone"  # the caller hung up
-_ENDED = "ended"  # the agent stopped without a final Reply
-_FAILED = "failed"
-_SILENT = "silent"  # the turn has said nothing for the filler interval
+
+class _Kind(enum.Enum):
+    """What a chunk source reports besides a chunk (kind None)."""
+
+    WAIT = "wait"  # nothing yet; look at the deadline again
+    LATE = "late"
+    GONE = "gone"  # the caller hung up
+    ENDED = "ended"  # the agent stopped without a final Reply
+    FAILED = "failed"
+    SILENT = "silent"  # the turn has said nothing for the filler interval
+
+
+_WAIT, _LATE, _GONE, _ENDED, _FAILED, _SILENT = _Kind
 
 
 def deadline_for(voice_timeout):
