@@ -132,21 +132,26 @@ def observed(t, callback):
     fn = t.fn
     signature = inspect.signature(fn)
 
-    @functools.wraps(fn)
-    def watched(*args, **kwargs):
+    def arguments_of(args, kwargs):
         try:
             arguments = dict(signature.bind_partial(*args, **kwargs).arguments)
         except TypeError:
             arguments = dict(kwargs)
         for name in INJECTED:
             arguments.pop(name, None)
+        return arguments
+
+    # The arguments are named after the call: a held voice turn waits inside it, and keeps
+    # nothing more than the call itself does.
+    @functools.wraps(fn)
+    def watched(*args, **kwargs):
         started = time.monotonic()
         try:
             value = fn(*args, **kwargs)
         except BaseException as exc:
-            callback(t.name, arguments, None, exc, time.monotonic() - started)
+            callback(t.name, arguments_of(args, kwargs), None, exc, time.monotonic() - started)
             raise
-        callback(t.name, arguments, value, None, time.monotonic() - started)
+        callback(t.name, arguments_of(args, kwargs), value, None, time.monotonic() - started)
         return value
 
     copy = object.__new__(Tool)
