@@ -8,7 +8,12 @@ or DTMF digits). The voice streamer owns the timing: interim-first, deadline, on
 
 import dataclasses
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    from app.webhook.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +36,16 @@ class Turn:
     conversation_id: str | None = None
     agent_id: str | None = None
     delivery_id: str | None = None
-    conversation_state: dict | None = None
-    recent_history: list = field(default_factory=list)
+    conversation_state: dict[str, Any] | None = None
+    recent_history: list[Any] = field(default_factory=list)
     test: bool = False
     message_id: str | None = None
     media_urls: tuple[str, ...] = ()
     deadline: float | None = None  # time.monotonic() by which a voice turn's final line goes out
 
     @classmethod
-    def from_event(cls, event, delivery_id=None):
-        """The turn of a parsed ``agent.message`` delivery."""
+    def from_event(cls, event: "Event", delivery_id: str | None = None) -> Self:
+        """The turn of a parsed ``agent.message`` delivery, keyed by ``delivery_id``."""
         data = event.data
         text = data.get("transcript") if event.is_voice_turn else data.get("message")
         return cls(
@@ -60,7 +65,7 @@ class Turn:
         )
 
     @property
-    def session_id(self):
+    def session_id(self) -> str | None:
         """What ties turns of one conversation together: the call, else the conversation,
         else the caller; scoped to the AgentPhone agent, so that agents behind one server
         never share memory."""
@@ -81,16 +86,17 @@ class Reply:
     digits: str | None = None
     failed: bool = False  # a stand-in for an answer the agent could not give; never texted
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.hangup and self.action:
             raise ValueError("a reply may hang up or transfer, not both")
         if self.action not in (None, TRANSFER):
             raise ValueError(f"unknown action {self.action!r}")
 
-    def to_line(self):
+    def to_line(self) -> dict[str, Any]:
         """The final NDJSON object: ``text`` always present unless it is a pure action
         (contract D17)."""
-        line = {"text": self.text} if self.text or not (self.hangup or self.action) else {}
+        line: dict[str, Any] = (
+            {"text": self.text} if self.text or not (self.hangup or self.action) else {})
         if self.hangup:
             line["hangup"] = True
         if self.action:
@@ -107,13 +113,13 @@ class Agent:
     #: Spoken in turn, one each time a voice turn stays silent for ``filler_after`` seconds.
     fillers = ("Still with you, just a moment.", "Thanks for waiting, I'm still on it.")
     #: Seconds of silence before a filler line; None: the VOICE_FILLER_AFTER setting; 0: never.
-    filler_after = None
+    filler_after: float | None = None
 
-    def acknowledge(self, turn):
+    def acknowledge(self, turn: Turn) -> str:
         """The interim line spoken while the agent works. Must return at once (no I/O)."""
         return self.acknowledgement
 
-    def filler(self, turn, count):
+    def filler(self, turn: Turn, count: int) -> str | None:
         """The interim line spoken when the turn has said nothing for ``filler_after`` seconds.
 
         ``count`` is 1 for the turn's first filler, then 2, 3, ...; None says nothing this
@@ -121,11 +127,14 @@ class Agent:
         """
         return self.fillers[(count - 1) % len(self.fillers)] if self.fillers else None
 
-    def respond(self, turn):
-        """Yield ``str`` chunks to speak now, then one ``Reply`` that ends the turn."""
+    def respond(self, turn: Turn) -> Iterator[str | Reply]:
+        """Yield ``str`` chunks to speak now, then one ``Reply`` that ends the turn.
+
+        Subclasses must implement it; the base raises NotImplementedError.
+        """
         raise NotImplementedError
 
-    def observe_tools(self, callback):
+    def observe_tools(self, callback: Callable[..., Any]) -> None:
         """Report every tool call this agent makes to ``callback(name, arguments, value,
         error, seconds)``: how the metrics, scenario runs and the ``phone`` test fixture
         see tool calls.
@@ -141,7 +150,7 @@ class Agent:
         if isinstance(box, Toolbox):
             box.tools = {name: observed(t, callback) for name, t in box.tools.items()}
 
-    def on_call_ended(self, record):
+    def on_call_ended(self, record: "CallRecord") -> None:
         """A call ended (``agent.call_ended``); runs in a background job.
 
         The default stores the ``CallRecord`` once per call id (``agentphone calls --local``
@@ -152,7 +161,7 @@ class Agent:
         new = record.save()
         log.info("call %s: record %s", record.call_id, "stored" if new else "already stored")
 
-    def on_reaction(self, reaction):
+    def on_reaction(self, reaction: "Reaction") -> None:
         """Someone reacted to a message (``agent.reaction``); runs in a background job.
 
         The default stores the ``Reaction`` once per delivery; nothing is sent back. Raise to
@@ -180,7 +189,7 @@ class CallRecord:
     ended_at: str | None = None
     duration_seconds: float | None = None
     disconnection_reason: str | None = None
-    transcript: list = field(default_factory=list)
+    transcript: list[dict[str, Any]] = field(default_factory=list)
     summary: str | None = None
     sentiment: str | None = None
     successful: bool | None = None
@@ -189,8 +198,12 @@ class CallRecord:
     store: object = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_event(cls, event, delivery_id=None, store=None):
-        """The record of a parsed ``agent.call_ended`` delivery that has a ``callId``."""
+    def from_event(cls, event: "Event", delivery_id: str | None = None,
+                   store: Any = None) -> Self:
+        """The record of a parsed ``agent.call_ended`` delivery that has a ``callId``.
+
+        :raises KeyError: the event's data has no ``callId``.
+        """
         data = event.data
         transcript = data.get("transcript")
         duration = data.get("durationSeconds")
@@ -217,7 +230,7 @@ class CallRecord:
             store=store,
         )
 
-    def save(self):
+    def save(self) -> bool:
         """Store the record unless this call's is stored already; True if it was new."""
         return self.store.save_call_record(_fields(self), delivery_id=self.delivery_id)
 
@@ -243,7 +256,7 @@ class Reaction:
     store: object = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_event(cls, event, delivery_id, store=None):
+    def from_event(cls, event: "Event", delivery_id: str, store: Any = None) -> Self:
         """The reaction of a parsed ``agent.reaction`` delivery."""
         data = event.data
         return cls(
@@ -260,21 +273,21 @@ class Reaction:
             store=store,
         )
 
-    def save(self):
+    def save(self) -> bool:
         """Store the reaction unless this delivery's is stored already; True if it was new."""
         return self.store.save_reaction(self.delivery_id, _fields(self))
 
 
-def _fields(record):
+def _fields(record: "CallRecord | Reaction") -> dict[str, Any]:
     return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)
             if f.name != "store"}
 
 
-def _str(value):
+def _str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _media_urls(urls, url):
+def _media_urls(urls: object, url: object) -> tuple[str, ...]:
     """Every attachment URL once, in order: ``mediaUrls``, else the single ``mediaUrl``."""
     found = [u for u in urls if isinstance(u, str) and u] if isinstance(urls, list) else []
     if isinstance(url, str) and url and url not in found:
