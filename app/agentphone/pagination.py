@@ -7,7 +7,7 @@ timestamp cursors `{data, hasMore}`, and the delivery log `{items, total, offset
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -29,13 +29,6 @@ class Page(Generic[T]):
     offset: int = 0
     limit: int | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
-
-
-class CursorFetch(Protocol):
-    """Fetches one page of a cursor list: ``fetch(limit, before=...)`` or ``after=...``."""
-
-    def __call__(self, limit: int | None, /, **cursor: str) -> Any:
-        """The decoded body of the page of at most `limit` items at the given cursor."""
 
 
 def page_items(body: Any) -> list[Any]:
@@ -134,7 +127,7 @@ def next_cursor(items: list[dict[str, Any]], direction: Literal["older", "newer"
     return ("after", format_timestamp(max(times)))
 
 
-def walk_cursor(fetch: CursorFetch, direction: Literal["older", "newer"] = "older",
+def walk_cursor(fetch: Callable[..., Any], direction: Literal["older", "newer"] = "older",
                 limit: int | None = None, start: object = None, max_items: int | None = None
                 ) -> Iterator[dict[str, Any]]:
     """Yield messages page by page; `fetch(limit, before=..., after=...)` returns a raw body.
