@@ -7,7 +7,8 @@ try:
     from gevent.monkey import get_original
 
     # The unpatched calls: they are made from gevent's hub, where the patched ones may not run.
-    _select, _poll = get_original("select", ["select", "poll"])
+    # gevent also takes a list of names; its stubs know only one name.
+    _select, _poll = get_original("select", ["select", "poll"])  # type: ignore[arg-type]
 except ImportError:
     _select, _poll = select.select, getattr(select, "poll", None)
 
