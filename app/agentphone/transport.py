@@ -133,6 +133,7 @@ class AgentPhoneRetry(Retry):
     """
 
     def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        """Whether a response with `status_code` to `method` is retried (the module's policy)."""
         if not self.total:
             return False
         method = method.upper()
@@ -141,11 +142,13 @@ class AgentPhoneRetry(Retry):
         return method == "POST" and status_code in POST_RETRY_STATUSES
 
     def get_backoff_time(self) -> float:
+        """Seconds to wait before the next retry when the server named no time."""
         # Stock urllib3 waits 0 s before the first retry; a 503 deserves a pause.
         return backoff_delay(len(self.history), self.backoff_factor, self.backoff_max,
                              self.backoff_jitter)
 
     def get_retry_after(self, response: BaseHTTPResponse) -> float | None:
+        """The response's Retry-After in seconds, capped at `backoff_max`; None without one."""
         # Capped like every other wait: a server asking for an hour should not hang a job.
         seconds = parse_retry_after(response.headers.get("Retry-After"))
         return None if seconds is None else min(seconds, self.backoff_max)
@@ -159,6 +162,11 @@ class AgentPhoneRetry(Retry):
                   response: BaseHTTPResponse | None = None, error: Exception | None = None,
                   _pool: ConnectionPool | None = None,
                   _stacktrace: TracebackType | None = None) -> Self:
+        """The Retry for the next attempt, counted in the metrics.
+
+        :raises MaxRetryError: the retries are used up, or the wait before the next attempt
+            would end past the call's deadline.
+        """
         new = super().increment(method, url, response, error, _pool, _stacktrace)
         deadline, _ = _deadline.get()
         wait = new.planned_wait(response)
