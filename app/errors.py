@@ -51,6 +51,13 @@ class ServiceUnavailable(APIError):
     message = "Temporarily unavailable, retry later"
 
 
+class StoreDown(ServiceUnavailable):
+    """The answer to ``app.store.StoreUnavailable``: the platform retries the delivery."""
+
+    code = "STORE_UNAVAILABLE"
+    message = "Event store unavailable, retry later"
+
+
 def field_error(field, message):
     return {"field": field, "message": message}
 
@@ -75,6 +82,11 @@ def _http_exception(exc):
     return response
 
 
+def _store_unavailable(exc):
+    # The body names no internals: str(exc) is the driver's own words.
+    return render(StoreDown())
+
+
 def _unexpected(exc):
     # A registered handler for Exception stops Flask from logging it, so log here.
     current_app.logger.exception("unhandled error: %s", exc)
@@ -82,6 +94,9 @@ def _unexpected(exc):
 
 
 def init_app(app):
+    from app.store.base import StoreUnavailable  # the store's module imports this one
+
     app.register_error_handler(APIError, render)
+    app.register_error_handler(StoreUnavailable, _store_unavailable)
     app.register_error_handler(HTTPException, _http_exception)
     app.register_error_handler(Exception, _unexpected)

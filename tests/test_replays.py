@@ -17,8 +17,6 @@ from app.webhook.signing import REPLAY_MARGIN, TOLERANCE, signed_digest
 from tests.conftest import NOW, SECRET
 from tests.servers import post_stream
 
-pytest_plugins = ["tests.postgres"]  # pg_server, pg_url
-
 REACTION = {"event": "agent.reaction", "channel": "imessage", "agentId": "agt_1",
             "data": {"conversationId": "conv_1", "messageId": "msg_1", "reactionType": "love",
                      "fromNumber": "+15551234567", "direction": "inbound"}}
@@ -107,60 +105,24 @@ def test_voice_replays_across_workers_run_the_agent_once(gunicorn, effects_agent
     assert server.log().count(f"replay of delivery {headers['X-Webhook-ID']}, ignored") == 12
 
 
-# -- the store's part, on every backend ----------------------------------------------------
+# -- how long the store remembers signed bytes ----------------------------------------------
+# (the store's part of replays runs against every backend in tests/test_store.py)
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request, tmp_path):
-    url = ("sqlite:///" + str(tmp_path / "s.db") if request.param == "sqlite"
-           else request.getfixturevalue("pg_url"))
-    store = open_store(url)
+
+def test_signed_bytes_are_pruned_once_too_old_to_verify(tmp_path):
+    store = open_store("sqlite:///" + str(tmp_path / "s.db"))
     now = [float(NOW)]
     store.clock = lambda: now[0]
-    store.now = now
     store.migrate()
-    yield store
-    store.close()
-
-
-def signed(body=b"{}", timestamp=NOW):
-    return SignedBytes(*signed_digest(str(timestamp), body))
-
-
-def test_claim_refuses_the_same_signed_bytes_under_another_id(store):
-    assert store.claim_voice("whd_1", "agent.message", "owner", signed()) is True
-    with pytest.raises(Replayed) as caught:
-        store.claim_with_job("whd_2", "agent.reaction", "reaction", "{}", signed())
-    assert caught.value.first_delivery_id == "whd_1"
-    assert store.jobs() == []
-    # The refused id was not claimed: nothing of the replay was kept.
-    assert store.claim_voice("whd_2", "agent.message", "owner") is True
-
-
-def test_claim_of_the_same_id_and_bytes_is_a_plain_duplicate(store):
-    assert store.claim_voice("whd_1", "agent.message", "owner", signed()) is True
-    assert store.claim_voice("whd_1", "agent.message", "owner", signed()) is False
-
-
-def test_concurrent_replays_let_exactly_one_through(store):
-    def claim(i):
-        try:
-            return store.claim_with_job(f"whd_{i}", "agent.reaction", "reaction", "{}",
-                                        signed())
-        except Replayed:
-            return "replay"
-
-    with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(claim, range(16)))
-    assert results.count(True) == 1 and results.count("replay") == 15
-    assert len(store.jobs()) == 1
-
-
-def test_signed_bytes_are_pruned_once_too_old_to_verify(store):
-    store.claim_voice("whd_1", "agent.message", "owner", signed())
-    store.now[0] = NOW + TOLERANCE + REPLAY_MARGIN - 1
-    store.prune()
-    with pytest.raises(Replayed):
-        store.claim_voice("whd_2", "agent.message", "owner", signed())
-    store.now[0] = NOW + TOLERANCE + REPLAY_MARGIN + 1
-    assert store.prune() >= 1
-    assert store.claim_voice("whd_3", "agent.message", "owner", signed()) is True
+    signed = SignedBytes(*signed_digest(str(NOW), b"{}"))
+    try:
+        store.claim_voice("whd_1", "agent.message", "owner", signed)
+        now[0] = NOW + TOLERANCE + REPLAY_MARGIN - 1
+        store.prune()
+        with pytest.raises(Replayed):
+            store.claim_voice("whd_2", "agent.message", "owner", signed)
+        now[0] = NOW + TOLERANCE + REPLAY_MARGIN + 1
+        assert store.prune() >= 1
+        assert store.claim_voice("whd_3", "agent.message", "owner", signed) is True
+    finally:
+        store.close()

@@ -1,18 +1,30 @@
-"""The event store: chosen by DATABASE_URL, created and migrated when the app starts."""
+"""The event store: chosen by DATABASE_URL, created and migrated when the app starts.
+
+Its interfaces (``EventStore`` and the repositories) are declared in ``app.store.base``.
+"""
 
 import logging
 
-from flask import current_app
+from flask import Flask, current_app
 
-from app.store.base import JOB_STATES, Job, Replayed, Retention, SignedBytes, StoreUnavailable
+from app.store.base import (
+    JOB_STATES,
+    EventStore,
+    Job,
+    Replayed,
+    Retention,
+    SignedBytes,
+    Store,
+    StoreUnavailable,
+)
 
-__all__ = ["JOB_STATES", "Job", "Replayed", "Retention", "SignedBytes", "StoreUnavailable",
-           "get_store", "init_app", "open_store"]
+__all__ = ["JOB_STATES", "EventStore", "Job", "Replayed", "Retention", "SignedBytes", "Store",
+           "StoreUnavailable", "get_store", "init_app", "open_store"]
 
 log = logging.getLogger(__name__)
 
 
-def open_store(url, pool_max=10):
+def open_store(url: str, pool_max: int = 10) -> Store:
     """A store for ``url``: ``sqlite:///...`` or ``postgres(ql)://...`` (with at most
     ``pool_max`` connections per process)."""
     if url.startswith("sqlite:///"):
@@ -29,11 +41,14 @@ def open_store(url, pool_max=10):
     )
 
 
-def get_store():
+def get_store() -> Store:
+    """The current app's store."""
     return current_app.extensions["store"]
 
 
-def init_app(app):
+def init_app(app: Flask) -> None:
+    """Open the store of ``app.config["DATABASE_URL"]`` and migrate it (or defer that while the
+    database is down)."""
     store = open_store(app.config["DATABASE_URL"], app.config.get("DATABASE_POOL_MAX", 10))
     if "CLOCK" in app.config:
         store.clock = app.config["CLOCK"]

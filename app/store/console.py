@@ -1,10 +1,15 @@
-"""Store operations for the operator console: the delivery log and the figures of its pages.
+"""The SQL delivery log of the operator console and the figures of its pages (protocol
+``DeliveryLog`` of ``app.store.base``).
 
 Mixed into SQLStore. Every query is bounded (a time window, a LIMIT, an index), so that pages
 stay fast with hundreds of thousands of rows.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+from app.store.records import SQLRepository
 
 LOG_COLUMNS = ("id", "delivery_id", "event", "channel", "agent_id", "call_id",
                "conversation_id", "outcome", "status", "said", "answered", "received_at",
@@ -14,8 +19,10 @@ IN_FLIGHT = "in-flight"
 FAILED = "(status >= 400 OR outcome IN ('deadline', 'agent_error'))"
 
 
-class ConsoleMixin:
-    def write_delivery_log(self, rows: list[dict]) -> None:
+class DeliveryLogSQL(SQLRepository):
+    """The console's log of recent deliveries (``DeliveryLog``)."""
+
+    def write_delivery_log(self, rows: list[dict[str, Any]]) -> None:
         """Insert or update log rows (a voice turn is written when it starts and again when it
         ends), in one transaction."""
         if not rows:
@@ -34,7 +41,7 @@ class ConsoleMixin:
 
     def delivery_log(self, limit: int = 100, channel: str | None = None,
                      voice: bool | None = None, call_id: str | None = None,
-                     failures_first: bool = False) -> list[dict]:
+                     failures_first: bool = False) -> list[dict[str, Any]]:
         """Recent log rows, newest first (``voice`` True/False: only voice turns / texts)."""
         where, params = [], []
         if call_id is not None:
@@ -56,14 +63,15 @@ class ConsoleMixin:
         seen = {row["id"] for row in failures}
         return (failures + [row for row in rows if row["id"] not in seen])[:limit]
 
-    def in_flight_turns(self, since: float) -> list[dict]:
+    def in_flight_turns(self, since: float) -> list[dict[str, Any]]:
         """Voice turns started after ``since`` and not finished (as far as the log knows);
         only voice turns are ever in flight."""
         # The literal matches the partial index delivery_log_in_flight (a parameter would not).
         return self.rows(LOG_COLUMNS, f"FROM delivery_log WHERE outcome = '{IN_FLIGHT}' AND "
                           "received_at > ? ORDER BY received_at", (since,))
 
-    def recent_voice_latencies(self, since: float, limit: int = 5000) -> list[tuple]:
+    def recent_voice_latencies(self, since: float,
+                               limit: int = 5000) -> list[tuple[float, float]]:
         """``(received_at, first_line_ms)`` of finished voice turns since ``since``, newest
         first, at most ``limit`` (a sample large enough for a p99)."""
         return self.run(lambda cur: _all(
@@ -77,15 +85,6 @@ class ConsoleMixin:
             cur, "SELECT outcome, COUNT(*) FROM delivery_log WHERE received_at > ? "
             "GROUP BY outcome", (since,)), transaction=False)
         return dict(rows)
-
-    def outbox_for(self, delivery_ids: list[str]) -> dict[str, dict]:
-        """Reply outbox rows of these deliveries, by delivery id."""
-        if not delivery_ids:
-            return {}
-        marks = ", ".join("?" for _ in delivery_ids)
-        rows = self.rows(("delivery_id", "status", "body", "error", "updated_at"),
-                         f"FROM outbox WHERE delivery_id IN ({marks})", tuple(delivery_ids))
-        return {row["delivery_id"]: row for row in rows}
 
 
 def _all(cur, sql, params):

@@ -167,6 +167,8 @@ class _Cursor:
 
 
 class PostgresStore(SQLStore):
+    """The store protocols over a PostgreSQL database (``SQLStore``'s SQL)."""
+
     backend = "postgresql"
     types = {"real": "DOUBLE PRECISION", "serial": "BIGSERIAL PRIMARY KEY"}
     lock_clause = " FOR UPDATE SKIP LOCKED"
@@ -252,6 +254,7 @@ class PostgresStore(SQLStore):
 
     @property
     def lock_wait(self):
+        """A wait for a pooled connection, then for a lock (``EventStore.lock_wait``)."""
         return self.timeout + LOCK_TIMEOUT_SECONDS
 
     def _lock_migrations(self, cur):
@@ -261,6 +264,7 @@ class PostgresStore(SQLStore):
         cur.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK_ID,))
 
     def close(self):
+        """Close this process's pool; the store must not be used afterwards."""
         self.closed = True
         with self._lock:
             pool, self._pool = self._pool, None

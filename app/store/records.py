@@ -1,22 +1,53 @@
-"""Store operations for the agent: per-call context, the reply outbox, call records and
-reactions.
+"""The SQL repositories of the agent's records: per-call context, the reply outbox, call
+records and reactions (protocols ``AgentSessions``, ``ReplyOutbox``, ``CallRecords`` and
+``Reactions`` of ``app.store.base``).
 
 Mixed into SQLStore; every method is one statement or one short transaction with no other
 I/O inside (under gevent a SQLite call never yields).
 """
 
+from __future__ import annotations
+
 import json
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+T = TypeVar("T")
 
 
-class RecordsMixin:
-    # -- per-call context -------------------------------------------------------------------
+class SQLRepository:
+    """Base of the repositories SQLStore is made of: their SQL runs through its plumbing."""
 
-    def session_state(self, session_id):
+    if TYPE_CHECKING:  # provided by SQLStore
+        clock: Callable[[], float]
+
+        def run(self, fn: Callable[[Any], T], transaction: bool = True) -> T: ...
+
+        def _one(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
+
+        def _exec(self, sql: str, params: Sequence[Any] = ()) -> int: ...
+
+    def row(self, columns: Sequence[str], rest: str,
+            params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        """The first row of ``SELECT columns rest`` as a dict (None when there is none)."""
+        return self.run(lambda cur: select_one(cur, columns, rest, params), transaction=False)
+
+    def rows(self, columns: Sequence[str], rest: str,
+             params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Every row of ``SELECT columns rest`` as dicts keyed by column name."""
+        return self.run(lambda cur: select(cur, columns, rest, params), transaction=False)
+
+
+class SessionsSQL(SQLRepository):
+    """The agent's saved context per call or conversation (``AgentSessions``)."""
+
+    def session_state(self, session_id: str) -> dict[str, Any]:
         """The agent's saved context for a call or conversation ({} when none)."""
         row = self._one("SELECT state FROM agent_sessions WHERE session_id = ?", (session_id,))
         return json.loads(row[0]) if row else {}
 
-    def save_session_state(self, session_id, state):
+    def save_session_state(self, session_id: str, state: dict[str, Any]) -> None:
+        """Replace the saved context of ``session_id`` (values JSON cannot hold as str)."""
         self._exec(
             "INSERT INTO agent_sessions (session_id, state, updated_at) VALUES (?, ?, ?) "
             "ON CONFLICT (session_id) DO UPDATE SET state = excluded.state, "
@@ -24,9 +55,13 @@ class RecordsMixin:
             (session_id, json.dumps(state, default=str), self.clock()),
         )
 
-    # -- outbox: replies sent through the API, at most once per delivery --------------------
 
-    def outbox_begin(self, delivery_id, to_number, body, job_id=None):
+class OutboxSQL(SQLRepository):
+    """Replies sent through the API, at most once per delivery (``ReplyOutbox``; its
+    ``resend_reply`` queues a job, so SQLStore has it with the jobs)."""
+
+    def outbox_begin(self, delivery_id: str, to_number: str | None, body: str,
+                     job_id: int | None = None) -> tuple[str, bool]:
         """Reserve the send for ``delivery_id`` (by job ``job_id``). Returns (status, go):
         ``go`` is True when the caller must send now; otherwise ``status`` says why not (sent,
         sending, unknown)."""
@@ -54,7 +89,8 @@ class RecordsMixin:
 
         return self.run(begin)
 
-    def outbox_finish(self, delivery_id, status, message_id=None, error=None):
+    def outbox_finish(self, delivery_id: str, status: str, message_id: str | None = None,
+                      error: str | None = None) -> None:
         """Record the outcome: ``sent``, ``failed`` (safe to retry) or ``unknown``."""
         self._exec(
             "UPDATE outbox SET status = ?, message_id = COALESCE(?, message_id), error = ?, "
@@ -62,22 +98,34 @@ class RecordsMixin:
             (status, message_id, error, self.clock(), delivery_id),
         )
 
-    def outbox_entry(self, delivery_id):
+    def outbox_entry(self, delivery_id: str) -> dict[str, Any] | None:
+        """The outbox row of ``delivery_id`` (None when nothing was reserved for it)."""
         return self.row(OUTBOX, "FROM outbox WHERE delivery_id = ?", (delivery_id,))
 
-    def unsure_replies(self, limit=50):
+    def outbox_for(self, delivery_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Reply outbox rows of these deliveries, by delivery id."""
+        if not delivery_ids:
+            return {}
+        marks = ", ".join("?" for _ in delivery_ids)
+        rows = self.rows(("delivery_id", "status", "body", "error", "updated_at"),
+                         f"FROM outbox WHERE delivery_id IN ({marks})", tuple(delivery_ids))
+        return {row["delivery_id"]: row for row in rows}
+
+    def unsure_replies(self, limit: int = 50) -> list[dict[str, Any]]:
         """Outbox rows whose text may or may not have gone out (``sending`` left by a process
         that died, ``unknown`` after a failure mid-request), newest first."""
         return self.rows(OUTBOX, "FROM outbox WHERE status IN ('sending', 'unknown') "
                                   "ORDER BY updated_at DESC LIMIT ?", (limit,))
 
-    def unsure_reply_count(self):
+    def unsure_reply_count(self) -> int:
         """How many replies are in doubt (for metrics and the `jobs` totals)."""
         return self._one("SELECT COUNT(*) FROM outbox WHERE status IN ('sending', 'unknown')")[0]
 
-    # -- call records and reactions ---------------------------------------------------------
 
-    def save_call_record(self, record, delivery_id=None):
+class CallRecordsSQL(SQLRepository):
+    """Finished calls, stored once each (``CallRecords``)."""
+
+    def save_call_record(self, record: dict[str, Any], delivery_id: str | None = None) -> bool:
         """Store a finished call once (keyed by call id); True if it was new."""
         successful = record.get("successful")
         changed = self._exec(
@@ -98,18 +146,23 @@ class RecordsMixin:
         )
         return changed == 1
 
-    def call_records(self, limit=20, status=None):
+    def call_records(self, limit: int = 20, status: str | None = None) -> list[dict[str, Any]]:
         """Stored call records, newest first (only those with ``status`` if given)."""
         where, params = ("WHERE status = ? ", (status,)) if status else ("", ())
         rows = self.rows(CALL, f"FROM call_records {where}ORDER BY created_at DESC, call_id "
                          "LIMIT ?", (*params, limit))
         return [_call(r) for r in rows]
 
-    def call_record(self, call_id):
+    def call_record(self, call_id: str) -> dict[str, Any] | None:
+        """The stored record of call ``call_id`` (None when there is none)."""
         row = self.row(CALL, "FROM call_records WHERE call_id = ?", (call_id,))
         return _call(row) if row else None
 
-    def save_reaction(self, delivery_id, data):
+
+class ReactionsSQL(SQLRepository):
+    """Reactions to messages, stored once per delivery (``Reactions``)."""
+
+    def save_reaction(self, delivery_id: str, data: dict[str, Any]) -> bool:
         """Store one reaction event once; True if it was new."""
         changed = self._exec(
             "INSERT INTO reactions (delivery_id, conversation_id, message_id, reaction_type, "
@@ -123,19 +176,10 @@ class RecordsMixin:
         )
         return changed == 1
 
-    def reactions(self, limit=50):
+    def reactions(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Stored reactions, newest first."""
         return self.rows(REACTION, "FROM reactions ORDER BY created_at DESC LIMIT ?",
                          (limit,))
-
-    # -- helpers ----------------------------------------------------------------------------
-
-    def row(self, columns, rest, params=()):
-        """The first row of ``SELECT columns rest`` as a dict (None when there is none)."""
-        return self.run(lambda cur: select_one(cur, columns, rest, params), transaction=False)
-
-    def rows(self, columns, rest, params=()):
-        """Every row of ``SELECT columns rest`` as dicts keyed by column name."""
-        return self.run(lambda cur: select(cur, columns, rest, params), transaction=False)
 
 
 OUTBOX = ("delivery_id", "status", "to_number", "body", "message_id", "error", "job_id",

@@ -6,6 +6,8 @@ Mixed into SQLStore. A scope is ``account`` for the account webhook, else the ag
 
 from dataclasses import dataclass
 
+from app.store.records import SQLRepository
+
 ACCOUNT = "account"
 
 
@@ -24,7 +26,7 @@ class StoredSecret:
         return self.expires_at is None or self.expires_at > now
 
 
-class SecretsMixin:
+class SecretsMixin(SQLRepository):
     def add_webhook_secret(self, scope: str, secret: str, grace: float,
                            webhook_id: str | None = None, url: str | None = None) -> None:
         """Store the new ``secret`` of ``scope``; the scope's other live secrets stay valid

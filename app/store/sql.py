@@ -1,24 +1,45 @@
 """Store operations written once in portable SQL; backends supply connections and dialect.
 
-Each operation is one autocommit statement or one short transaction with no other I/O
+``SQLStore`` implements every protocol of ``app.store.base`` (``Store``): the core
+``EventStore`` here, the repositories in ``records``, ``console`` and ``secrets``. Each
+operation is one autocommit statement or one short transaction with no other I/O
 inside, because under gevent a SQLite call never yields to other greenlets.
 """
+
+from __future__ import annotations
 
 import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from app.metrics import STORE_SECONDS
-from app.store.base import Job, Replayed, Retention, StoreUnavailable, UnstorableValue
-from app.store.console import ConsoleMixin
-from app.store.records import OUTBOX, RecordsMixin, select_one
+from app.store.base import (
+    DEFAULT_RETENTION,
+    Job,
+    Replayed,
+    Retention,
+    SignedBytes,
+    StoreUnavailable,
+    UnstorableValue,
+)
+from app.store.console import DeliveryLogSQL
+from app.store.records import (
+    OUTBOX,
+    CallRecordsSQL,
+    OutboxSQL,
+    ReactionsSQL,
+    SessionsSQL,
+    select_one,
+)
 from app.store.schema import MIGRATIONS, statements
 from app.store.secrets import SecretsMixin
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-DEFAULT_RETENTION = Retention()
 CORE_SCHEMA = "schema_version"  # the core's version table
 MIGRATE_WAIT_SECONDS = 5.0  # longest wait for another caller's deferred migration
 RENEW_BATCH = 500  # delivery ids per heartbeat statement (SQLite's variable limit is 999+)
@@ -28,30 +49,35 @@ JOB_COLUMNS = (
 )
 
 
-class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
-    """Shared implementation; subclasses define `backend`, `types`, `lock_clause`, `_connection`,
-    `_cursor(transaction)`, `errors` (the driver's base exception classes), `value_errors`
-    (raised for a value the database can never take) and `lock_wait` (seconds an operation may
-    wait on a lock held elsewhere before StoreUnavailable)."""
+class SQLStore(SessionsSQL, OutboxSQL, CallRecordsSQL, ReactionsSQL, DeliveryLogSQL,
+               SecretsMixin):
+    """Every store protocol over portable SQL (``app.store.base.Store``).
+
+    Subclasses define `backend`, `types`, `lock_clause`, `_connection`, `_cursor(transaction)`,
+    `errors` (the driver's base exception classes), `value_errors` (raised for a value the
+    database can never take), `lock_wait` (seconds an operation may wait on a lock held
+    elsewhere before StoreUnavailable) and `close`.
+    """
 
     backend = "sql"
-    types = {}
+    types: dict[str, str] = {}
     lock_clause = ""
-    errors = ()
+    errors: tuple[type[Exception], ...] = ()
     lock_wait = 0.0
     closed = False  # set by close(): background tasks still holding the store stop using it
-    value_errors = (OverflowError, UnicodeEncodeError)
+    value_errors: tuple[type[Exception], ...] = (OverflowError, UnicodeEncodeError)
 
-    def __init__(self, clock=time.time):
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        self._schemas = {CORE_SCHEMA: MIGRATIONS}  # version table -> its migrations, in order
+        # version table -> its migrations, in order
+        self._schemas: dict[str, Sequence[str]] = {CORE_SCHEMA: MIGRATIONS}
         self._migrate_pending = False
         self._migrate_lock = threading.Lock()
         self._migrate_attempt = threading.Event()
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def run(self, fn, transaction=True):
+    def run(self, fn: Callable[[Any], T], transaction: bool = True) -> T:
         """Run ``fn(cursor)``, in one transaction unless told otherwise; driver errors become
         StoreUnavailable (503) so that the platform retries instead of losing the event.
 
@@ -80,15 +106,15 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
         except self.errors as exc:
             raise StoreUnavailable(f"{self.backend} store error: {exc}") from exc
 
-    def _one(self, sql, params=()):
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """One autocommit statement; its first row (the statement must return rows)."""
         return self.run(lambda cur: _fetchone(cur, sql, params), transaction=False)
 
-    def _exec(self, sql, params=()):
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> int:
         """One autocommit statement; the number of rows it changed."""
         return self.run(lambda cur: _rowcount(cur, sql, params), transaction=False)
 
-    def migrate(self):
+    def migrate(self) -> int:
         """Create or upgrade the schema (the core's and every added one); safe to run from
         many processes at once. Returns the core schema's version."""
 
@@ -117,7 +143,7 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
             cur.execute(f"INSERT INTO {table} (version, applied_at) VALUES (?, ?)",
                         (version, self.clock()))
 
-    def add_schema(self, version_table, migrations):
+    def add_schema(self, version_table: str, migrations: Sequence[str]) -> None:
         """Keep a package's own tables in this database: its ``migrations`` (each a string of
         statements, as in ``app.store.schema``), tracked in ``version_table``, are applied now
         and by every later ``migrate``. A database that is down defers them to first use."""
@@ -131,7 +157,7 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
                       version_table, exc)
             self.migrate_on_first_use()
 
-    def migrate_on_first_use(self):
+    def migrate_on_first_use(self) -> None:
         """The database could not be migrated at start-up (e.g. it is restarting): every
         operation tries again first and fails with StoreUnavailable until it succeeds."""
         self._migrate_pending = True
@@ -158,15 +184,16 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
     def _lock_migrations(self, cur):
         """Serialize concurrent migrations; the backend's transaction may already do it."""
 
-    def ping(self):
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers a query."""
         self._one("SELECT 1")
 
-    def schema_version(self, version_table=None):
+    def schema_version(self, version_table: str | None = None) -> int | None:
         """The applied version of the core schema, or of the one tracked in ``version_table``."""
         table = version_table or CORE_SCHEMA
         return self._one(f"SELECT MAX(version) FROM {table}")[0]
 
-    def check_writable(self):
+    def check_writable(self) -> None:
         """Raise StoreUnavailable unless the store takes a write: a transaction that takes the
         write lock and changes nothing (a read-only file or standby fails it)."""
         self.run(lambda cur: cur.execute(
@@ -202,7 +229,8 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
         if row is not None and row[0] != delivery_id:
             raise Replayed(row[0])
 
-    def claim_with_job(self, delivery_id, event, kind, payload, signed=None):
+    def claim_with_job(self, delivery_id: str, event: str, kind: str, payload: str,
+                       signed: SignedBytes | None = None) -> bool:
         """Claim a delivery and enqueue its job atomically; True if it was new. ``signed`` as
         for ``_claim``."""
 
@@ -221,7 +249,8 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
 
     # -- voice claims and replies -----------------------------------------------------------
 
-    def claim_voice(self, delivery_id, event, owner, signed=None):
+    def claim_voice(self, delivery_id: str, event: str, owner: str,
+                    signed: SignedBytes | None = None) -> bool:
         """Claim a voice delivery for ``owner`` (attempt 0, heartbeat now); True if it was new.
         ``signed`` as for ``_claim``."""
 
@@ -239,7 +268,7 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
         # One statement needs no transaction; with the replay check it is two.
         return self.run(claim, transaction=signed is not None)
 
-    def voice_claim(self, delivery_id):
+    def voice_claim(self, delivery_id: str) -> tuple[dict[str, Any] | None, float] | None:
         """(stored final line or None, time of the holder's last heartbeat) of a voice
         delivery; None when it was never claimed."""
         row = self._one(
@@ -251,7 +280,7 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
             return None
         return (json.loads(row[0]) if row[0] is not None else None), row[1]
 
-    def take_over_voice(self, delivery_id, owner, stale):
+    def take_over_voice(self, delivery_id: str, owner: str, stale: float) -> int | None:
         """Compare-and-set: give ``owner`` a voice claim whose heartbeat is older than ``stale``
         seconds and that has no final line. The new attempt number, or None (the claim is
         live, answered, or another caller took it first)."""
@@ -265,7 +294,7 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
         )
         return row[0] if row else None
 
-    def renew_voice_claims(self, owner, delivery_ids):
+    def renew_voice_claims(self, owner: str, delivery_ids: Iterable[str]) -> None:
         """Heartbeat: mark the claims ``owner`` still holds among ``delivery_ids`` alive now."""
         now = self.clock()
         ids = list(delivery_ids)
@@ -281,7 +310,8 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
 
         self.run(renew)
 
-    def save_voice_reply(self, delivery_id, reply, owner, attempt):
+    def save_voice_reply(self, delivery_id: str, reply: dict[str, Any], owner: str,
+                         attempt: int) -> bool:
         """Store the final line of attempt ``attempt`` by ``owner``, unless the claim has
         been taken over since (or a line is stored already); True if it was stored."""
         return self._exec(
@@ -291,13 +321,15 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
             (delivery_id, json.dumps(reply), self.clock(), delivery_id, owner, attempt),
         ) == 1
 
-    def voice_reply(self, delivery_id):
+    def voice_reply(self, delivery_id: str) -> dict[str, Any] | None:
+        """The stored final line of a voice delivery (None when there is none yet)."""
         row = self._one("SELECT reply FROM voice_replies WHERE delivery_id = ?", (delivery_id,))
         return json.loads(row[0]) if row else None
 
     # -- jobs -------------------------------------------------------------------------------
 
-    def enqueue(self, kind, payload, delivery_id=None):
+    def enqueue(self, kind: str, payload: str, delivery_id: str | None = None) -> int:
+        """Queue a job, due now; its id."""
         now = self.clock()
         row = self._one(
             "INSERT INTO jobs (delivery_id, kind, payload, run_at, created_at, updated_at) "
@@ -306,7 +338,7 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
         )
         return row[0]
 
-    def claim_job(self, worker, lease):
+    def claim_job(self, worker: str, lease: float) -> Job | None:
         """Take the next due job (or one whose lease ran out) and lease it to ``worker``."""
         now = self.clock()
         row = self._one(
@@ -319,7 +351,7 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
         )
         return Job(*row) if row else None
 
-    def extend_lease(self, job_id, worker, lease):
+    def extend_lease(self, job_id: int, worker: str, lease: float) -> bool:
         """Keep a running job leased to ``worker`` for ``lease`` more seconds; False when the
         worker no longer holds it (its lease ran out and another worker took the job)."""
         now = self.clock()
@@ -330,7 +362,7 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
         )
         return changed == 1
 
-    def release_job(self, job_id, worker):
+    def release_job(self, job_id: int, worker: str) -> bool:
         """Give a running job back to the queue without counting the interrupted attempt
         (a worker shutting down); False when ``worker`` no longer holds it."""
         now = self.clock()
@@ -342,10 +374,11 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
         )
         return changed == 1
 
-    def finish_job(self, job_id):
+    def finish_job(self, job_id: int) -> None:
+        """Mark a running job done (one handed back to the queue meanwhile stays queued)."""
         self._set_job(job_id, "done", None, None)
 
-    def fail_job(self, job_id, error, retry_at=None):
+    def fail_job(self, job_id: int, error: str, retry_at: float | None = None) -> None:
         """Schedule another attempt at ``retry_at``, or dead-letter the job when it is None."""
         status = "pending" if retry_at is not None else "dead"
         self._set_job(job_id, status, str(error)[:2000], retry_at)
@@ -361,11 +394,11 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
             (status, error, run_at, now, job_id),
         )
 
-    def retry_job(self, job_id):
+    def retry_job(self, job_id: int) -> bool:
         """Put a dead (or any) job back in the queue with a fresh set of attempts."""
         return self.run(lambda cur: _requeue(cur, job_id, self.clock()))
 
-    def resend_reply(self, job_id):
+    def resend_reply(self, job_id: int) -> dict[str, Any] | None:
         """An operator's decision to send an unsure reply again: mark the job's outbox row
         ``resend`` and queue the job. Returns the outbox row, or None when job ``job_id`` has no
         unsure reply or is running (its send may be in flight right now)."""
@@ -383,11 +416,13 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
 
         return self.run(resend)
 
-    def job(self, job_id):
+    def job(self, job_id: int) -> Job | None:
+        """Job ``job_id`` (None when there is none)."""
         row = self._one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         return Job(*row) if row else None
 
-    def jobs(self, status=None, limit=50):
+    def jobs(self, status: str | None = None, limit: int = 50) -> list[Job]:
+        """At most ``limit`` jobs, newest first (only those in ``status`` if given)."""
         where, params = ("WHERE status = ?", (status,)) if status else ("", ())
         return self.run(
             lambda cur: [
@@ -400,13 +435,14 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
             ]
         )
 
-    def open_job_counts(self):
+    def open_job_counts(self) -> list[tuple[str, str, int]]:
         """``(kind, status, count)`` of every job not yet done, for the metrics."""
         return self.run(lambda cur: _fetchall(
             cur, "SELECT kind, status, COUNT(*) FROM jobs WHERE status <> 'done' "
             "GROUP BY kind, status"), transaction=False)
 
-    def job_counts(self):
+    def job_counts(self) -> dict[str, int]:
+        """How many jobs are in each status."""
         rows = self.run(
             lambda cur: _fetchall(cur, "SELECT status, COUNT(*) FROM jobs GROUP BY status")
         )
@@ -414,7 +450,7 @@ class SQLStore(RecordsMixin, SecretsMixin, ConsoleMixin):
 
     # -- retention --------------------------------------------------------------------------
 
-    def prune(self, retention=DEFAULT_RETENTION):
+    def prune(self, retention: Retention = DEFAULT_RETENTION) -> int:
         """Delete what has outlived its use: delivery ids with their voice replies and reply
         outbox rows and log, finished jobs, idle agent sessions, expired webhook secrets
         and signed bytes too old to pass verification.
