@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
+    from app.store.base import CallRecords, Reactions
     from app.webhook.events import Event
 
 log = logging.getLogger(__name__)
@@ -195,11 +196,11 @@ class CallRecord:
     successful: bool | None = None
     delivery_id: str | None = None
     test: bool = False
-    store: object = field(default=None, repr=False, compare=False)
+    store: "CallRecords | None" = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_event(cls, event: "Event", delivery_id: str | None = None,
-                   store: Any = None) -> Self:
+                   store: "CallRecords | None" = None) -> Self:
         """The record of a parsed ``agent.call_ended`` delivery that has a ``callId``.
 
         :raises KeyError: the event's data has no ``callId``.
@@ -232,6 +233,7 @@ class CallRecord:
 
     def save(self) -> bool:
         """Store the record unless this call's is stored already; True if it was new."""
+        assert self.store is not None  # from_event is given the app's store
         return self.store.save_call_record(_fields(self), delivery_id=self.delivery_id)
 
 
@@ -253,10 +255,11 @@ class Reaction:
     agent_id: str | None = None
     channel: str | None = None
     test: bool = False
-    store: object = field(default=None, repr=False, compare=False)
+    store: "Reactions | None" = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_event(cls, event: "Event", delivery_id: str, store: Any = None) -> Self:
+    def from_event(cls, event: "Event", delivery_id: str,
+                   store: "Reactions | None" = None) -> Self:
         """The reaction of a parsed ``agent.reaction`` delivery."""
         data = event.data
         return cls(
@@ -275,6 +278,7 @@ class Reaction:
 
     def save(self) -> bool:
         """Store the reaction unless this delivery's is stored already; True if it was new."""
+        assert self.store is not None  # from_event is given the app's store
         return self.store.save_reaction(self.delivery_id, _fields(self))
 
 
