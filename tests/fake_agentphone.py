@@ -139,6 +139,17 @@ def dropped_sse(*parts):
     return reply
 
 
+def cut_short(responder):
+    """Answer like `responder`, announcing 1000 bytes more than it sends, then closing."""
+
+    def reply(request):
+        response = respond(responder, request)
+        response.headers["Content-Length"] = str(len(response.get_data()) + 1000)
+        return response
+
+    return reply
+
+
 def slow(seconds, responder):
     """Answer like `responder`, after `seconds`."""
 

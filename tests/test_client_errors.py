@@ -1,8 +1,13 @@
+import socket
+import time
+
 import pytest
 
 from app.agentphone import (
     AgentPhoneClient,
     AgentPhoneError,
+    APIConnectionError,
+    APITimeoutError,
     AuthenticationError,
     BadRequestError,
     MissingAPIKeyError,
@@ -11,7 +16,16 @@ from app.agentphone import (
     ServerError,
 )
 from app.agentphone.errors import ErrorInfo, parse_error_body, parse_retry_after
-from tests.fake_agentphone import fake_api_fixture, json_reply, make_api_fixture  # noqa: F401
+from tests.fake_agentphone import (  # noqa: F401
+    SENT,
+    cut_short,
+    fake_api_fixture,
+    json_reply,
+    make_api_fixture,
+    slow,
+    trickle,
+)
+from tests.servers import free_port
 
 ENVELOPE = (
     '{"error": {"message": "Validation error", "code": "VALIDATION_ERROR",'
@@ -118,3 +132,63 @@ def test_rate_limit_error_keeps_retry_after(fake_api, make_api):
         make_api(max_retries=0).send_message("agt_1", "+14155551234", "hi")
     assert info.value.retry_after == 7.0
     assert "retry after 7 s" in str(info.value)
+
+
+# -- whether a failed request may have reached the server ----------------------------------
+
+
+def test_a_refused_connection_was_not_sent(make_api):
+    client = make_api(max_retries=1)
+    client.base_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(APIConnectionError) as info:
+        client.send_message("agt_1", "+14155551234", "hi")
+    assert info.value.request_sent is False
+
+
+def test_a_connect_timeout_was_not_sent(make_api):
+    # A listener that never accepts, its one-place queue taken: the next SYN goes unanswered.
+    with socket.socket() as listener, socket.socket() as first:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        first.connect(listener.getsockname())
+        client = make_api(max_retries=0, timeout=(0.3, 5.0))
+        client.base_url = "http://{}:{}".format(*listener.getsockname())
+        started = time.monotonic()
+        with pytest.raises(APITimeoutError) as info:
+            client.send_message("agt_1", "+14155551234", "hi")
+    assert time.monotonic() - started < 3
+    assert info.value.request_sent is False
+
+
+def test_a_read_timeout_may_have_been_sent(fake_api, make_api):
+    fake_api.on("POST", "/v1/messages", slow(1.0, SENT))
+    with pytest.raises(APITimeoutError) as info:
+        make_api(timeout=(2.0, 0.3)).send_message("agt_1", "+14155551234", "hi")
+    assert info.value.request_sent is True
+    assert fake_api.count("POST", "/v1/messages") == 1
+
+
+def test_an_answer_cut_short_may_have_been_sent(fake_api, make_api):
+    fake_api.on("POST", "/v1/messages", cut_short(SENT))
+    with pytest.raises(APIConnectionError) as info:
+        make_api().send_message("agt_1", "+14155551234", "hi")
+    assert not isinstance(info.value, APITimeoutError)
+    assert info.value.request_sent is True
+    assert fake_api.count("POST", "/v1/messages") == 1
+
+
+def test_a_body_past_the_budget_may_have_been_sent(fake_api, make_api):
+    fake_api.on("POST", "/v1/messages", trickle(0.2, SENT))
+    with pytest.raises(APITimeoutError) as info:
+        make_api(budget=0.5).send_message("agt_1", "+14155551234", "hi")
+    assert info.value.request_sent is True
+
+
+def test_an_http_error_was_sent_and_no_key_was_not(fake_api, make_api):
+    fake_api.on("POST", "/v1/messages", json_reply({"detail": "boom"}, 500))
+    with pytest.raises(ServerError) as info:
+        make_api().send_message("agt_1", "+14155551234", "hi")
+    assert info.value.request_sent is True
+    with pytest.raises(MissingAPIKeyError) as info:
+        AgentPhoneClient("", base_url=fake_api.url)
+    assert info.value.request_sent is False

@@ -12,7 +12,12 @@ import requests
 from app.agent import Agent, CallRecord, Reaction, Reply
 from app.simulator import payload, signed_request
 from tests.conftest import NOW, SECRET
-from tests.fake_agentphone import API_KEY, fake_api_fixture, json_reply  # noqa: F401
+from tests.fake_agentphone import (  # noqa: F401
+    API_KEY,
+    cut_short,
+    fake_api_fixture,
+    json_reply,
+)
 from tests.fake_llm import fake_llm_fixture, no_finish, text  # noqa: F401
 from tests.servers import free_port
 
@@ -121,6 +126,21 @@ def test_a_rejected_or_unconnected_send_is_retried(api_app, fake_api):
     assert store.outbox_entry(delivery)["status"] == "sent"
     assert fake_api.last("POST", "/v1/messages").body["body"] == "Thanks for getting in touch. " \
                                                                  "Bye for now!"
+
+
+def test_a_send_whose_answer_was_cut_short_is_not_repeated(api_app, fake_api, caplog):
+    store = api_app.extensions["store"]
+    # The request went out and the connection broke in the answer: the text may be sent.
+    fake_api.on("POST", "/v1/messages", cut_short(SENT))
+    delivery = deliver(api_app, sms("What are your hours?"))
+    with caplog.at_level(logging.ERROR, logger="app.jobs.handlers"):
+        run_jobs(api_app)
+    assert "may or may not have worked, not retrying" in caplog.text
+    assert (job_for(api_app, delivery).status, store.outbox_entry(delivery)["status"]) == (
+        "done", "unknown")
+    store.retry_job(job_for(api_app, delivery).id)
+    run_jobs(api_app)
+    assert fake_api.count("POST", "/v1/messages") == 1
 
 
 def test_test_and_outbound_deliveries_get_no_text(api_app, fake_api, caplog):

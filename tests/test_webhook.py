@@ -48,6 +48,42 @@ def test_unverified_deliveries_are_401(client, mutate, code):
     assert _error(response)["code"] == code
 
 
+@pytest.mark.parametrize(
+    ("mutate", "error"),
+    [
+        (lambda h: h.pop("X-Webhook-Signature"), {
+            "code": "MISSING_SIGNATURE",
+            "message": "Missing X-Webhook-Signature or X-Webhook-Timestamp header"}),
+        (lambda h: h.update({"X-Webhook-Timestamp": "soon"}), {
+            "code": "INVALID_TIMESTAMP",
+            "message": "X-Webhook-Timestamp must be unix seconds within 300 s of now"}),
+        (lambda h: h.update({"X-Webhook-Signature": "sha256=" + "0" * 64}), {
+            "code": "INVALID_SIGNATURE",
+            "message": "Signature does not match the body and timestamp"}),
+    ],
+)
+def test_refusals_are_answered_in_the_error_envelope(client, mutate, error):
+    raw, headers = signed_request(SECRET, payload("sms"), timestamp=NOW)
+    mutate(headers)
+    response = client.post("/webhook", data=raw, headers=headers)
+    assert (response.status_code, response.get_json()) == (401, {"error": error})
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b"\xff\xfe", {"code": "VALIDATION_ERROR", "message": "Body is not valid UTF-8"}),
+        (b'{"event": "agent.message", "data": {"message": 7}}', {
+            "code": "VALIDATION_ERROR", "message": "Invalid agent.message delivery",
+            "details": [{"field": "channel", "message": "required string"},
+                        {"field": "data.message", "message": "must be a string"}]}),
+    ],
+)
+def test_malformed_bodies_are_answered_in_the_error_envelope(post_signed, body, error):
+    response = post_signed(body)
+    assert (response.status_code, response.get_json()) == (400, {"error": error})
+
+
 def test_unverified_delivery_has_no_effect(app, client):
     raw, headers = signed_request("whsec_wrong", payload("sms"), timestamp=NOW)
     assert client.post("/webhook", data=raw, headers=headers).status_code == 401

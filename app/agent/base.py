@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from app.store.base import CallRecords, Reactions
     from app.webhook.events import Event
 
+from app.webhook.events import VOICE
+
 log = logging.getLogger(__name__)
 
 
@@ -48,7 +50,8 @@ class Turn:
     def from_event(cls, event: "Event", delivery_id: str | None = None) -> Self:
         """The turn of a parsed ``agent.message`` delivery, keyed by ``delivery_id``."""
         data = event.data
-        text = data.get("transcript") if event.is_voice_turn else data.get("message")
+        # A voice message carries the caller's words as a transcript, a text as a message.
+        text = data.get("transcript") if event.channel == VOICE else data.get("message")
         return cls(
             text=text if isinstance(text, str) else "",
             channel=event.channel,

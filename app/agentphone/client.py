@@ -102,7 +102,8 @@ class AgentPhoneClient:
                  stream_reconnects: int = 3) -> None:
         if not api_key:
             raise MissingAPIKeyError(
-                "No AgentPhone API key: set AGENTPHONE_API_KEY to your sk_... key."
+                "No AgentPhone API key: set AGENTPHONE_API_KEY to your sk_... key.",
+                request_sent=False,
             )
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self.timeout = timeout
@@ -147,7 +148,8 @@ class AgentPhoneClient:
         except requests.RequestException as exc:
             API_REQUESTS.labels(method, where, "error").inc()
             error = APITimeoutError if _timed_out(exc) else APIConnectionError
-            raise error(f"{method} {path} failed: {exc}") from exc
+            raise error(f"{method} {path} failed: {exc}",
+                        request_sent=transport.request_sent(exc)) from exc
         API_REQUESTS.labels(method, where, str(response.status_code)).inc()
         if response.status_code >= 300:
             raise error_from_response(response.status_code, response.text, response.headers,

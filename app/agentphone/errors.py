@@ -27,14 +27,19 @@ class AgentPhoneError(Exception):
 
     `code` and `type` are the error body's, `details` its per-field problems
     (``{"field", "message", "type"}``), `retry_after` the seconds the server asked to wait,
-    and `body` the response text.
+    and `body` the response text. `request_sent` is False only when the request certainly
+    never reached the server (no key, connection refused, DNS, connect timeout); True when it
+    may have (always, once there is a response): a request that may have been sent must not
+    be repeated blindly.
     """
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
                  type: str | None = None, details: list[dict[str, Any]] | None = None,
-                 retry_after: float | None = None, body: str | None = None) -> None:
+                 retry_after: float | None = None, body: str | None = None,
+                 request_sent: bool = True) -> None:
         super().__init__(message)
         self.message = message
+        self.request_sent = request_sent
         self.status = status
         self.code = code
         self.type = type
@@ -59,7 +64,8 @@ class MissingAPIKeyError(AgentPhoneError):
 
 
 class APIConnectionError(AgentPhoneError):
-    """The request failed without an HTTP response (DNS, refused, timeout, dropped stream)."""
+    """The request failed without an HTTP response (DNS, refused, timeout, dropped stream);
+    `request_sent` says whether it may have reached the server."""
 
 
 class APITimeoutError(APIConnectionError):

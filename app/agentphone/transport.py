@@ -28,7 +28,12 @@ from requests.adapters import HTTPAdapter
 from urllib3 import BaseHTTPResponse, HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.connectionpool import ConnectionPool
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
-from urllib3.exceptions import MaxRetryError, ReadTimeoutError, ResponseError
+from urllib3.exceptions import (
+    MaxRetryError,
+    NewConnectionError,
+    ReadTimeoutError,
+    ResponseError,
+)
 from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout
 
@@ -123,6 +128,21 @@ def read_body(response: requests.Response, deadline: float | None,
     response._content_consumed = True  # type: ignore[attr-defined]  # not in the stubs
     response.close()
     return response
+
+
+def request_sent(exc):
+    """Whether a call that failed with requests' ``exc`` may have reached the server: False
+    only when its last attempt made no connection (refused, DNS, connect timeout). Earlier
+    attempts of a POST were retried only when the server refused the work (429, 503) or
+    nothing was sent, so they never count."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return False
+    if not isinstance(exc, requests.ConnectionError) or not exc.args:
+        return True
+    reason = exc.args[0]
+    if isinstance(reason, MaxRetryError):
+        reason = reason.reason
+    return not isinstance(reason, NewConnectionError)  # DNS failures are NewConnectionErrors
 
 
 class AgentPhoneRetry(Retry):

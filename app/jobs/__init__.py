@@ -1,12 +1,13 @@
 """Durable background jobs for every event that is not a live voice turn."""
 
-from app.jobs.handlers import HANDLERS
 from app.jobs.runner import JobRunner
 
 
 def init_app(app):
+    from app.registry import job_handlers  # here: the registry imports this package
+
     runner = JobRunner(
-        app, dict(HANDLERS),
+        app, job_handlers(app),
         concurrency=app.config["JOB_CONCURRENCY"],
         max_attempts=app.config["JOB_MAX_ATTEMPTS"],
         lease=app.config["JOB_LEASE"],

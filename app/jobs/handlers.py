@@ -1,4 +1,5 @@
-"""What each background job does. A handler gets the job and raises to ask for a retry.
+"""What each background job does. A handler gets the parsed delivery, the job and its
+JobContext, and raises to ask for a retry; app/registry.py says which handler runs for what.
 
 Replies to texts are sent at most once per message. An outbox row keyed by the message id
 (else the delivery id) is written as ``sending`` before ``POST /v1/messages`` and set to
@@ -21,19 +22,32 @@ sends the stored text once more, through the outbox as ever).
 """
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import requests
-from flask import current_app
-from urllib3.exceptions import MaxRetryError, NewConnectionError
-
-from app.agent import get_agent
-from app.agent.base import CallRecord, Reaction, Reply, Turn
-from app.errors import BadRequest, Unretryable
-from app.store import get_store
+from app.agent.base import Agent, CallRecord, Reaction, Reply, Turn
+from app.agentphone import AgentPhoneClient, AgentPhoneError, APIConnectionError
+from app.store import Store
 from app.store.records import RESENDABLE
-from app.webhook import events
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a handler works with, given with each job: handlers look nothing up themselves.
+
+    ``api`` opens an AgentPhone API client; ``send_replies`` is False when no API key is
+    configured (a reply is then logged, not sent). ``max_attempts`` is the runner's limit and
+    ``failure_reply`` says whether a text the agent could not answer gets the apology.
+    """
+
+    store: Store
+    agent: Agent
+    api: Callable[[], AgentPhoneClient]
+    send_replies: bool
+    max_attempts: int
+    failure_reply: bool
 
 
 TEXT_FAILURE_MESSAGE = "Sorry, we couldn't answer just now, we'll get back to you."
@@ -58,16 +72,16 @@ def collect_text(agent, turn):
     return " ".join(parts)
 
 
-def answer_text(agent, turn, job):
+def answer_text(turn, job, context):
     """The reply to send: the agent's answer; when the agent fails, raise so that the job is
     retried, and on the last attempt the short written apology (or None, by
     TEXT_FAILURE_REPLY)."""
     try:
-        return collect_text(agent, turn)
+        return collect_text(context.agent, turn)
     except Exception as exc:
-        if job.attempts < current_app.config["JOB_MAX_ATTEMPTS"]:
+        if job.attempts < context.max_attempts:
             raise
-        if not current_app.config["TEXT_FAILURE_REPLY"]:
+        if not context.failure_reply:
             log.error("job %s: the agent failed on the last attempt, nothing sent to %s: %s",
                       job.id, turn.caller, exc)
             return None
@@ -76,12 +90,13 @@ def answer_text(agent, turn, job):
         return TEXT_FAILURE_MESSAGE
 
 
-def text_message(job):
-    event = _event(job)
+def text_message(event, job, context):
+    """``agent.message`` on a text channel: the agent's answer to an inbound text, sent at
+    most once (see the module docstring)."""
     if event.data.get("direction") != "inbound":
         log.info("job %s: %s message is not inbound, no reply", job.id, event.channel)
         return
-    store = get_store()
+    store = context.store
     key = reply_key(event, job)
     earlier = store.outbox_entry(key)
     if earlier is not None and earlier["status"] not in RESENDABLE:
@@ -92,9 +107,9 @@ def text_message(job):
     if earlier is not None and earlier["status"] == "resend":
         log.warning("job %s: resending the reply for delivery %s to %s, as an operator asked",
                     job.id, key, turn.caller)
-        send_once(store, key, event, turn, earlier["body"], job)
+        send_once(context, key, event, turn, earlier["body"], job)
         return
-    reply = answer_text(get_agent(turn.agent_id), turn, job)
+    reply = answer_text(turn, job, context)
     if not reply:
         log.info("job %s: the agent had nothing to say to %s", job.id, turn.caller)
         return
@@ -106,11 +121,11 @@ def text_message(job):
     if not turn.caller:
         log.warning("job %s: no sender number, reply not sent", job.id)
         return
-    if not current_app.config.get("AGENTPHONE_API_KEY"):
+    if not context.send_replies:
         log.info("job %s: AGENTPHONE_API_KEY not set, reply to %s on %s not sent", job.id,
                  turn.caller, event.channel)
         return
-    send_once(store, key, event, turn, reply, job)
+    send_once(context, key, event, turn, reply, job)
 
 
 def reply_key(event, job):
@@ -122,23 +137,22 @@ def reply_key(event, job):
     return job.delivery_id or f"job:{job.id}"
 
 
-def send_once(store, key, event, turn, reply, job):
+def send_once(context, key, event, turn, reply, job):
     """POST /v1/messages for this delivery unless the outbox says it may have gone already."""
-    from app.agentphone import AgentPhoneError, APIConnectionError, client_from_app
-
+    store = context.store
     status, go = store.outbox_begin(key, turn.caller, reply, job_id=job.id)
     if not go:
         log.warning("job %s: reply for delivery %s is %s, not sending again", job.id, key,
                     status)
         return
     try:
-        with client_from_app(current_app) as client:
+        with context.api() as client:
             message = client.send_message(
                 agent_id=turn.agent_id, to_number=turn.caller, body=reply,
                 number_id=event.data.get("numberId") or None,
             )
     except APIConnectionError as exc:
-        if _never_connected(exc):
+        if not exc.request_sent:
             store.outbox_finish(key, "failed", error=str(exc)[:500])
             raise
         store.outbox_finish(key, "unknown", error=str(exc)[:500])
@@ -163,48 +177,22 @@ def send_once(store, key, event, turn, reply, job):
              message.channel or event.channel)
 
 
-def _never_connected(exc):
-    """True when the request certainly did not reach the API (refused, DNS, connect timeout)."""
-    cause = exc.__cause__
-    if isinstance(cause, requests.ConnectTimeout):
-        return True
-    if isinstance(cause, requests.ConnectionError) and cause.args:
-        reason = cause.args[0]
-        if isinstance(reason, MaxRetryError):
-            reason = reason.reason
-        return isinstance(reason, NewConnectionError)
-    return False
-
-
-def reaction(job):
+def reaction(event, job, context):
     """``agent.reaction``: the agent's ``on_reaction`` hook (by default, the reaction is stored)."""
-    event = _event(job)
-    reaction = Reaction.from_event(event, job.delivery_id or f"job:{job.id}", get_store())
+    reaction = Reaction.from_event(event, job.delivery_id or f"job:{job.id}", context.store)
     log.info("job %s: %s reaction on message %s", job.id, reaction.reaction_type,
              reaction.message_id)
-    get_agent(event.agent_id).on_reaction(reaction)
+    context.agent.on_reaction(reaction)
 
 
-def call_ended(job):
+def call_ended(event, job, context):
     """``agent.call_ended``: the agent's ``on_call_ended`` hook (by default, the record is
     stored)."""
-    event = _event(job)
     data = event.data
     if not isinstance(data.get("callId"), str) or not data["callId"]:
         log.warning("job %s: call_ended without a callId, not stored", job.id)
         return
-    record = CallRecord.from_event(event, job.delivery_id, get_store())
+    record = CallRecord.from_event(event, job.delivery_id, context.store)
     log.info("job %s: call %s ended after %ss (%s)", job.id, record.call_id,
              record.duration_seconds, record.disconnection_reason)
-    get_agent(event.agent_id).on_call_ended(record)
-
-
-def _event(job):
-    """The job's stored delivery, parsed; one that fails the checks never will."""
-    try:
-        return events.parse(job.payload.encode("utf-8"))
-    except BadRequest as exc:
-        raise Unretryable(f"stored delivery is invalid: {exc.message} {exc.details}") from None
-
-
-HANDLERS = {"text_message": text_message, "reaction": reaction, "call_ended": call_ended}
+    context.agent.on_call_ended(record)

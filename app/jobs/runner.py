@@ -38,9 +38,10 @@ def retry_delay(attempt, base=2.0, cap=600.0, rand=random.random):
 
 
 class JobRunner:
-    """Runs up to ``concurrency`` jobs at once. On stop it claims nothing more, lets running
-    jobs finish for up to ``grace`` seconds, then hands the rest back to the queue (their
-    interrupted attempt not counted)."""
+    """Runs up to ``concurrency`` jobs at once, each by ``handlers[job.kind](job)`` (the app's
+    come from the one event table, ``app.registry.job_handlers``). On stop it claims nothing
+    more, lets running jobs finish for up to ``grace`` seconds, then hands the rest back to
+    the queue (their interrupted attempt not counted)."""
 
     def __init__(self, app, handlers, concurrency=4, max_attempts=5, lease=60.0, grace=25.0,
                  timeout=60.0, poll=IDLE_POLL_SECONDS, prune_every=PRUNE_EVERY_SECONDS):

@@ -1,13 +1,11 @@
-"""The webhook blueprint: every AgentPhone delivery arrives at POST /webhook."""
+"""The webhook blueprint: every AgentPhone delivery arrives at POST /webhook.
+
+Importing this package loads nothing else: ``signing`` and ``events`` are framework-free, and
+the blueprint (Flask and the rest of the app) is imported by ``init_app``.
+"""
 
 import logging
 import time
-
-from app.config import REFUSAL_WITHOUT_KEY, ConfigError
-from app.store import StoreUnavailable
-from app.voice.claims import VoiceClaims
-from app.webhook.secrets import SecretSource
-from app.webhook.views import bp
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +14,12 @@ def init_app(app, require_secret=True):
     """Register the blueprint, its voice claims and its secrets. Unless ``require_secret`` is
     False (a process that takes no webhooks), refuse to start with no secret configured or
     stored."""
+    from app.config import REFUSAL_WITHOUT_KEY, ConfigError
+    from app.store import StoreUnavailable
+    from app.voice.claims import VoiceClaims
+    from app.webhook.secrets import SecretSource
+    from app.webhook.views import bp
+
     store = app.extensions["store"]
     app.extensions["voice_claims"] = VoiceClaims(store)
     source = SecretSource(app.config["WEBHOOK_SECRETS"], store.webhook_secrets,

@@ -1,11 +1,13 @@
-"""Parsing a verified delivery body into an Event (pure; every failure is a 400 with details)."""
+"""Parsing a verified delivery body into an Event.
+
+Pure and framework-free (the standard library only): every failure raises ``InvalidEvent``,
+which the webhook answers as a 400 with its details.
+"""
 
 import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-
-from app.errors import BadRequest, field_error
 
 TEXT_CHANNELS = frozenset({"sms", "mms", "imessage", "whatsapp", "rcs"})
 VOICE = "voice"
@@ -29,31 +31,27 @@ class Event:
     test: bool = False
     body: dict = field(default_factory=dict)
 
-    @property
-    def known(self):
-        return self.event in KNOWN_EVENTS
 
-    @property
-    def is_voice_turn(self):
-        return self.event == MESSAGE and self.channel == VOICE
+class InvalidEvent(ValueError):
+    """A delivery body that cannot be processed: ``message`` says why, ``details`` lists
+    each field's problem as ``{"field": ..., "message": ...}``."""
 
-    @property
-    def job_kind(self):
-        """The background job this event becomes, or None for voice turns and unknown events."""
-        if self.event == MESSAGE and self.channel != VOICE:
-            return "text_message"
-        if self.event == REACTION:
-            return "reaction"
-        if self.event == CALL_ENDED:
-            return "call_ended"
-        return None
+    def __init__(self, message: str, details: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = list(details or [])
+
+
+def _problem(name, message):
+    """One entry of ``InvalidEvent.details``."""
+    return {"field": name, "message": message}
 
 
 MAX_ID_LENGTH = 200
 HASHED = "sha256:"
 
 
-def delivery_id(header_value, body):
+def delivery_id(header_value: str | None, body: bytes) -> str:
     """The idempotency key: X-Webhook-ID, else a hash of the signed body.
 
     An id kept verbatim is short printable ASCII; any other id (too long for the key columns,
@@ -70,27 +68,27 @@ def delivery_id(header_value, body):
     return f"{HASHED}id:{digest}"
 
 
-def parse(body):
-    """Decode and check a delivery body; raises BadRequest naming every problem.
+def parse(body: bytes) -> Event:
+    """Decode and check a delivery body; raises InvalidEvent naming every problem.
 
     Everything a handler reads is checked here, before the delivery is acknowledged, so
     that an accepted delivery can always be processed: lone surrogates and NUL characters
     (which no store can hold) become U+FFFD, and a field of the wrong type or out of range is
-    a 400 with ``details``.
+    an InvalidEvent with ``details``.
     """
     try:
         doc = json.loads(body.decode("utf-8"), parse_constant=_not_json)
     except UnicodeDecodeError:
-        raise BadRequest("Body is not valid UTF-8") from None
+        raise InvalidEvent("Body is not valid UTF-8") from None
     except (ValueError, RecursionError) as exc:
-        raise BadRequest("Body is not valid JSON", [field_error("body", str(exc)[:200])]) from None
+        raise InvalidEvent("Body is not valid JSON", [_problem("body", str(exc)[:200])]) from None
     if not isinstance(doc, dict):
-        raise BadRequest("Body must be a JSON object", [field_error("body", "expected an object")])
+        raise InvalidEvent("Body must be a JSON object", [_problem("body", "expected an object")])
     if UNSTORABLE_ESCAPE.search(body):
         _replace_unstorable(doc)
     name = doc.get("event")
     if not isinstance(name, str) or not name:
-        raise BadRequest("Missing event type", [field_error("event", "required string")])
+        raise InvalidEvent("Missing event type", [_problem("event", "required string")])
     channel = doc.get("channel")
     data = doc.get("data")
     state = doc.get("conversationState")
@@ -99,14 +97,14 @@ def parse(body):
         problems = []
         # Only a message's channel chooses what happens (contract D39).
         if name == MESSAGE and (not isinstance(channel, str) or not channel):
-            problems.append(field_error("channel", "required string"))
+            problems.append(_problem("channel", "required string"))
         if not isinstance(data, dict):
-            problems.append(field_error("data", "required object"))
+            problems.append(_problem("data", "required object"))
         else:
             problems += _field_problems(DATA_FIELDS[name], data, "data.")
         problems += _field_problems(ENVELOPE_FIELDS, doc, "")
         if problems:
-            raise BadRequest(f"Invalid {name} delivery", problems)
+            raise InvalidEvent(f"Invalid {name} delivery", problems)
     agent_id = doc.get("agentId")
     return Event(
         event=name,
@@ -192,5 +190,5 @@ def _field_problems(checks, obj, prefix):
     for name, check in checks.items():
         value = obj.get(name)
         if value is not None and (message := check(value)):
-            problems.append(field_error(prefix + name, message))
+            problems.append(_problem(prefix + name, message))
     return problems

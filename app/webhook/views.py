@@ -7,11 +7,11 @@ import time
 from flask import Blueprint, current_app, g, jsonify, request
 from gunicorn.http.errors import ParseException
 
-from app import logs
+from app import logs, registry
 from app.agent import get_agent
 from app.agent.base import Agent, Reply, Turn
 from app.console.journal import get_journal
-from app.errors import BadRequest, PayloadTooLarge, field_error
+from app.errors import BadRequest, PayloadTooLarge, Unauthorized, field_error, render
 from app.metrics import DELIVERIES
 from app.store import Replayed, SignedBytes, StoreUnavailable, get_store
 from app.store.console import IN_FLIGHT
@@ -50,7 +50,7 @@ def verify_signature():
             if not secrets.reload_after_miss():
                 raise
             check(secrets.current())
-    except signing.Unauthorized as exc:
+    except signing.SignatureError as exc:
         log.warning("rejected delivery from %s: %s", request.remote_addr, exc.code)
         raise
     g.delivery_id = events.delivery_id(request.headers.get("X-Webhook-ID"), body)
@@ -87,15 +87,18 @@ def _raw_body():
 # strict_slashes=False: "/webhook/" is served as it is, not redirected (contract D40).
 @bp.post("/webhook", strict_slashes=False)
 def receive():
+    """Take a verified delivery where the registry routes it: a voice turn is answered in
+    this response, anything else is queued as a job (once per delivery id) and acknowledged."""
     event, delivery_id = g.event, g.delivery_id
-    if event.is_voice_turn:
-        return _voice_turn(event, delivery_id)
-    kind = event.job_kind
-    if kind is None:
+    route = registry.route_for(event)
+    if route is None:
         log.info("delivery %s: ignored unknown event %r (channel %r)",
                  delivery_id, event.event, event.channel)
         g.outcome = "ignored"
         return _ack()
+    if route.streamed:
+        return _voice_turn(event, delivery_id)
+    kind = route.job_kind
     payload = request.get_data(as_text=True)
     if get_store().claim_with_job(delivery_id, event.event, kind, payload, g.signed):
         log.info("delivery %s: %s queued as %s job", delivery_id, event.event, kind)
@@ -133,7 +136,7 @@ def _journal(outcome, status):
     """Log this signed delivery for the console (a voice turn's row is completed later)."""
     event = g.get("event")
     data = event.data if event is not None else {}
-    said = data.get("transcript") if event is not None and event.is_voice_turn else None
+    said = data.get("transcript") if event is not None and _streamed(event) else None
     return get_journal().record(
         g.delivery_id, event.event if event is not None else "unparsed", outcome, status,
         channel=_text(event.channel) if event is not None else None,
@@ -143,8 +146,27 @@ def _journal(outcome, status):
     )
 
 
+def _streamed(event):
+    route = registry.route_for(event)
+    return route is not None and route.streamed
+
+
 def _ack():
     return jsonify(ok=True)
+
+
+@bp.errorhandler(signing.SignatureError)
+def _unsigned(exc):
+    """A signature that cannot be trusted: 401 with the refusal's own code and message."""
+    error = Unauthorized(exc.message)
+    error.code = exc.code
+    return render(error)
+
+
+@bp.errorhandler(events.InvalidEvent)
+def _invalid(exc):
+    """A body that cannot be processed: 400 naming every problem."""
+    return render(BadRequest(exc.message, exc.details))
 
 
 @bp.errorhandler(Replayed)
