@@ -41,7 +41,7 @@ def load_factory(path):
     return getattr(importlib.import_module(module_name), attr)
 
 
-def get_agent(agent_id=None):
+def get_agent(agent_id: str | None = None) -> Agent:
     """The agent that answers for AgentPhone agent ``agent_id``: its own (``AGENTS``), else
     the default one."""
     return current_app.extensions["agents"].get(agent_id) or current_app.extensions["agent"]

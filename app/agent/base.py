@@ -12,11 +12,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
+from app.webhook.events import VOICE, Event
+
 if TYPE_CHECKING:
     from app.store.base import CallRecords, Reactions
-    from app.webhook.events import Event
-
-from app.webhook.events import VOICE
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ class Turn:
     deadline: float | None = None  # time.monotonic() by which a voice turn's final line goes out
 
     @classmethod
-    def from_event(cls, event: "Event", delivery_id: str | None = None) -> Self:
+    def from_event(cls, event: Event, delivery_id: str | None = None) -> Self:
         """The turn of a parsed ``agent.message`` delivery, keyed by ``delivery_id``."""
         data = event.data
         # A voice message carries the caller's words as a transcript, a text as a message.
@@ -202,7 +201,7 @@ class CallRecord:
     store: "CallRecords | None" = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_event(cls, event: "Event", delivery_id: str | None = None,
+    def from_event(cls, event: Event, delivery_id: str | None = None,
                    store: "CallRecords | None" = None) -> Self:
         """The record of a parsed ``agent.call_ended`` delivery that has a ``callId``.
 
@@ -261,8 +260,7 @@ class Reaction:
     store: "Reactions | None" = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_event(cls, event: "Event", delivery_id: str,
-                   store: "Reactions | None" = None) -> Self:
+    def from_event(cls, event: Event, delivery_id: str, store: "Reactions | None" = None) -> Self:
         """The reaction of a parsed ``agent.reaction`` delivery."""
         data = event.data
         return cls(

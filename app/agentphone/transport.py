@@ -130,7 +130,7 @@ def read_body(response: requests.Response, deadline: float | None,
     return response
 
 
-def request_sent(exc):
+def request_sent(exc: requests.RequestException) -> bool:
     """Whether a call that failed with requests' ``exc`` may have reached the server: False
     only when its last attempt made no connection (refused, DNS, connect timeout). Earlier
     attempts of a POST were retried only when the server refused the work (429, 503) or

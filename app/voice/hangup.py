@@ -2,6 +2,8 @@
 
 import select
 import socket
+from collections.abc import Mapping
+from typing import Any
 
 try:
     from gevent.monkey import get_original
@@ -19,7 +21,7 @@ else:
     _CLOSED = 0  # elsewhere a peek sees the FIN only once the bytes before it are read
 
 
-def caller_socket(environ):
+def caller_socket(environ: Mapping[str, Any]) -> socket.socket | None:
     """The client connection, where the server exposes it (gunicorn, Werkzeug's dev server)."""
     return environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
 

@@ -6,11 +6,15 @@ the blueprint (Flask and the rest of the app) is imported by ``init_app``.
 
 import logging
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 log = logging.getLogger(__name__)
 
 
-def init_app(app, require_secret=True):
+def init_app(app: "Flask", require_secret: bool = True) -> None:
     """Register the blueprint, its voice claims and its secrets. Unless ``require_secret`` is
     False (a process that takes no webhooks), refuse to start with no secret configured or
     stored."""
