@@ -24,7 +24,8 @@ worker_connections = int(os.environ.get("WORKER_CONNECTIONS") or 4000)
 timeout = 150
 graceful_timeout = 30
 keepalive = 75
-accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None  # "" turns access lines off
+logger_class = "app.gunicorn_worker.AppLogger"
 errorlog = "-"
 loglevel = (os.environ.get("LOG_LEVEL") or "info").lower()
 # gunicorn's error and access lines go through the app's handler: one stream, one format.

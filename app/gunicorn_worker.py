@@ -16,7 +16,7 @@ import logging
 import socket
 import time
 
-from gunicorn import util
+from gunicorn import glogging, util
 from gunicorn.workers.ggevent import GeventWorker
 
 log = logging.getLogger("gunicorn.error")
@@ -137,3 +137,13 @@ class HygienicGeventWorker(GeventWorker):
             util.close(client)
             return
         util.close_graceful(client, timeout=REFUSAL_SECONDS)
+
+
+class AppLogger(glogging.Logger):
+    """gunicorn's logger, writing access lines only when an access log is configured: with a
+    ``logconfig_dict`` gunicorn would build and write every line even with none
+    (``GUNICORN_ACCESS_LOG=""``)."""
+
+    def access(self, resp, req, environ, request_time):
+        if self.cfg.accesslog:
+            super().access(resp, req, environ, request_time)

@@ -122,6 +122,14 @@ def test_json_logs_on_one_stream_with_ids_and_no_bodies(gunicorn, secret, tmp_pa
     assert "4111" not in server.log()
 
 
+def test_an_empty_access_log_setting_turns_access_lines_off(gunicorn, secret):
+    server = gunicorn(workers=1, GUNICORN_ACCESS_LOG="", DEMO_TOOL_LATENCY=0)
+    raw, headers = signed_request(secret, payload("sms", "hi"), delivery_id="whd_quiet")
+    requests.post(server.webhook, data=raw, headers=headers, timeout=10)
+    server.wait_for_log("whd_quiet")  # the app's own line about the delivery
+    assert "gunicorn.access" not in server.log()
+
+
 def test_text_logs_go_to_stderr_only(gunicorn, secret, tmp_path):
     import subprocess
 
