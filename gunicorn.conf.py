@@ -3,22 +3,20 @@
 import gc
 import os
 import shutil
-from pathlib import Path
 
-from dotenv import load_dotenv
-
+from app import config as app_settings  # not `config`: gunicorn reads that name as a setting
 from app import logs
 
 # Before PORT and WEB_CONCURRENCY are read: the app would load .env only in the workers, too
 # late for them. Real environment variables win, as in the app.
-load_dotenv(Path.cwd() / ".env", override=False)
+app_settings.load_dotenv_file()
 
-bind = f"0.0.0.0:{os.environ.get('PORT') or 8000}"
-workers = int(os.environ.get("WEB_CONCURRENCY") or 2)
+bind = f"0.0.0.0:{app_settings.env('PORT')}"
+workers = int(app_settings.env("WEB_CONCURRENCY"))
 # gevent, plus a read deadline per request and a 503 past worker_connections.
 worker_class = "app.gunicorn_worker.HygienicGeventWorker"
 # Each held voice stream is one connection: this caps concurrent calls per worker.
-worker_connections = int(os.environ.get("WORKER_CONNECTIONS") or 4000)
+worker_connections = int(app_settings.env("WORKER_CONNECTIONS"))
 # Voice turns stream for up to VOICE_TIMEOUT (max 120 s); gevent workers are not killed by
 # timeout while streaming, but the master's heartbeat check needs headroom.
 timeout = 150
@@ -27,10 +25,9 @@ keepalive = 75
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None  # "" turns access lines off
 logger_class = "app.gunicorn_worker.AppLogger"
 errorlog = "-"
-loglevel = (os.environ.get("LOG_LEVEL") or "info").lower()
+loglevel = app_settings.read("LOG_LEVEL").lower()
 # gunicorn's error and access lines go through the app's handler: one stream, one format.
-logconfig_dict = logs.logconfig((os.environ.get("LOG_FORMAT") or "text").lower(),
-                                loglevel.upper())
+logconfig_dict = logs.logconfig(app_settings.read("LOG_FORMAT"), loglevel.upper())
 # One fixed control-socket path per user would collide between instances on one machine.
 control_socket_disable = True
 access_log_format = ('access %(h)s "%(r)s" %(s)s %(b)s %(M)sms '
@@ -66,11 +63,12 @@ def post_worker_init(worker):
     gc.collect()
     gc.freeze()
     from app import loopwatch  # in the worker: the app is imported after gevent's patching
+    from app.jobs import get_job_runner
 
     app = worker.wsgi
-    loopwatch.start(app.config.get("LOOP_BLOCK_THRESHOLD", 0))
-    if app.config.get("JOB_RUNNER"):
-        app.extensions["job_runner"].start()
+    loopwatch.start(app.config["LOOP_BLOCK_THRESHOLD"])
+    if app.config["JOB_RUNNER"]:
+        get_job_runner(app).start()
     if worker.age == 1:  # the first worker speaks for all: one banner per server
         from app import log_dev_banner
 
@@ -88,6 +86,9 @@ def worker_exit(server, worker):
     app = getattr(worker, "wsgi", None)
     if app is None:
         return
-    if app.config.get("JOB_RUNNER"):
-        app.extensions["job_runner"].stop()
-    app.extensions["store"].close()
+    from app.jobs import get_job_runner
+    from app.store import get_store
+
+    if app.config["JOB_RUNNER"]:
+        get_job_runner(app).stop()
+    get_store(app).close()

@@ -1,5 +1,11 @@
 """Every setting the service reads, with its default, in one place (the README has the same
-table)."""
+table), and how each becomes a value of the app's config.
+
+The app is configured either from the environment (``from_env``: what a deployment does) or
+from a mapping of config keys (``from_mapping``: tests, embedding), which replaces the
+environment entirely: the table's defaults fill in what it leaves out, and its values are
+validated as the environment's would be.
+"""
 
 import contextlib
 import json
@@ -8,11 +14,9 @@ import os
 import secrets
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from dotenv import load_dotenv
-from flask import Flask
-
-DEFAULT_API_URL = "https://api.agentphone.ai"
 
 # name -> (default, one-line meaning); the README's configuration table mirrors this.
 SETTINGS = {
@@ -24,7 +28,7 @@ SETTINGS = {
     "DATABASE_POOL_MAX": ("10", "PostgreSQL connections per process at most (web workers x "
                                 "this must fit the database's connection limit)."),
     "AGENTPHONE_API_KEY": (None, "API key for the AgentPhone REST API (sending texts, CLI)."),
-    "AGENTPHONE_API_URL": (DEFAULT_API_URL, "Base URL of the AgentPhone REST API."),
+    "AGENTPHONE_API_URL": ("https://api.agentphone.ai", "Base URL of the AgentPhone REST API."),
     "VOICE_TIMEOUT": ("30", "Seconds the platform waits for a voice reply (5-120); the final line "
                             "is sent before it."),
     "VOICE_FILLER_AFTER": ("8", "Seconds a voice turn may say nothing before a short filler line "
@@ -95,9 +99,18 @@ class ConfigError(RuntimeError):
     """The configuration cannot run a safe server."""
 
 
-def env(name):
-    """The value of a setting from the environment, else its default."""
-    value = os.environ.get(name)
+REFUSAL_WITHOUT_KEY = (
+    "AGENTPHONE_WEBHOOK_SECRET is not set and no secret is stored: refusing to accept unsigned "
+    "webhooks. Run `agentphone webhook set https://<host>/webhook` (it stores the secret the "
+    "platform returns), or set AGENTPHONE_WEBHOOK_SECRET to the whsec_... secret shown when the "
+    "webhook was created (or AGENTPHONE_DEV=1 for a generated development secret)."
+)
+
+
+def env(name, environ=None):
+    """The value of setting ``name`` in ``environ`` (the process environment by default), else
+    its default."""
+    value = (os.environ if environ is None else environ).get(name)
     return value if value not in (None, "") else SETTINGS[name][0]
 
 
@@ -109,20 +122,9 @@ def load_dotenv_file():
 def instance_path():
     """The instance folder of the app (development secret, default SQLite file), without
     building the app."""
+    from flask import Flask  # here only: gunicorn's master reads settings before any worker
+
     return Flask("app", instance_relative_config=True).instance_path
-
-
-def log_level():
-    """LOG_LEVEL as a logging level name; raises ConfigError for one logging does not know."""
-    level = env("LOG_LEVEL").upper()
-    if level not in logging.getLevelNamesMapping():
-        raise ConfigError(f"LOG_LEVEL={env('LOG_LEVEL')!r} is not a logging level")
-    return level
-
-
-def log_format():
-    """LOG_FORMAT: ``text`` or ``json``; raises ConfigError for anything else."""
-    return _choice("LOG_FORMAT", ("text", "json"))
 
 
 def parse_secrets(raw):
@@ -195,48 +197,60 @@ def _agents_file(path):
     return dict(table)
 
 
-def _choice(name, allowed):
-    value = env(name).lower()
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r} must be one of {', '.join(allowed)}")
-    return value
+# Readers: (setting name, its text from the environment or a value from a config mapping) ->
+# the config value; ConfigError when it is not one a safe server can run with.
+
+def _text(name, raw):
+    return raw
 
 
-def _number(name, kind, low, high):
-    raw = env(name)
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name}={raw} is out of range ({low}-{high})")
-    return value
+def _url(name, raw):
+    return raw.rstrip("/") if isinstance(raw, str) else raw
 
 
-REFUSAL_WITHOUT_KEY = (
-    "AGENTPHONE_WEBHOOK_SECRET is not set and no secret is stored: refusing to accept unsigned "
-    "webhooks. Run `agentphone webhook set https://<host>/webhook` (it stores the secret the "
-    "platform returns), or set AGENTPHONE_WEBHOOK_SECRET to the whsec_... secret shown when the "
-    "webhook was created (or AGENTPHONE_DEV=1 for a generated development secret)."
-)
+def _enabled(name, raw):
+    """Off unless switched on (1, true, yes, on)."""
+    return raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes", "on")
 
 
-def _switch(name):
-    return env(name).lower() not in ("off", "0", "false", "no")
+def _switch(name, raw):
+    """On unless switched off (off, 0, false, no)."""
+    return raw if isinstance(raw, bool) else str(raw).lower() not in ("off", "0", "false", "no")
 
 
-def _choice(name, allowed):
-    value = env(name)
-    value = value.lower() if value else value
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is not one of {', '.join(filter(None, allowed))}")
-    return value
+def _number(kind, low, high):
+    def read(name, raw):
+        try:
+            value = kind(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}={raw!r} is not a number") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name}={raw} is out of range ({low}-{high})")
+        return value
+
+    return read
 
 
-def _json_object(name):
-    raw = env(name)
-    if raw is None:
-        return {}
+def _choice(*allowed):
+    def read(name, raw):
+        value = raw.lower() if isinstance(raw, str) else raw
+        if value not in allowed:
+            raise ConfigError(f"{name}={value!r} is not one of {', '.join(filter(None, allowed))}")
+        return value
+
+    return read
+
+
+def _log_level(name, raw):
+    level = str(raw).upper()
+    if level not in logging.getLevelNamesMapping():
+        raise ConfigError(f"{name}={raw!r} is not a logging level")
+    return level
+
+
+def _json_object(name, raw):
+    if raw is None or isinstance(raw, dict):
+        return raw or {}
     try:
         value = json.loads(raw)
     except ValueError as exc:
@@ -246,52 +260,99 @@ def _json_object(name):
     return value
 
 
-def from_env(instance_path, require_secret=True):
-    """Build the Flask config mapping from the environment; raises ConfigError when unsafe.
+def _secrets(name, raw):
+    found = parse_secrets(raw) if isinstance(raw, str) or raw is None else tuple(raw)
+    if found:
+        check_secrets(found)
+    return found
+
+
+# config key -> its reader. AGENT_FACTORIES comes from two settings (AGENTS, AGENTS_FILE);
+# PORT, WEB_CONCURRENCY, WORKER_CONNECTIONS and PROMETHEUS_MULTIPROC_DIR are gunicorn's and
+# stay in the environment.
+READERS = {
+    "DEV_MODE": _enabled,
+    "WEBHOOK_SECRETS": _secrets,
+    "DATABASE_URL": _text,
+    "DATABASE_POOL_MAX": _number(int, 1, 1000),
+    "AGENTPHONE_API_KEY": _text,
+    "AGENTPHONE_API_URL": _url,
+    "VOICE_TIMEOUT": _number(float, 5, 120),
+    "VOICE_FILLER_AFTER": _number(float, 0, 120),
+    "AGENT_FACTORY": _text,
+    "DEMO_TOOL_LATENCY": _number(float, 0, 600),
+    "LLM_BASE_URL": _text,
+    "LLM_API_KEY": _text,
+    "LLM_MODEL": _text,
+    "LLM_SYSTEM_PROMPT": _text,
+    "LLM_MAX_ROUNDS": _number(int, 1, 20),
+    "LLM_TIMEOUT": _number(float, 1, 600),
+    "LLM_TOOL_TIMEOUT": _number(float, 0.1, 600),
+    "LLM_TOOL_CHOICE": _choice(None, "auto", "required", "none"),
+    "LLM_MAX_TOKENS": _number(int, 0, 1_000_000),
+    "LLM_EXTRA_BODY": _json_object,
+    "LLM_STREAM_TOOLS": _switch,
+    "TEXT_FAILURE_REPLY": _switch,
+    "JOB_RUNNER": _switch,
+    "JOB_CONCURRENCY": _number(int, 1, 1000),
+    "JOB_MAX_ATTEMPTS": _number(int, 1, 100),
+    "JOB_LEASE": _number(float, 1, 86400),
+    "JOB_GRACE": _number(float, 0, 3600),
+    "JOB_TIMEOUT": _number(float, 1, 3600),
+    "REQUEST_READ_TIMEOUT": _number(float, 0.1, 3600),
+    "LOOP_BLOCK_THRESHOLD": _number(float, 0, 60),
+    "LOG_LEVEL": _log_level,
+    "LOG_FORMAT": _choice("text", "json"),
+    "METRICS_TOKEN": _text,
+    "CONSOLE_PASSWORD": _text,
+    "SECRET_GRACE": _number(float, 0, 30 * 86400),
+}
+# config key -> the setting it is read from, where their names differ.
+SETTING_OF = {"DEV_MODE": "AGENTPHONE_DEV", "WEBHOOK_SECRETS": "AGENTPHONE_WEBHOOK_SECRET",
+              "AGENT_FACTORY": "AGENT"}
+# A mapping that names a setting instead of its config key is refused.
+_KEY_OF = {name: key for key, name in SETTING_OF.items()} | {
+    "AGENTS": "AGENT_FACTORIES", "AGENTS_FILE": "AGENT_FACTORIES"}
+
+
+def read(key, environ=None):
+    """Config ``key`` as read from ``environ`` (the process environment by default)."""
+    name = SETTING_OF.get(key, key)
+    return READERS[key](name, env(name, environ))
+
+
+def default(key: str) -> Any:
+    """The value config ``key`` has when its setting is not set: the table's default, read."""
+    return read(key, environ={})
+
+
+def from_env(instance_path, require_secret=True, environ=None):
+    """Build the Flask config mapping from ``environ`` (the process environment by default);
+    raises ConfigError when unsafe.
 
     Without AGENTPHONE_WEBHOOK_SECRET, development mode generates a secret; otherwise
     ``WEBHOOK_SECRETS`` is empty and the app relies on secrets in the store.
     """
-    dev = env("AGENTPHONE_DEV").lower() in ("1", "true", "yes", "on")
-    webhook_secrets = parse_secrets(env("AGENTPHONE_WEBHOOK_SECRET"))
-    if not webhook_secrets and require_secret and dev:
-        webhook_secrets = (dev_secret(instance_path),)
-    return {
-        "DEV_MODE": dev,
-        "WEBHOOK_SECRETS": webhook_secrets,
-        "DATABASE_URL": env("DATABASE_URL")
-        or "sqlite:///" + str(Path(instance_path) / "agentphone.db"),
-        "DATABASE_POOL_MAX": _number("DATABASE_POOL_MAX", int, 1, 1000),
-        "AGENTPHONE_API_KEY": env("AGENTPHONE_API_KEY"),
-        "AGENTPHONE_API_URL": env("AGENTPHONE_API_URL").rstrip("/"),
-        "VOICE_TIMEOUT": _number("VOICE_TIMEOUT", float, 5, 120),
-        "VOICE_FILLER_AFTER": _number("VOICE_FILLER_AFTER", float, 0, 120),
-        "AGENT_FACTORY": env("AGENT"),
-        "AGENT_FACTORIES": agent_factories(env("AGENTS"), env("AGENTS_FILE")),
-        "DEMO_TOOL_LATENCY": _number("DEMO_TOOL_LATENCY", float, 0, 600),
-        "LLM_BASE_URL": env("LLM_BASE_URL"),
-        "LLM_API_KEY": env("LLM_API_KEY"),
-        "LLM_MODEL": env("LLM_MODEL"),
-        "LLM_SYSTEM_PROMPT": env("LLM_SYSTEM_PROMPT"),
-        "LLM_MAX_ROUNDS": _number("LLM_MAX_ROUNDS", int, 1, 20),
-        "LLM_TIMEOUT": _number("LLM_TIMEOUT", float, 1, 600),
-        "LLM_TOOL_TIMEOUT": _number("LLM_TOOL_TIMEOUT", float, 0.1, 600),
-        "LLM_TOOL_CHOICE": _choice("LLM_TOOL_CHOICE", (None, "auto", "required", "none")),
-        "LLM_MAX_TOKENS": _number("LLM_MAX_TOKENS", int, 0, 1_000_000),
-        "LLM_EXTRA_BODY": _json_object("LLM_EXTRA_BODY"),
-        "LLM_STREAM_TOOLS": _switch("LLM_STREAM_TOOLS"),
-        "TEXT_FAILURE_REPLY": _switch("TEXT_FAILURE_REPLY"),
-        "JOB_RUNNER": _switch("JOB_RUNNER"),
-        "JOB_CONCURRENCY": _number("JOB_CONCURRENCY", int, 1, 1000),
-        "JOB_MAX_ATTEMPTS": _number("JOB_MAX_ATTEMPTS", int, 1, 100),
-        "JOB_LEASE": _number("JOB_LEASE", float, 1, 86400),
-        "JOB_GRACE": _number("JOB_GRACE", float, 0, 3600),
-        "JOB_TIMEOUT": _number("JOB_TIMEOUT", float, 1, 3600),
-        "REQUEST_READ_TIMEOUT": _number("REQUEST_READ_TIMEOUT", float, 0.1, 3600),
-        "LOOP_BLOCK_THRESHOLD": _number("LOOP_BLOCK_THRESHOLD", float, 0, 60),
-        "LOG_LEVEL": log_level(),
-        "LOG_FORMAT": log_format(),
-        "METRICS_TOKEN": env("METRICS_TOKEN"),
-        "CONSOLE_PASSWORD": env("CONSOLE_PASSWORD"),
-        "SECRET_GRACE": _number("SECRET_GRACE", float, 0, 30 * 86400),
-    }
+    settings = {key: read(key, environ) for key in READERS}
+    settings["AGENT_FACTORIES"] = agent_factories(env("AGENTS", environ),
+                                                  env("AGENTS_FILE", environ))
+    settings["DATABASE_URL"] = settings["DATABASE_URL"] or "sqlite:///" + str(
+        Path(instance_path) / "agentphone.db")
+    if not settings["WEBHOOK_SECRETS"] and require_secret and settings["DEV_MODE"]:
+        settings["WEBHOOK_SECRETS"] = (dev_secret(instance_path),)
+    return settings
+
+
+def from_mapping(mapping, instance_path):
+    """Build the Flask config mapping from ``mapping`` of config keys alone: the environment
+    is not read, the table's defaults fill in the keys it leaves out, and its values are
+    validated as the environment's are. Keys the table does not know (``TESTING``,
+    ``AGENT_INSTANCE``) are kept as given."""
+    misnamed = [f"{name} (config key {_KEY_OF[name]})" for name in mapping if name in _KEY_OF]
+    if misnamed:
+        raise ConfigError("environment variable names given as config keys: "
+                          + ", ".join(misnamed))
+    settings = from_env(instance_path, require_secret=False, environ={})
+    for key, value in mapping.items():
+        settings[key] = READERS[key](key, value) if key in READERS else value
+    return settings

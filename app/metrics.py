@@ -28,6 +28,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
+from app.store import get_store
+
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     # gunicorn makes it at start; another server (`flask run`, the worker) may come first.
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
@@ -130,7 +132,7 @@ def scrape() -> Response:
     else:
         registry = CollectorRegistry()
         registry.register(_Process())
-    registry.register(StoreCollector(current_app.extensions["store"]))
+    registry.register(StoreCollector(get_store()))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 

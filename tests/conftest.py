@@ -7,6 +7,7 @@ import pytest
 
 from app import create_app
 from app.simulator import signed_request
+from app.store import get_store
 from tests.servers import start_gunicorn
 
 # The servers the tests start (gunicorn empties the folder at start) write their metrics
@@ -24,28 +25,28 @@ def secret():
 
 @pytest.fixture
 def make_app(tmp_path):
-    """Build an app on a fresh SQLite file; keyword arguments override config. Every app's
-    store is closed after the test."""
+    """Build an app on a fresh SQLite file, its clock stopped at NOW; upper-case keyword
+    arguments override config, ``clock`` the clock. Every app's store is closed after the
+    test."""
     apps = []
 
-    def make(**overrides):
+    def make(clock=lambda: NOW, **overrides):
         config = {
             "TESTING": True,
             "WEBHOOK_SECRETS": (SECRET,),
             "DATABASE_URL": "sqlite:///" + str(tmp_path / "events.db"),
-            "CLOCK": lambda: NOW,
             "JOB_RUNNER": False,
             "DEMO_TOOL_LATENCY": 0.0,
             "AGENTPHONE_API_KEY": None,
             "AGENTPHONE_API_URL": "http://127.0.0.1:9",
         }
         config.update(overrides)
-        apps.append(create_app(config))
+        apps.append(create_app(config, clock=clock))
         return apps[-1]
 
     yield make
     for app in apps:
-        app.extensions["store"].close()
+        get_store(app).close()
 
 
 @pytest.fixture

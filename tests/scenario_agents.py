@@ -3,6 +3,7 @@
 import itertools
 
 from app.agent import Agent, Reply, tool
+from app.store import get_store
 
 
 class Flaky(Agent):
@@ -58,8 +59,8 @@ class Memo(Agent):
 
 
 def memo_sales(app):
-    return Memo("Sales", app.extensions["store"])
+    return Memo("Sales", get_store(app))
 
 
 def memo_support(app):
-    return Memo("Support", app.extensions["store"])
+    return Memo("Support", get_store(app))

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from app.agent import Agent, Turn
+from app.agent import Agent, Turn, get_agent
 from app.agent.llm import LLMAgent
+from app.jobs import get_job_runner
 from app.simulator import payload, signed_request
+from app.store import get_store
 from app.voice.streamer import stream_turn
 from tests.conftest import NOW, SECRET
 
@@ -55,18 +57,18 @@ def test_readme_example_agent(myagent, make_app):
     assert myagent.next_free_visit.parameters["properties"]["postcode"]["description"] == (
         'The caller\'s postcode, e.g. "SW1A 1AA".')
 
-    app = make_app(AGENT=agent)
-    assert app.extensions["agent"] is agent
+    app = make_app(AGENT_INSTANCE=agent)
+    assert get_agent(app=app) is agent
     llm = LLMAgent.from_config({"LLM_BASE_URL": "http://127.0.0.1:9/v1"},
                                tools=[myagent.next_free_visit, myagent.callout_fee],
-                               store=app.extensions["store"])
+                               store=get_store(app))
     assert {"next_free_visit", "callout_fee"} <= set(llm.toolbox.tools)
 
 
 def test_readme_example_hook(myagent, make_app):
-    app = make_app(AGENT=myagent.create_agent(None))
+    app = make_app(AGENT_INSTANCE=myagent.create_agent(None))
     raw, headers = signed_request(SECRET, payload("call_ended", callSuccessful=False), None, NOW)
     assert app.test_client().post("/webhook", data=raw, headers=headers).status_code == 200
-    assert app.extensions["job_runner"].run_pending() == 1
+    assert get_job_runner(app).run_pending() == 1
     assert myagent.CALL_BACKS == [("+15559876543", "Caller asked about an order.")]
-    assert app.extensions["store"].call_record("call_sim")["successful"] is False
+    assert get_store(app).call_record("call_sim")["successful"] is False

@@ -2,6 +2,7 @@
 and logs to stderr, and the development banner comes from the web servers alone."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,12 @@ import pytest
 from click.testing import CliRunner
 
 from app import config
-from app.cli import agentphone
+from app.cli import COMMANDS, agentphone
+from app.cli import api as cli_api
+from app.cli import jobs as cli_jobs
+from app.cli import simulate as cli_simulate
+from app.cli import testing as cli_testing
+from app.cli import top as cli_top
 from app.store import open_store
 from tests.conftest import DATA, SECRET
 from tests.fake_agentphone import API_KEY, fake_api_fixture, offset_list  # noqa: F401
@@ -62,6 +68,27 @@ def test_help_needs_no_configuration_and_creates_nothing(tmp_path):
         assert result.stdout.startswith(" ".join(["Usage: agentphone", *path, "[OPTIONS]"]))
     assert list(tmp_path.iterdir()) == []
     assert files_under(ROOT / "instance") == instance
+
+
+def listed_commands(help_text):
+    """The command names a group's --help lists."""
+    return set(re.findall(r"^  (\S+)", help_text.split("Commands:\n", 1)[1], re.MULTILINE))
+
+
+@pytest.mark.parametrize("command", [[AGENTPHONE], [FLASK, "--app", "wsgi", "agentphone"]])
+def test_help_lists_every_command_defined(tmp_path, command):
+    modules = [cli_api, cli_jobs, cli_simulate, cli_testing, cli_top]
+    defined = [obj for module in modules for obj in vars(module).values()
+               if isinstance(obj, click.Command)]
+    subcommands = {id(sub) for group in defined if isinstance(group, click.Group)
+                   for sub in group.commands.values()}
+    top_level = {c.name for c in defined if id(c) not in subcommands}
+    env = {"AGENTPHONE_WEBHOOK_SECRET": SECRET, "DATABASE_URL": f"sqlite:///{tmp_path}/h.db"}
+    result = subprocess.run([*command, "--help"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60, check=True)
+    assert listed_commands(result.stdout) == top_level == {c.name for c in COMMANDS} == {
+        "call", "calls", "deliveries", "jobs", "send", "simulate", "test", "top",
+        "transcript", "webhook", "worker"}
 
 
 def test_api_commands_need_only_the_api_key(clean_env, fake_api, tmp_path):

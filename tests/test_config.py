@@ -8,6 +8,7 @@ import time
 import pytest
 
 from app import __version__, config, create_app
+from app.store import get_store
 from app.store.sqlite import path_from_url
 from tests.servers import GUNICORN, ROOT, Server, free_port, wait_healthy
 
@@ -54,7 +55,7 @@ def test_dotenv_is_read_but_environment_wins(clean_env, tmp_path):
     (tmp_path / ".env").write_text("AGENTPHONE_WEBHOOK_SECRET=whsec_dotenv\nVOICE_TIMEOUT=12\n")
     clean_env.setenv("VOICE_TIMEOUT", "20")
     app = create_app()
-    app.extensions["store"].close()
+    get_store(app).close()
     assert app.config["WEBHOOK_SECRETS"] == ("whsec_dotenv",)
     assert app.config["VOICE_TIMEOUT"] == 20
 
@@ -100,7 +101,7 @@ def test_one_version_number():
 
 def test_pool_limit_reaches_the_postgres_pool(make_app, pg_url):
     app = make_app(DATABASE_URL=pg_url, DATABASE_POOL_MAX=3)
-    store = app.extensions["store"]
+    store = get_store(app)
     assert store.max_size == 3
     with app.test_client() as client:
         assert client.get("/healthz").get_json() == {"ok": True, "store": "postgresql"}

@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from app.agent import Agent, Reply, Turn
+from app.agent import Agent, Reply, Turn, get_agent
 from app.demo import DemoRecords, Receptionist, schema
 from app.demo.agent import detect_intent, parse_day, parse_name, parse_time
-from app.store import StoreUnavailable, open_store
+from app.store import StoreUnavailable, get_store, open_store
 from app.store.schema import statements
 
 pytest_plugins = ["tests.postgres"]  # pg_server, database_url
@@ -22,7 +22,7 @@ STRANGER = "+15550009999"
 
 @pytest.fixture
 def agent(app):
-    return app.extensions["agent"]
+    return get_agent(app=app)
 
 
 def say(agent, text, call="call_1", caller=JANE, delivery=None, channel="voice"):
@@ -99,7 +99,7 @@ def test_hours_transfer_and_goodbye(agent):
 
 
 def test_booking_over_several_turns_with_the_name_from_the_customer_list(app, agent):
-    store = app.extensions["store"]
+    store = get_store(app)
     _, final = say(agent, "I'd like to make an appointment", delivery="d1")
     assert final.text.startswith("Sure. Which day would you like?")
     _, final = say(agent, "Wednesday please", delivery="d2")
@@ -116,7 +116,7 @@ def test_new_caller_is_asked_for_a_name(app, agent):
     assert final.text == "And what name should I put the appointment under?"
     _, final = say(agent, "Bob Jones", call="c3", caller=STRANGER, delivery="d2")
     assert final.text.startswith("You're booked for Friday at 3 PM, Bob Jones.")
-    assert ("friday", "15:00", "Bob Jones") in booked(app.extensions["store"])
+    assert ("friday", "15:00", "Bob Jones") in booked(get_store(app))
 
 
 def test_taken_slot_offers_the_remaining_times(agent):
@@ -134,16 +134,16 @@ def test_availability_and_cancel(app, agent):
     _, final = say(agent, "Any availability?")
     assert final.text.startswith("The next openings are Monday at 10 AM, Monday at 11 AM")
     say(agent, "book tuesday at 2pm", call="c5", delivery="b1")
-    assert ("tuesday", "14:00", "Jane Doe") in booked(app.extensions["store"])
+    assert ("tuesday", "14:00", "Jane Doe") in booked(get_store(app))
     _, final = say(agent, "Please cancel my appointment", call="c5", delivery="x1")
     assert final.text.startswith("Your appointment on Tuesday at 2 PM is cancelled.")
-    assert ("tuesday", "14:00", "Jane Doe") not in booked(app.extensions["store"])
+    assert ("tuesday", "14:00", "Jane Doe") not in booked(get_store(app))
     _, final = say(agent, "cancel my appointment", call="c5", caller=STRANGER, delivery="x2")
     assert final.text.startswith("I couldn't find an appointment under this number.")
 
 
 def test_a_retried_turn_repeats_its_answer_without_booking_again(app, opened):
-    store = app.extensions["store"]
+    store = get_store(app)
     first = Receptionist(store, 0)
     say(first, "book thursday", call="c7", delivery="t1")
     interim, final = say(first, "at 10", call="c7", delivery="t2")
@@ -253,11 +253,11 @@ def tables(store):
 
 
 def test_a_custom_agent_gets_no_demo_tables(make_app, database_url):
-    names = tables(make_app(DATABASE_URL=database_url, AGENT=QuietAgent()).extensions["store"])
+    names = tables(get_store(make_app(DATABASE_URL=database_url, AGENT_INSTANCE=QuietAgent())))
     assert {"deliveries", "jobs", "agent_sessions", "outbox", "call_records"} <= names
     assert sorted(n for n in names if n.startswith("demo_")) == []
     # The demo agent on the same database adds them.
-    store = make_app(DATABASE_URL=database_url).extensions["store"]
+    store = get_store(make_app(DATABASE_URL=database_url))
     assert {"demo_customers", "demo_orders", "demo_slots", "demo_appointments",
             "demo_schema_version"} <= tables(store)
     assert store.schema_version(schema.VERSION_TABLE) == len(schema.MIGRATIONS)
@@ -271,11 +271,13 @@ def test_what_the_app_imports(tmp_path, agent, name, unused):
     code = (
         "import sys\n"
         "from app import create_app\n"
-        "from app.agent import Agent\n"
-        f"app = create_app({{'WEBHOOK_SECRETS': ('s',), 'AGENT': {agent}, 'LLM_BASE_URL': None, "
+        "from app.agent import Agent, get_agent\n"
+        "from app.store import get_store\n"
+        f"app = create_app({{'WEBHOOK_SECRETS': ('s',), 'AGENT_INSTANCE': {agent}, "
+        "'LLM_BASE_URL': None, "
         f"'LLM_API_KEY': None, 'DATABASE_URL': 'sqlite:///{tmp_path}/x.db'}})\n"
-        "app.extensions['store'].close()\n"
-        "print(type(app.extensions['agent']).__name__)\n"
+        "get_store(app).close()\n"
+        "print(type(get_agent(app=app)).__name__)\n"
         "print(sorted(m for m in sys.modules if m.startswith(('app.', 'openai'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.simulator import payload, signed_request
+from app.store import get_store
 from tests.conftest import NOW, SECRET
 
 NOBODY = 65534
@@ -33,10 +34,10 @@ def read_only_app(make_app):
     folder.chmod(0o777)
     db = folder / "events.db"
     app = make_app(DATABASE_URL=f"sqlite:///{db}")
-    app.extensions["store"].close()
+    get_store(app).close()
     db.chmod(0o644)
     yield app
-    app.extensions["store"].close()
+    get_store(app).close()
     for path in folder.iterdir():
         path.unlink()
     folder.rmdir()
@@ -44,7 +45,7 @@ def read_only_app(make_app):
 
 def test_healthz_is_503_when_the_store_can_read_but_not_write(read_only_app, caplog):
     caplog.set_level(logging.ERROR, logger="app.health")
-    store = read_only_app.extensions["store"]
+    store = get_store(read_only_app)
     with as_nobody():
         assert store.schema_version() >= 1  # reads still work
         response = read_only_app.test_client().get("/healthz")

@@ -6,16 +6,19 @@ import time
 
 import pytest
 
+from app.jobs import get_job_runner
+from app.store import get_store
+
 pytest_plugins = ["tests.postgres"]  # database_url
 
 
 @pytest.fixture
 def app(make_app, database_url):
-    return make_app(DATABASE_URL=database_url, CLOCK=time.time)
+    return make_app(DATABASE_URL=database_url, clock=time.time)
 
 
 def test_jobs_list_dead_and_retry(app):
-    store = app.extensions["store"]
+    store = get_store(app)
     ok = store.enqueue("reaction", "{}")
     dead = store.enqueue("call_ended", "{}")
     store.claim_job("w", 60)
@@ -49,7 +52,7 @@ def test_jobs_list_dead_and_retry(app):
 
 
 def test_jobs_json_and_status(app):
-    store = app.extensions["store"]
+    store = get_store(app)
     done = store.enqueue("reaction", '{"event": "agent.reaction"}', delivery_id="whd_1")
     store.claim_job("w", 60)
     store.finish_job(done)
@@ -79,7 +82,7 @@ def test_jobs_when_the_store_is_down(app, monkeypatch):
     def down(*args, **kwargs):
         raise StoreUnavailable("postgresql store error: connection refused")
 
-    monkeypatch.setattr(app.extensions["store"], "jobs", down)
+    monkeypatch.setattr(get_store(app), "jobs", down)
     result = app.test_cli_runner().invoke(args=["agentphone", "jobs"])
     assert result.exit_code == 1
     assert "connection refused" in result.output
@@ -95,7 +98,7 @@ def worker(app):
     started = []
 
     def start(handlers, lease=60.0, grace=5.0, concurrency=4, timeout=60.0):
-        runner = app.extensions["job_runner"]
+        runner = get_job_runner(app)
         runner.handlers, runner.lease, runner.grace = handlers, lease, grace
         runner.timeout = timeout
         runner.concurrency, runner.poll = concurrency, 0.05
@@ -129,7 +132,7 @@ def statuses(store):
 
 
 def test_worker_runs_jobs_then_stops_cleanly(app, worker):
-    store = app.extensions["store"]
+    store = get_store(app)
     ran = []
     for i in range(6):
         store.enqueue("reaction", str(i))
@@ -143,7 +146,7 @@ def test_worker_runs_jobs_then_stops_cleanly(app, worker):
 
 
 def test_worker_renews_the_lease_of_a_slow_job(app, worker):
-    store = app.extensions["store"]
+    store = get_store(app)
     job_id = store.enqueue("reaction", "{}")
     worker({"reaction": lambda job: time.sleep(1.5)}, lease=0.6)
     assert wait_until(lambda: store.job(job_id).status == "running", timeout=5)
@@ -159,7 +162,7 @@ def test_worker_renews_the_lease_of_a_slow_job(app, worker):
 
 
 def test_a_hung_job_does_not_hold_the_only_slot(app, worker):
-    store = app.extensions["store"]
+    store = get_store(app)
     hung = store.enqueue("call_ended", "{}")
     worker({"call_ended": lambda job: time.sleep(10),  # a wait inside C: runs on, abandoned
             "reaction": lambda job: None}, concurrency=1, timeout=0.5)
@@ -173,7 +176,7 @@ def test_a_hung_job_does_not_hold_the_only_slot(app, worker):
 
 
 def test_stop_waits_for_running_jobs(app, worker):
-    store = app.extensions["store"]
+    store = get_store(app)
     job_id = store.enqueue("reaction", "{}")
     started = threading.Event()
 
@@ -190,7 +193,7 @@ def test_stop_waits_for_running_jobs(app, worker):
 
 
 def test_stop_hands_back_jobs_that_outlast_the_grace(app, worker):
-    store = app.extensions["store"]
+    store = get_store(app)
     first = store.enqueue("reaction", "{}")
     release = threading.Event()
     started = threading.Event()

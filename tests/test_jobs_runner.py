@@ -6,13 +6,15 @@ import time
 
 import pytest
 
+from app.jobs import get_job_runner
 from app.jobs.runner import retry_delay
+from app.store import get_store
 from app.tasks import Cancelled
 
 
 @pytest.fixture
 def runner(app):
-    runner = app.extensions["job_runner"]
+    runner = get_job_runner(app)
     calls = []
 
     def flaky(job):
@@ -28,7 +30,7 @@ def runner(app):
 @pytest.fixture
 def clock(app):
     now = [1000.0]
-    app.extensions["store"].clock = lambda: now[0]
+    get_store(app).clock = lambda: now[0]
     return now
 
 

@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-from app.agent import Turn, tool
+from app.agent import Turn, get_agent, tool
 from app.agent.llm import APOLOGY, CUT_OFF, NOTHING_SAID, TOO_MANY_ROUNDS, LLMAgent
 from app.demo import Receptionist
+from app.store import get_store
 from app.voice.streamer import LATE_TEXT, stream_turn
 from tests.fake_llm import (  # noqa: F401
     drop,
@@ -154,7 +155,7 @@ def test_call_control_tools(fake_llm, tool_name, expected):
 
 
 def test_history_system_prompt_and_earlier_turns_are_sent(app, fake_llm):
-    store = app.extensions["store"]
+    store = get_store(app)
     agent = make_agent(fake_llm, store=store, system_prompt="You work at Bright Smile.")
     history = [{"content": "Hello, how can I help?", "direction": "outbound", "channel": "voice",
                 "at": "2025-01-15T14:00:00Z"}]
@@ -213,7 +214,7 @@ def test_http_errors_and_an_unreachable_endpoint_end_with_an_apology(fake_llm, c
 ])
 def test_a_truncated_answer_is_asked_again_and_never_spoken(app, fake_llm, caplog, broken,
                                                             reason):
-    store = app.extensions["store"]
+    store = get_store(app)
     fake_llm.script(*broken)
     fake_llm.script(text("Our founder is Ada."))
     lines = run_turn(make_agent(fake_llm, store=store), "Who founded it?")
@@ -228,7 +229,7 @@ def test_a_truncated_answer_is_asked_again_and_never_spoken(app, fake_llm, caplo
 
 
 def test_a_failure_is_not_blamed_on_the_caller(app, fake_llm):
-    store = app.extensions["store"]
+    store = get_store(app)
     fake_llm.script(text("The founder of the business"), no_finish())
     fake_llm.script(empty())
     lines = run_turn(make_agent(fake_llm, store=store), "Who founded it?")
@@ -240,7 +241,7 @@ def test_a_failure_is_not_blamed_on_the_caller(app, fake_llm):
 
 
 def test_an_answer_cut_at_max_tokens_is_a_failure(app, fake_llm, caplog):
-    store = app.extensions["store"]
+    store = get_store(app)
     fake_llm.script(text("Well. We have many options."), text(" First, the"), finish("length"))
     lines = run_turn(make_agent(fake_llm, store=store, max_tokens=12), "Options?")
     assert texts(lines) == ["One moment.", "Well.", "We have many options.", CUT_OFF]
@@ -280,12 +281,12 @@ def test_texts_get_the_whole_answer(fake_llm):
 
 def test_the_llm_agent_is_chosen_by_config(make_app):
     app = make_app(LLM_BASE_URL="http://127.0.0.1:9/v1", LLM_MODEL="m1", LLM_MAX_ROUNDS=3)
-    agent = app.extensions["agent"]
+    agent = get_agent(app=app)
     assert isinstance(agent, LLMAgent)
     assert (agent.model, agent.max_rounds, agent.base_url) == ("m1", 3, "http://127.0.0.1:9/v1")
     assert {"book_appointment", "lookup_order", "check_availability", "cancel_appointment",
             "search_customers", "opening_hours", "end_call"} <= set(agent.toolbox.tools)
-    assert isinstance(make_app().extensions["agent"], Receptionist)
+    assert isinstance(get_agent(app=make_app()), Receptionist)
 
 
 def test_a_name_repeated_in_every_chunk_is_one_call_and_content_is_never_null(fake_llm):

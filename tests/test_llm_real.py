@@ -14,6 +14,7 @@ import requests
 from app.agent.base import Agent, Turn
 from app.agent.llm import APOLOGY, CUT_OFF, NOTHING_SAID
 from app.simulator import iter_ndjson, new_call_id, payload, signed_request
+from app.store import get_store
 from app.voice.streamer import LATE_TEXT
 from tests.conftest import SECRET
 from tests.llama_server import llama_server_fixture  # noqa: F401
@@ -150,7 +151,7 @@ def test_a_second_call_cuts_the_first_short(gunicorn, llama_server, make_app):
                    if f"LLM turn {first.delivery_id}: round 1 failed" in line)
     assert "WARNING" in warning and "without a finish_reason" in warning
     heard = " ".join(model_lines(first_lines))
-    store = make_app().extensions["store"]
+    store = get_store(make_app())
     session = Turn(text="", channel="voice", call_id=first.call_id, agent_id="agt_demo")
     assert store.session_state(session.session_id)["llm_history"] == [
         {"role": "user", "content": STORY}, {"role": "assistant", "content": heard}]

@@ -6,7 +6,9 @@ import json
 import pytest
 
 from app.errors import Unretryable
+from app.jobs import get_job_runner
 from app.simulator import payload, signed_request
+from app.store import get_store
 from app.store.base import UnstorableValue
 from tests.conftest import NOW, SECRET
 
@@ -20,7 +22,7 @@ def backend_app(request, make_app):
     else:
         app = make_app(DATABASE_URL=request.getfixturevalue("pg_url"))
     yield app
-    app.extensions["store"].close()
+    get_store(app).close()
 
 
 @pytest.fixture
@@ -36,7 +38,7 @@ def post(backend_app):
 
 
 def _run_jobs(app):
-    runner = app.extensions["job_runner"]
+    runner = get_job_runner(app)
     runner.run_pending()
     return runner.store.jobs()
 
@@ -77,7 +79,7 @@ def test_delivery_a_handler_cannot_use_is_400_with_details_and_queues_nothing(
     error = response.get_json()["error"]
     assert error["code"] == "VALIDATION_ERROR"
     assert field in [d["field"] for d in error["details"]]
-    assert backend_app.extensions["store"].jobs() == []
+    assert get_store(backend_app).jobs() == []
 
 
 @pytest.mark.parametrize("raw", [
@@ -99,7 +101,7 @@ def test_reaction_with_lone_surrogates_and_nul_is_stored_with_replacement_charac
     assert post(raw, delivery_id="whd_poison_reaction").status_code == 200
     [job] = _run_jobs(backend_app)
     assert (job.status, job.attempts) == ("done", 1)
-    [stored] = backend_app.extensions["store"].reactions()
+    [stored] = get_store(backend_app).reactions()
     assert stored["reaction_type"] == "lo\ufffdve"
     assert stored["from_number"] == "+1555\ufffd"
 
@@ -110,7 +112,7 @@ def test_call_ended_with_lone_surrogates_is_stored_and_its_job_succeeds(backend_
     assert post(body).status_code == 200
     [job] = _run_jobs(backend_app)
     assert (job.status, job.attempts) == ("done", 1)
-    record = backend_app.extensions["store"].call_record("call_poison")
+    record = get_store(backend_app).call_record("call_poison")
     assert record["summary"] == "caller said \ufffd"
     assert record["transcript"] == [{"role": "user", "content": "\ufffd broken emoji"}]
     assert record["duration_seconds"] == 330
@@ -131,7 +133,7 @@ def test_voice_turn_with_a_lone_surrogate_streams_a_reply(post):
 
 def test_queued_delivery_that_fails_the_checks_is_dead_at_its_first_attempt(backend_app):
     """A job queued before the checks existed (or by another version) is not retried."""
-    store = backend_app.extensions["store"]
+    store = get_store(backend_app)
     job_id = store.enqueue("call_ended", json.dumps(call_ended(durationSeconds=2**63)),
                            delivery_id="whd_old")
     _run_jobs(backend_app)
@@ -141,7 +143,7 @@ def test_queued_delivery_that_fails_the_checks_is_dead_at_its_first_attempt(back
 
 
 def test_store_refusing_a_value_is_unstorable_not_unavailable(backend_app):
-    store = backend_app.extensions["store"]
+    store = get_store(backend_app)
     with pytest.raises(UnstorableValue) as caught:
         store.save_call_record({"call_id": "c1", "duration_seconds": 2**1100})
     assert caught.value.status == 400
@@ -150,8 +152,8 @@ def test_store_refusing_a_value_is_unstorable_not_unavailable(backend_app):
 
 
 def test_handler_hitting_an_unstorable_value_is_dead_at_once(backend_app):
-    store = backend_app.extensions["store"]
-    runner = backend_app.extensions["job_runner"]
+    store = get_store(backend_app)
+    runner = get_job_runner(backend_app)
 
     def stores_the_unstorable(job):
         store.save_reaction(f"job:{job.id}", {"reaction_type": "\ud800"})
@@ -165,7 +167,7 @@ def test_handler_hitting_an_unstorable_value_is_dead_at_once(backend_app):
 
 
 def test_unretryable_failure_is_dead_lettered_with_its_reason(app):
-    runner = app.extensions["job_runner"]
+    runner = get_job_runner(app)
 
     def hopeless(job):
         raise Unretryable("the order no longer exists")

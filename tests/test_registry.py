@@ -10,9 +10,9 @@ import pytest
 from app import registry
 from app.agent import Agent, Reply
 from app.agentphone import AgentPhoneClient
-from app.jobs import handlers
+from app.jobs import get_job_runner, handlers
 from app.simulator import payload
-from app.store import Job
+from app.store import Job, get_store
 from app.webhook import events
 from tests.fake_agentphone import API_KEY, SENT, fake_api_fixture  # noqa: F401
 
@@ -51,10 +51,10 @@ def test_the_webhook_queues_and_the_runner_runs_the_table_s_job_kinds(app, post_
         response = post_signed(body)
         response.get_data()  # a voice turn runs in its stream
         assert response.status_code == 200
-    store = app.extensions["store"]
+    store = get_store(app)
     assert sorted(job.kind for job in store.jobs()) == sorted(registry.JOB_ROUTES)
-    assert set(app.extensions["job_runner"].handlers) == set(registry.JOB_ROUTES)
-    assert app.extensions["job_runner"].run_pending() == 3
+    assert set(get_job_runner(app).handlers) == set(registry.JOB_ROUTES)
+    assert get_job_runner(app).run_pending() == 3
     assert {job.status for job in store.jobs()} == {"done"}
 
 
@@ -63,14 +63,14 @@ def test_a_job_parses_its_delivery_once(app, post_signed, monkeypatch):
     parsed = []
     parse = events.parse
     monkeypatch.setattr(events, "parse", lambda body: parsed.append(body) or parse(body))
-    assert app.extensions["job_runner"].run_pending() == 1
+    assert get_job_runner(app).run_pending() == 1
     assert len(parsed) == 1
 
 
 def test_a_stored_delivery_that_fails_the_checks_is_unretryable(app):
-    store = app.extensions["store"]
+    store = get_store(app)
     job_id = store.enqueue("reaction", json.dumps({"event": "agent.reaction", "data": []}))
-    app.extensions["job_runner"].run_pending()
+    get_job_runner(app).run_pending()
     job = store.job(job_id)
     assert (job.status, job.attempts) == ("dead", 1)
     assert job.last_error.startswith("Unretryable: stored delivery is invalid")
@@ -90,7 +90,7 @@ class Listening(Agent):
 
 
 def context_for(app, agent, api=None):
-    return handlers.JobContext(store=app.extensions["store"], agent=agent, api=api,
+    return handlers.JobContext(store=get_store(app), agent=agent, api=api,
                                send_replies=api is not None, max_attempts=5,
                                failure_reply=True)
 
@@ -104,7 +104,7 @@ def test_handlers_work_from_their_arguments_outside_any_app_context(app, fake_ap
     handlers.call_ended(ended, Job(1, "call_ended", "", 1, delivery_id="whd_1"),
                         context_for(app, agent))
     assert [r.call_id for r in agent.records] == [ended.data["callId"]]
-    assert app.extensions["store"].call_record(ended.data["callId"]) is not None
+    assert get_store(app).call_record(ended.data["callId"]) is not None
     text = event_of(payload("sms", "When are you open?"))
     handlers.text_message(text, Job(2, "text_message", "", 1, delivery_id="whd_2"),
                           context_for(app, agent, api))

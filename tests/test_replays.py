@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from app.jobs import get_job_runner
 from app.simulator import payload, signed_request
 from app.store import Replayed, SignedBytes, open_store
 from app.webhook.signing import REPLAY_MARGIN, TOLERANCE, signed_digest
@@ -36,7 +37,7 @@ def test_reaction_replayed_under_new_ids_is_stored_once(app, client, caplog):
         replay = {**headers, "X-Webhook-ID": f"whd_replay_{n}"}
         response = client.post("/webhook", data=raw, headers=replay)
         assert (response.status_code, response.get_json()) == (200, {"ok": True})
-    runner = app.extensions["job_runner"]
+    runner = get_job_runner(app)
     assert runner.run_pending() == 1
     assert len(runner.store.reactions()) == 1
     assert _rows(app, "SELECT id FROM deliveries") == [("whd_first",)]
@@ -49,7 +50,7 @@ def test_replay_with_the_signature_in_upper_case_is_still_a_replay(app, client):
     upper = {**headers, "X-Webhook-ID": "whd_other",
              "X-Webhook-Signature": "sha256=" + headers["X-Webhook-Signature"][7:].upper()}
     assert client.post("/webhook", data=raw, headers=upper).status_code == 200
-    assert app.extensions["job_runner"].run_pending() == 1
+    assert get_job_runner(app).run_pending() == 1
 
 
 def test_replay_without_an_id_is_a_replay_of_the_first(app, client):
@@ -73,7 +74,7 @@ def test_same_bytes_at_a_new_timestamp_and_id_are_a_new_delivery(app, client):
     for timestamp, delivery_id in ((NOW - 1, "whd_a"), (NOW, "whd_b")):
         raw, headers = signed_request(SECRET, REACTION, delivery_id, timestamp)
         assert client.post("/webhook", data=raw, headers=headers).status_code == 200
-    assert app.extensions["job_runner"].run_pending() == 2
+    assert get_job_runner(app).run_pending() == 2
 
 
 def test_voice_replay_under_a_new_id_does_not_run_the_agent(app, client):

@@ -107,10 +107,9 @@ def test_generated_dev_secret_verifies_deliveries(monkeypatch, tmp_path):
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/e.db")
     monkeypatch.setenv("JOB_RUNNER", "off")
     monkeypatch.chdir(tmp_path)
-    app = create_app()
+    app = create_app(clock=lambda: NOW)
     [secret] = app.config["WEBHOOK_SECRETS"]
     raw, headers = signed_request(secret, payload("sms"), timestamp=NOW)
-    app.config["CLOCK"] = lambda: NOW
     assert app.test_client().post("/webhook", data=raw, headers=headers).status_code == 200
     raw, headers = signed_request("", payload("sms"), timestamp=NOW)
     assert app.test_client().post("/webhook", data=raw, headers=headers).status_code == 401

@@ -4,6 +4,7 @@ their per-call memory is kept apart."""
 import pytest
 
 from app import config
+from app.store import get_store
 from app.testing.call import Call
 from tests.fake_agentphone import fake_api_fixture  # noqa: F401
 
@@ -98,4 +99,4 @@ def test_outbound_call_from_the_cli_is_retried_only_when_nothing_was_done(fake_a
     result = runner.invoke(args=["agentphone", "call", "+14155559999", "--agent", "agt_1"])
     assert result.exit_code == 1 and "boom" in result.output
     assert fake_api.count("POST", "/v1/calls") == 3  # a 500 may have placed it: not retried
-    app.extensions["store"].close()
+    get_store(app).close()

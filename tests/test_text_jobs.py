@@ -10,7 +10,9 @@ import pytest
 import requests
 
 from app.agent import Agent, CallRecord, Reaction, Reply
+from app.jobs import get_job_runner
 from app.simulator import payload, signed_request
+from app.store import get_store
 from tests.conftest import NOW, SECRET
 from tests.fake_agentphone import (  # noqa: F401
     API_KEY,
@@ -48,7 +50,7 @@ def deliver(app, body, delivery_id=None, timestamp=NOW):
 
 
 def run_jobs(app):
-    return app.extensions["job_runner"].run_pending()
+    return get_job_runner(app).run_pending()
 
 
 def sms(text="Where is my order?", **data):
@@ -56,7 +58,7 @@ def sms(text="Where is my order?", **data):
 
 
 def job_for(app, delivery_id):
-    store = app.extensions["store"]
+    store = get_store(app)
     return next(j for j in store.jobs(limit=500) if j.delivery_id == delivery_id)
 
 
@@ -71,7 +73,7 @@ def test_inbound_text_is_answered_once(api_app, fake_api):
                 "due Thursday. You also have order 4524; just ask if you'd like an update on "
                 "it. Is there anything else I can help with?",
     }
-    store = api_app.extensions["store"]
+    store = get_store(api_app)
     assert store.outbox_entry(delivery)["status"] == "sent"
     assert store.outbox_entry(delivery)["message_id"] == "msg_1"
     # The platform retries the delivery; an operator replays the finished job: no new text.
@@ -83,7 +85,7 @@ def test_inbound_text_is_answered_once(api_app, fake_api):
 
 
 def test_a_send_that_may_have_happened_is_not_repeated(api_app, fake_api, caplog):
-    store = api_app.extensions["store"]
+    store = get_store(api_app)
     # A worker died between recording "sending" and recording the outcome.
     delivery = deliver(api_app, sms())
     assert store.outbox_begin(delivery, JANE, "an earlier attempt") == ("sending", True)
@@ -103,7 +105,7 @@ def test_a_send_that_may_have_happened_is_not_repeated(api_app, fake_api, caplog
 
 
 def test_a_rejected_or_unconnected_send_is_retried(api_app, fake_api):
-    store = api_app.extensions["store"]
+    store = get_store(api_app)
     fake_api.on("POST", "/v1/messages",
                 json_reply({"error": {"message": "to_number is invalid"}}, 400), SENT)
     delivery = deliver(api_app, sms("What are your hours?"))
@@ -129,7 +131,7 @@ def test_a_rejected_or_unconnected_send_is_retried(api_app, fake_api):
 
 
 def test_a_send_whose_answer_was_cut_short_is_not_repeated(api_app, fake_api, caplog):
-    store = api_app.extensions["store"]
+    store = get_store(api_app)
     # The request went out and the connection broke in the answer: the text may be sent.
     fake_api.on("POST", "/v1/messages", cut_short(SENT))
     delivery = deliver(api_app, sms("What are your hours?"))
@@ -164,7 +166,7 @@ def test_without_an_api_key_the_reply_is_logged(make_app, caplog):
     debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     assert not any("We're open" in m for m in info)  # the body only at DEBUG
     assert any("We're open" in m for m in debug)
-    assert app.extensions["store"].outbox_entry(delivery) is None
+    assert get_store(app).outbox_entry(delivery) is None
     assert job_for(app, delivery).status == "done"
 
 
@@ -177,7 +179,7 @@ def test_call_records_are_stored_once_and_listed(make_app):
     deliver(app, payload("call_ended", callId="call_two", durationSeconds=12.5,
                          callSuccessful=None, summary=None, userSentiment=None))
     assert run_jobs(app) == 3
-    store = app.extensions["store"]
+    store = get_store(app)
     record = store.call_record("call_sim")
     assert {k: record[k] for k in ("call_id", "from_number", "to_number", "duration_seconds",
                                    "summary", "sentiment", "successful")} == {
@@ -208,7 +210,7 @@ def test_reactions_are_recorded_without_a_reply(make_app):
     delivery = deliver(app, REACTION)
     deliver(app, REACTION, delivery)
     assert run_jobs(app) == 1
-    [stored] = app.extensions["store"].reactions()
+    [stored] = get_store(app).reactions()
     assert stored["delivery_id"] == delivery
     assert (stored["reaction_type"], stored["message_id"], stored["from_number"]) == (
         "love", "msg_003", JANE)
@@ -245,7 +247,7 @@ def test_one_message_under_two_delivery_ids_is_answered_once(api_app, fake_api):
 
 def test_replies_of_unknown_fate_are_listed_counted_and_resent_only_on_request(
         api_app, fake_api, caplog):
-    store = api_app.extensions["store"]
+    store = get_store(api_app)
     cli = api_app.test_cli_runner()
     # The API fails mid-request: the text may have gone out.
     fake_api.on("POST", "/v1/messages", json_reply({"detail": "boom"}, 500))
@@ -304,8 +306,8 @@ def test_a_text_the_model_could_not_answer_is_retried_then_apologised_for(
     now = [NOW]
     app = make_app(AGENTPHONE_API_KEY=API_KEY, AGENTPHONE_API_URL=fake_api.url,
                    LLM_BASE_URL=fake_llm.url, LLM_API_KEY="sk-test", JOB_MAX_ATTEMPTS=2,
-                   TEXT_FAILURE_REPLY=written_apology, CLOCK=lambda: now[0])
-    store = app.extensions["store"]
+                   TEXT_FAILURE_REPLY=written_apology, clock=lambda: now[0])
+    store = get_store(app)
     for _ in range(4):  # two attempts, each asking the model twice
         fake_llm.script(text("Your order"), no_finish())
     delivery = deliver(app, sms())
@@ -354,8 +356,8 @@ class HookAgent(Agent):
 
 def test_a_custom_agent_hears_call_ends_and_reactions(make_app, fixtures_dir):
     agent = HookAgent(fail_reactions=1)
-    app = make_app(AGENT=agent)
-    store = app.extensions["store"]
+    app = make_app(AGENT_INSTANCE=agent)
+    store = get_store(app)
     deliver(app, json.loads((fixtures_dir / "call_ended-voice.json").read_text()), "whd_call")
     reaction = deliver(app, REACTION)
     assert run_jobs(app) == 2
@@ -382,7 +384,7 @@ def test_a_custom_agent_hears_call_ends_and_reactions(make_app, fixtures_dir):
 
 def test_a_text_turn_carries_its_message_id_and_media(make_app, fixtures_dir, caplog):
     agent = HookAgent()
-    app = make_app(AGENT=agent)
+    app = make_app(AGENT_INSTANCE=agent)
     mms = sms("", messageId="msg_mms", mediaUrl="https://media.example/a.jpg",
               mediaUrls=["https://media.example/a.jpg", "https://media.example/b.jpg"])
     with caplog.at_level(logging.INFO, logger="app.jobs.handlers"):

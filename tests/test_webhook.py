@@ -7,7 +7,9 @@ import time
 
 import pytest
 
+from app.jobs import get_job_runner
 from app.simulator import payload, signed_request
+from app.store import get_store
 from app.voice.streamer import LATE_TEXT, deadline_for
 from tests.conftest import NOW, SECRET
 
@@ -185,7 +187,7 @@ def test_duplicate_voice_turn_replays_the_stored_reply(post_signed):
 
 
 def test_voice_turn_whose_first_attempt_stopped_beating_runs_again(app, post_signed):
-    store = app.extensions["store"]
+    store = get_store(app)
     store.clock = lambda: NOW - 10  # claimed 10 s ago by a worker that has died since
     assert store.claim_voice("whd_dead", "agent.message", "gone:1:0")
     store.clock = lambda: NOW
@@ -243,8 +245,8 @@ def test_unclaimable_voice_turn_still_hears_interim_and_fallback(make_app, monke
 def test_healthz(app, client):
     assert client.get("/healthz").get_json() == {"ok": True, "store": "sqlite"}
     path = app.config["DATABASE_URL"][len("sqlite:///"):]
-    app.extensions["store"].close()
-    app.extensions["store"].path = str(path) + ".missing/x.db"
+    get_store(app).close()
+    get_store(app).path = str(path) + ".missing/x.db"
     assert client.get("/healthz").status_code == 503
 
 
@@ -301,8 +303,8 @@ def test_call_ended_and_reaction_need_no_channel(app, post_signed, fixtures_dir,
     del body["channel"]
     response = post_signed(body, delivery_id="whd_nochannel")
     assert (response.status_code, response.get_json()) == (200, {"ok": True})
-    assert app.extensions["job_runner"].run_pending() == 1
-    store = app.extensions["store"]
+    assert get_job_runner(app).run_pending() == 1
+    store = get_store(app)
     assert [(j.delivery_id, j.status) for j in store.jobs()] == [("whd_nochannel", "done")]
     if body["event"] == "agent.call_ended":
         assert store.call_record("call_ghi012")["duration_seconds"] == 330

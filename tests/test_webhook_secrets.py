@@ -11,7 +11,7 @@ import requests
 
 from app import config, create_app
 from app.simulator import payload, signed_request
-from app.store import StoreUnavailable, open_store
+from app.store import StoreUnavailable, get_store, open_store
 from app.store.secrets import StoredSecret
 from app.webhook import secrets as secrets_module
 from app.webhook.secrets import SecretSource
@@ -120,7 +120,7 @@ def test_the_server_starts_on_a_stored_secret_alone(env):
     assert app.test_client().post("/webhook", data=raw, headers=headers).status_code == 200
     raw, headers = signed_request("whsec_other", payload("sms", "hi"))
     assert app.test_client().post("/webhook", data=raw, headers=headers).status_code == 401
-    app.extensions["store"].close()
+    get_store(app).close()
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ def cli(fake_api, env, monkeypatch):
 
     yield run
     for app in apps:
-        app.extensions["store"].close()
+        get_store(app).close()
 
 
 def test_webhook_set_stores_the_secret_and_never_prints_it(fake_api, cli, env):

@@ -22,11 +22,17 @@ import time
 from app.agent.base import TRANSFER, Agent, Reply
 from app.agent.speech import SentenceStream
 from app.agent.tools import Tool, Toolbox, ToolCall, run_tools
+from app.config import default
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "gpt-4o-mini"
-DEFAULT_MAX_TOKENS = 300
+# The settings table's defaults, for an agent built without a config.
+DEFAULT_MODEL = default("LLM_MODEL")
+DEFAULT_MAX_TOKENS = default("LLM_MAX_TOKENS")
+DEFAULT_MAX_ROUNDS = default("LLM_MAX_ROUNDS")
+DEFAULT_TIMEOUT = default("LLM_TIMEOUT")
+DEFAULT_TOOL_TIMEOUT = default("LLM_TOOL_TIMEOUT")
+DEFAULT_STREAM_TOOLS = default("LLM_STREAM_TOOLS")
 DEFAULT_SYSTEM_PROMPT = (
     "You are the friendly receptionist of a small business, answering phone calls and text "
     "messages. Keep answers short: one to three plain sentences, no lists, no markdown, no "
@@ -87,9 +93,10 @@ class LLMAgent(Agent):
     acknowledgement = "One moment."
 
     def __init__(self, model=DEFAULT_MODEL, *, base_url=None, api_key=None, system_prompt=None,
-                 tools=(), store=None, max_rounds=4, timeout=20.0, tool_timeout=None,
-                 call_control=True, client=None, tool_choice=None,
-                 max_tokens=DEFAULT_MAX_TOKENS, extra_body=None, stream_tools=True):
+                 tools=(), store=None, max_rounds=DEFAULT_MAX_ROUNDS, timeout=DEFAULT_TIMEOUT,
+                 tool_timeout=DEFAULT_TOOL_TIMEOUT, call_control=True, client=None,
+                 tool_choice=None, max_tokens=DEFAULT_MAX_TOKENS, extra_body=None,
+                 stream_tools=DEFAULT_STREAM_TOOLS):
         if tool_choice not in (None, *TOOL_CHOICES):
             raise ValueError(f"tool_choice must be one of {TOOL_CHOICES} or None")
         self.model = model
@@ -115,22 +122,25 @@ class LLMAgent(Agent):
 
     @classmethod
     def from_config(cls, config, tools=(), store=None):
-        """Built from the LLM_* settings of a Flask config."""
-        max_tokens = config.get("LLM_MAX_TOKENS")
+        """Built from the LLM_* settings of a Flask config; the settings table's default for
+        any it lacks."""
+        def setting(key):
+            return config[key] if key in config else default(key)
+
         return cls(
-            config.get("LLM_MODEL") or DEFAULT_MODEL,
-            base_url=config.get("LLM_BASE_URL"),
-            api_key=config.get("LLM_API_KEY"),
-            system_prompt=config.get("LLM_SYSTEM_PROMPT"),
+            setting("LLM_MODEL"),
+            base_url=setting("LLM_BASE_URL"),
+            api_key=setting("LLM_API_KEY"),
+            system_prompt=setting("LLM_SYSTEM_PROMPT"),
             tools=tools,
             store=store,
-            max_rounds=config.get("LLM_MAX_ROUNDS") or 4,
-            timeout=config.get("LLM_TIMEOUT") or 20.0,
-            tool_timeout=config.get("LLM_TOOL_TIMEOUT"),
-            tool_choice=config.get("LLM_TOOL_CHOICE"),
-            max_tokens=DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
-            extra_body=config.get("LLM_EXTRA_BODY"),
-            stream_tools=config.get("LLM_STREAM_TOOLS", True),
+            max_rounds=setting("LLM_MAX_ROUNDS"),
+            timeout=setting("LLM_TIMEOUT"),
+            tool_timeout=setting("LLM_TOOL_TIMEOUT"),
+            tool_choice=setting("LLM_TOOL_CHOICE"),
+            max_tokens=setting("LLM_MAX_TOKENS"),
+            extra_body=setting("LLM_EXTRA_BODY"),
+            stream_tools=setting("LLM_STREAM_TOOLS"),
         )
 
     @property

@@ -47,6 +47,7 @@ from app.agentphone.pagination import (
     walk_offset,
 )
 from app.agentphone.sse import TranscriptEvent, parse_sse, transcript_event
+from app.config import default
 from app.metrics import API_REQUESTS, endpoint
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://api.agentphone.ai"
+DEFAULT_BASE_URL = default("AGENTPHONE_API_URL")
 USER_AGENT = "agentphone-backend/0.1"
 
 M = TypeVar("M", bound=_Model)

@@ -11,7 +11,7 @@ import click
 
 from app.agentphone import AgentPhoneError
 from app.agentphone.models import StreamConnected, StreamEnded, TranscriptTurn
-from app.cli.base import agentphone, uses
+from app.cli.base import uses
 from app.cli.output import echo, terminal_safe
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -49,7 +49,7 @@ def echo_json(value):
     echo(json.dumps(value, indent=2, sort_keys=False))
 
 
-@agentphone.command("calls")
+@click.command("calls")
 @click.option("--status", type=click.Choice(["completed", "in-progress", "failed"]),
               help="Only calls with this status.")
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True,
@@ -101,7 +101,7 @@ def _echo_event(event):
 _EVENT_NAMES = {StreamConnected: "connected", TranscriptTurn: "turn", StreamEnded: "ended"}
 
 
-@agentphone.command("transcript")
+@click.command("transcript")
 @click.argument("call_id")
 @click.option("--follow", "-f", is_flag=True,
               help="Stream the transcript live until the call ends.")
@@ -127,7 +127,7 @@ def transcript(call_id, follow, as_json):
             echo(f"agent: {entry.response}")
 
 
-@agentphone.command("deliveries")
+@click.command("deliveries")
 @click.option("--failed", is_flag=True, help="Only deliveries that failed.")
 @click.option("--hours", type=click.IntRange(1, 168), help="Look back this many hours.")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True,
@@ -155,7 +155,7 @@ def deliveries(failed, hours, limit, as_json):
          f"success rate {rate}")
 
 
-@agentphone.group("webhook")
+@click.group("webhook")
 def webhook():
     """Webhook tools."""
 
@@ -290,7 +290,7 @@ def webhook_test(agent_id, as_json):
         ))
 
 
-@agentphone.command("send")
+@click.command("send")
 @click.argument("to")
 @click.argument("text")
 @click.option("--agent-id", help="Sending agent (its first number unless --number-id); "

@@ -11,7 +11,7 @@ from flask.cli import ScriptInfo
 
 from app import config, configure_logging, create_app
 from app.agentphone import from_config
-from app.store import StoreUnavailable, open_store
+from app.store import StoreUnavailable, get_store, open_store
 
 
 class CommandGroup(click.Group):
@@ -53,7 +53,7 @@ class Resources:
     def store(self):
         """The app's store, else one opened (and migrated) for this command."""
         if self._app is not None:
-            return self._app.extensions["store"]
+            return get_store(self._app)
         if self._store is None:
             settings = self.settings
             try:
@@ -94,7 +94,7 @@ class Resources:
         if self._store is not None:
             self._store.close()
         if self._own_app is not None:
-            self._own_app.extensions["store"].close()
+            get_store(self._own_app).close()
 
 
 def uses():
@@ -115,4 +115,4 @@ def agentphone(ctx):
     """AgentPhone backend tools: simulator, API client, jobs, worker."""
     if ctx.find_object(ScriptInfo) is None:  # under `flask --app` the app has done both
         config.load_dotenv_file()
-        configure_logging(config.log_level(), config.log_format())
+        configure_logging(config.read("LOG_LEVEL"), config.read("LOG_FORMAT"))

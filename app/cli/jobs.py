@@ -8,14 +8,16 @@ import time
 import click
 
 from app.cli.api import echo_json
-from app.cli.base import agentphone, uses
+from app.cli.base import uses
 from app.cli.output import echo
+from app.config import SETTINGS
+from app.jobs import get_job_runner
 from app.store import JOB_STATES
 
 log = logging.getLogger(__name__)
 
 
-@agentphone.group("jobs", invoke_without_command=True)
+@click.group("jobs", invoke_without_command=True)
 @click.option("--dead", is_flag=True, help="Only dead-lettered jobs (same as --status dead).")
 @click.option("--unsure", is_flag=True,
               help="Text replies that may or may not have gone out, by job (see `jobs resend`).")
@@ -82,15 +84,15 @@ def resend(job_id):
     echo(f"job {job_id} queued to resend its reply to {row['to_number']}")
 
 
-@agentphone.command("worker")
+@click.command("worker")
 @click.option("--grace", default=None, type=float,
               help="Seconds running jobs may take to finish after SIGTERM before they are "
-                   "handed back to the queue (default: JOB_GRACE, 20; Heroku kills 30 s "
-                   "after SIGTERM).")
+                   f"handed back to the queue (default: JOB_GRACE, {SETTINGS['JOB_GRACE'][0]}; "
+                   "Heroku kills 30 s after SIGTERM).")
 def worker(grace):
     """Run background jobs only (the Procfile's worker process; set JOB_RUNNER=off on the web
     processes). SIGTERM or Ctrl-C: stop claiming, finish or hand back running jobs, exit."""
-    runner = uses().app().extensions["job_runner"]
+    runner = get_job_runner(uses().app())
     if grace is not None:
         runner.grace = grace
     previous = {sig: signal.signal(sig, runner.request_stop)

@@ -6,7 +6,7 @@ import click
 import requests
 
 from app import config, simulator
-from app.cli.base import agentphone, uses
+from app.cli.base import uses
 from app.cli.output import echo
 
 
@@ -15,7 +15,7 @@ def default_url():
     return f"http://127.0.0.1:{config.env('PORT')}/webhook"
 
 
-@agentphone.command("simulate")
+@click.command("simulate")
 @click.option("--url", default=default_url, show_default="http://127.0.0.1:$PORT/webhook",
               help="The running server's webhook URL.")
 @click.option("--sms", "kind", flag_value="sms", help="Send an inbound SMS instead.")

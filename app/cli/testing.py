@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from app.cli.base import agentphone, uses
+from app.cli.base import uses
 
 url_option = click.option(
     "--url", default=None,
@@ -27,7 +27,7 @@ def _secret(url, secret):
     return secret or uses().webhook_secret()
 
 
-@agentphone.command("test")
+@click.command("test")
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @url_option
 @secret_option
@@ -62,7 +62,7 @@ HELP = ("Type what the caller says. /sms texts instead, /voice talks again, /ret
         "the last delivery, /end hangs up (agent.call_ended), /quit leaves.")
 
 
-@agentphone.command("call")
+@click.command("call")
 @click.argument("number", required=False)
 @url_option
 @secret_option

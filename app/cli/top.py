@@ -4,7 +4,7 @@ import time
 
 import click
 
-from app.cli.base import agentphone, uses
+from app.cli.base import uses
 from app.console import figures
 
 CLEAR = "\x1b[H\x1b[2J"
@@ -30,7 +30,7 @@ def render(now):
     return lines
 
 
-@agentphone.command("top")
+@click.command("top")
 @click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(0.1, 60),
               help="Seconds between refreshes.")
 @click.option("--once", is_flag=True, help="Print one frame and exit.")

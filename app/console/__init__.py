@@ -27,7 +27,7 @@ from flask import (
     url_for,
 )
 
-from app.console import figures
+from app.console import figures, journal
 from app.console.journal import Journal
 from app.store import get_store
 
@@ -225,7 +225,7 @@ def _platform_deliveries() -> tuple[list, Any, str | None]:
 
 
 def init_app(app: Any) -> None:
-    app.extensions["journal"] = Journal(app.extensions["store"])
+    app.extensions[journal.EXTENSION] = Journal(get_store(app))
     app.register_blueprint(bp)
     if (basis := _enabled_by(app.config)) is not None:
         app.secret_key = hashlib.sha256(b"agentphone-session:" + basis.encode()).hexdigest()

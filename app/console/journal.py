@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 FLUSH_SECONDS = 1.0
 MAX_PENDING = 20_000
 TEXT_LIMIT = 500
+EXTENSION = "journal"  # the key of an app's Journal in app.extensions
 
 
 class Journal:
@@ -103,4 +104,4 @@ def get_journal() -> Journal:
     """This app's delivery log."""
     from flask import current_app
 
-    return current_app.extensions["journal"]
+    return current_app.extensions[EXTENSION]

@@ -9,13 +9,14 @@ driving the receptionist's tools.
 from app.agent.tools import tools_of
 from app.demo.agent import Receptionist
 from app.demo.records import DemoRecords
+from app.store import get_store
 
 __all__ = ["DemoRecords", "Receptionist", "create_agent"]
 
 
 def create_agent(app):
     """The demo agent for this app's configuration (its tables are created if missing)."""
-    store = app.extensions["store"]
+    store = get_store(app)
     receptionist = Receptionist(store, app.config["DEMO_TOOL_LATENCY"])
     if app.config.get("LLM_BASE_URL") or app.config.get("LLM_API_KEY"):
         from app.agent.llm import LLMAgent

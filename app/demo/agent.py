@@ -153,7 +153,7 @@ class Receptionist(Agent):
 
     acknowledgement = "One moment."
 
-    def __init__(self, store, tool_latency=0.5):
+    def __init__(self, store, tool_latency):
         self.store = store
         self.records = DemoRecords(store)
         self.tool_latency = tool_latency

@@ -1,6 +1,8 @@
 """Durable background jobs for every event that is not a live voice turn."""
 
-from app.jobs.runner import JobRunner
+from app.jobs.runner import EXTENSION, JobRunner, get_job_runner
+
+__all__ = ["get_job_runner", "init_app"]
 
 
 def init_app(app):
@@ -14,7 +16,7 @@ def init_app(app):
         grace=app.config["JOB_GRACE"],
         timeout=app.config["JOB_TIMEOUT"],
     )
-    app.extensions["job_runner"] = runner
+    app.extensions[EXTENSION] = runner
     if app.config["JOB_RUNNER"]:
         # Under gunicorn post_worker_init starts it at boot; this covers any other server.
         app.before_request(runner.start)

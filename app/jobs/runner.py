@@ -16,16 +16,19 @@ import socket
 import threading
 import time
 
+from flask import current_app
+
 from app import logs
 from app.errors import Unretryable
 from app.metrics import JOB_OUTCOMES, JOB_SECONDS
-from app.store import StoreUnavailable
+from app.store import StoreUnavailable, get_store
 from app.tasks import spawn
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 1.0
 PRUNE_EVERY_SECONDS = 3600.0
+EXTENSION = "job_runner"  # the key of an app's JobRunner in app.extensions
 
 
 class JobTimeout(Exception):
@@ -43,8 +46,8 @@ class JobRunner:
     more, lets running jobs finish for up to ``grace`` seconds, then hands the rest back to
     the queue (their interrupted attempt not counted)."""
 
-    def __init__(self, app, handlers, concurrency=4, max_attempts=5, lease=60.0, grace=25.0,
-                 timeout=60.0, poll=IDLE_POLL_SECONDS, prune_every=PRUNE_EVERY_SECONDS):
+    def __init__(self, app, handlers, *, concurrency, max_attempts, lease, grace, timeout,
+                 poll=IDLE_POLL_SECONDS, prune_every=PRUNE_EVERY_SECONDS):
         self.app = app
         self.handlers = handlers
         self.concurrency = concurrency
@@ -65,7 +68,7 @@ class JobRunner:
 
     @property
     def store(self):
-        return self.app.extensions["store"]
+        return get_store(self.app)
 
     # -- control ----------------------------------------------------------------------------
 
@@ -87,7 +90,7 @@ class JobRunner:
     def stopping(self):
         return self.stop_requests > 0
 
-    def wake(self):
+    def wake(self) -> None:
         """A job was queued in this process: look for it now rather than at the next poll."""
         self._wake.set()
 
@@ -272,3 +275,8 @@ class JobRunner:
 
 def _worker_name():
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def get_job_runner(app=None) -> JobRunner:
+    """The job runner of ``app``, by default the current one."""
+    return (current_app if app is None else app).extensions[EXTENSION]

@@ -83,14 +83,21 @@ class LocalServer:
     """The app with ``agent`` served on a loopback port until ``close()``.
 
     ``agent``: an ``Agent``, a factory called with the app, a ``module:factory`` path, or
-    ``None`` for the agent the configuration chooses. ``config`` overrides settings.
+    ``None`` for the agent the configuration chooses. The settings are the environment's (and
+    ``.env``'s), with the server's own address, database and secret; ``config`` overrides them.
     ``clock_offset`` shifts the server's clock (scenario ``clock:``).
     """
 
     def __init__(self, agent: Any = None, config: dict | None = None,
                  clock_offset: float = 0.0) -> None:
         from app import create_app
+        from app.agent import get_agent, served_agents
+        from app.config import from_env, instance_path, load_dotenv_file
+        from app.jobs import get_job_runner
+        from app.store import get_store
 
+        load_dotenv_file()
+        environment = from_env(instance_path(), require_secret=False)
         self._tmp = tempfile.TemporaryDirectory(prefix="agentphone-local-")
         self.secret = "whsec_local_" + secrets.token_hex(12)
         self.clock_offset = clock_offset
@@ -99,23 +106,25 @@ class LocalServer:
         self.messages = MessagesStandIn()
         self._platform = _Serving(self.messages)
         settings = {
+            **environment,
             "WEBHOOK_SECRETS": (self.secret,),
             "DEV_MODE": False,
             "DATABASE_URL": "sqlite:///" + str(Path(self._tmp.name) / "local.db"),
             "AGENTPHONE_API_KEY": "sk_local_stand_in",
             "AGENTPHONE_API_URL": self._platform.url,
             "JOB_RUNNER": True,
-            "CLOCK": self.clock,
             "LOG_LEVEL": "WARNING",  # the report or the conversation is the output
         }
         if agent is not None:
             is_agent = not isinstance(agent, type) and callable(getattr(agent, "respond", None))
-            settings["AGENT" if is_agent else "AGENT_FACTORY"] = agent
+            settings["AGENT_INSTANCE" if is_agent else "AGENT_FACTORY"] = agent
         settings.update(config or {})
         try:
-            self.app = create_app(settings)
-            self.agent = self.app.extensions["agent"]
-            for served in (self.agent, *self.app.extensions["agents"].values()):
+            self.app = create_app(settings, clock=self.clock)
+            self.agent = get_agent(app=self.app)
+            self.store = get_store(self.app)
+            self._job_runner = get_job_runner(self.app)
+            for served in served_agents(self.app):
                 served.observe_tools(self._tool_called)
             self._web = _Serving(self.app)
         except BaseException:
@@ -138,21 +147,17 @@ class LocalServer:
 
     def agent_for(self, agent_id: str | None) -> Any:
         """The agent that answers deliveries for ``agent_id`` on this server."""
-        return self.app.extensions["agents"].get(agent_id) or self.agent
+        from app.agent import get_agent
 
-    @property
-    def store(self) -> Any:
-        return self.app.extensions["store"]
+        return get_agent(agent_id, self.app)
 
     def close(self) -> None:
         for call in self._calls:
             call.close()
         self._web.close()
         self._platform.close()
-        runner = self.app.extensions.get("job_runner")
-        if runner is not None:
-            runner.stop()
-        self.app.extensions["store"].close()
+        self._job_runner.stop()
+        self.store.close()
         self._tmp.cleanup()
 
     def __enter__(self) -> LocalServer:

@@ -21,10 +21,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from app.store.base import EventStore, SignedBytes
 
+from flask import Flask, current_app
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 1.0
 STALE_SECONDS = 4.0  # a few missed heartbeats: the holder is gone
+EXTENSION = "voice_claims"  # the key of an app's VoiceClaims in app.extensions
 
 
 class Claim:
@@ -124,3 +127,8 @@ class VoiceClaims:
                 self.store.renew_voice_claims(owner, ids)
             except Exception as exc:
                 log.warning("voice claims: heartbeat of %d claims failed: %s", len(ids), exc)
+
+
+def get_voice_claims(app: Flask | None = None) -> VoiceClaims:
+    """The voice claims of ``app``, by default the current one."""
+    return (current_app if app is None else app).extensions[EXTENSION]

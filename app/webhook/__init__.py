@@ -6,6 +6,7 @@ the blueprint (Flask and the rest of the app) is imported by ``init_app``.
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -14,21 +15,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def init_app(app: "Flask", require_secret: bool = True) -> None:
-    """Register the blueprint, its voice claims and its secrets. Unless ``require_secret`` is
-    False (a process that takes no webhooks), refuse to start with no secret configured or
-    stored."""
+def init_app(app: "Flask", require_secret: bool = True,
+             clock: Callable[[], float] = time.time) -> None:
+    """Register the blueprint, its voice claims and its secrets (which check a delivery's age
+    by ``clock``). Unless ``require_secret`` is False (a process that takes no webhooks),
+    refuse to start with no secret configured or stored."""
     from app.config import REFUSAL_WITHOUT_KEY, ConfigError
-    from app.store import StoreUnavailable
-    from app.voice.claims import VoiceClaims
-    from app.webhook.secrets import SecretSource
+    from app.store import StoreUnavailable, get_store
+    from app.voice import claims
+    from app.webhook import secrets
     from app.webhook.views import bp
 
-    store = app.extensions["store"]
-    app.extensions["voice_claims"] = VoiceClaims(store)
-    source = SecretSource(app.config["WEBHOOK_SECRETS"], store.webhook_secrets,
-                          clock=app.config.get("CLOCK", time.time))
-    app.extensions["webhook_secrets"] = source
+    store = get_store(app)
+    app.extensions[claims.EXTENSION] = claims.VoiceClaims(store)
+    source = secrets.SecretSource(app.config["WEBHOOK_SECRETS"], store.webhook_secrets,
+                                  clock=clock)
+    app.extensions[secrets.EXTENSION] = source
     if require_secret and not source.static:
         try:
             stored = store.webhook_secrets()

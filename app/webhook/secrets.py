@@ -16,6 +16,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from flask import Flask, current_app
+
 from app.store.base import StoreUnavailable
 from app.store.secrets import StoredSecret
 from app.tasks import spawn
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 2.0
 MISS_RELOAD_SECONDS = 0.5
+EXTENSION = "webhook_secrets"  # the key of an app's SecretSource in app.extensions
 
 
 class SecretSource:
@@ -89,3 +92,9 @@ class SecretSource:
         except StoreUnavailable as exc:
             log.error("could not refresh webhook secrets from the store, keeping %d known: %s",
                       len(self._stored), exc)
+
+
+def get_webhook_secrets(app: Flask | None = None) -> SecretSource:
+    """The secret source of ``app``, by default the current one."""
+    source: SecretSource = (current_app if app is None else app).extensions[EXTENSION]
+    return source

@@ -14,15 +14,17 @@ from app.agent import get_agent
 from app.agent.base import Agent, Reply, Turn
 from app.console.journal import get_journal
 from app.errors import BadRequest, PayloadTooLarge, Unauthorized, field_error, render
+from app.jobs.runner import get_job_runner
 from app.metrics import DELIVERIES
 from app.store import Replayed, SignedBytes, StoreUnavailable, get_store
 from app.store.console import IN_FLIGHT
-from app.voice.claims import VoiceClaims
+from app.voice.claims import VoiceClaims, get_voice_claims
 from app.voice.hangup import caller_socket
 from app.voice.ndjson import StreamResponse
 from app.voice.replay import ReplayAgent
 from app.voice.streamer import deadline_for, stream_turn
 from app.webhook import events, signing
+from app.webhook.secrets import get_webhook_secrets
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhook", __name__)
@@ -40,11 +42,10 @@ def verify_signature() -> None:
         return  # Flask's automatic answer: Allow, no body read, nothing stored
     g.arrived = time.monotonic()
     body = _raw_body()
-    clock = current_app.config.get("CLOCK", time.time)
-    secrets = current_app.extensions["webhook_secrets"]
+    secrets = get_webhook_secrets()
     check = functools.partial(
         signing.verify, signature=request.headers.get("X-Webhook-Signature"),
-        timestamp=request.headers.get("X-Webhook-Timestamp"), body=body, now=clock())
+        timestamp=request.headers.get("X-Webhook-Timestamp"), body=body, now=secrets.clock())
     try:
         try:
             check(secrets.current())
@@ -106,7 +107,7 @@ def receive() -> Response:
     payload = request.get_data(as_text=True)
     if get_store().claim_with_job(delivery_id, event.event, kind, payload, g.signed):
         log.info("delivery %s: %s queued as %s job", delivery_id, event.event, kind)
-        current_app.extensions["job_runner"].wake()
+        get_job_runner().wake()
         g.outcome = "accepted"
     else:
         log.info("delivery %s: duplicate %s ignored", delivery_id, event.event)
@@ -194,7 +195,7 @@ def _voice_turn(event: events.Event, delivery_id: str) -> StreamResponse:
     report = functools.partial(get_journal().voice_finished, _journal(IN_FLIGHT, 200))
     # Partials rather than closures (they live as long as the held stream, and are smaller),
     # bound here: Flask tears down the request context before the stream runs.
-    claim = functools.partial(_claim_turn, current_app.extensions["voice_claims"], agent,
+    claim = functools.partial(_claim_turn, get_voice_claims(), agent,
                               delivery_id, event.event, g.signed, _labels(event))
     lines = stream_turn(agent, turn, deadline, sock=caller_socket(environ),
                         filler_after=current_app.config["VOICE_FILLER_AFTER"], environ=environ,
