@@ -6,7 +6,7 @@ from flask import Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
 
-class APIError(Exception):
+class ErrorResponse(Exception):
     """Base of every error the service answers with; subclasses set status and code."""
 
     status = 500
@@ -26,7 +26,7 @@ class APIError(Exception):
         return {"error": body}
 
 
-class BadRequest(APIError):
+class BadRequest(ErrorResponse):
     status = 400
     code = "VALIDATION_ERROR"
     message = "Invalid request"
@@ -36,19 +36,19 @@ class Unretryable(Exception):
     """A failure that no later attempt can fix: a job raising it is dead-lettered at once."""
 
 
-class Unauthorized(APIError):
+class Unauthorized(ErrorResponse):
     status = 401
     code = "UNAUTHORIZED"
     message = "Invalid webhook signature"
 
 
-class PayloadTooLarge(APIError):
+class PayloadTooLarge(ErrorResponse):
     status = 413
     code = "PAYLOAD_TOO_LARGE"
     message = "Request body is larger than 1 MiB"
 
 
-class ServiceUnavailable(APIError):
+class ServiceUnavailable(ErrorResponse):
     status = 503
     code = "SERVICE_UNAVAILABLE"
     message = "Temporarily unavailable, retry later"
@@ -66,7 +66,7 @@ def field_error(field: str, message: str) -> dict[str, Any]:
     return {"field": field, "message": message}
 
 
-def render(error: APIError) -> Response:
+def render(error: ErrorResponse) -> Response:
     """The error envelope of ``error`` as a JSON response with its HTTP status."""
     response = jsonify(error.to_dict())
     response.status_code = error.status
@@ -76,7 +76,7 @@ def render(error: APIError) -> Response:
 def _http_exception(exc):
     if exc.code == 413:
         return render(PayloadTooLarge())
-    err = APIError(exc.description)
+    err = ErrorResponse(exc.description)
     err.status = exc.code or 500
     err.code = (exc.name or "error").upper().replace(" ", "_")
     response = render(err)
@@ -95,13 +95,13 @@ def _store_unavailable(exc):
 def _unexpected(exc):
     # A registered handler for Exception stops Flask from logging it, so log here.
     current_app.logger.exception("unhandled error: %s", exc)
-    return render(APIError())
+    return render(ErrorResponse())
 
 
 def init_app(app):
     from app.store.base import StoreUnavailable  # the store's module imports this one
 
-    app.register_error_handler(APIError, render)
+    app.register_error_handler(ErrorResponse, render)
     app.register_error_handler(StoreUnavailable, _store_unavailable)
     app.register_error_handler(HTTPException, _http_exception)
     app.register_error_handler(Exception, _unexpected)

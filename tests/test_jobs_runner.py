@@ -8,8 +8,8 @@ import pytest
 
 from app.jobs import get_job_runner
 from app.jobs.runner import retry_delay
+from app.runtime import Cancelled
 from app.store import get_store
-from app.tasks import Cancelled
 
 
 @pytest.fixture

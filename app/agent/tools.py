@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, overload
 
-from app.tasks import spawn
+from app.runtime import spawn
 
 if TYPE_CHECKING:
     from app.agent.base import Turn
@@ -402,7 +402,7 @@ def run_tools(calls: Iterable[ToolCall | tuple[Any, ...]], tools: Toolbox | Iter
     """Run ``calls`` (ToolCall, or (name, arguments) pairs) concurrently; results in order.
 
     ``tools`` is a Toolbox or an iterable of Tools. Each call gets its tool's timeout, capped
-    by ``timeout`` when given; a call still running then is cancelled (see app.tasks) and
+    by ``timeout`` when given; a call still running then is cancelled (see app.runtime) and
     reported as timed out.
     """
     box = tools if isinstance(tools, Toolbox) else Toolbox(tools)

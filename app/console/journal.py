@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Any
 
-from app.tasks import gevent_active
+from app.runtime import gevent_active
 
 log = logging.getLogger(__name__)
 

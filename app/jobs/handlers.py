@@ -140,8 +140,8 @@ def reply_key(event, job):
 def send_once(context, key, event, turn, reply, job):
     """POST /v1/messages for this delivery unless the outbox says it may have gone already."""
     store = context.store
-    status, go = store.outbox_begin(key, turn.caller, reply, job_id=job.id)
-    if not go:
+    status, send_now = store.outbox_begin(key, turn.caller, reply, job_id=job.id)
+    if not send_now:
         log.warning("job %s: reply for delivery %s is %s, not sending again", job.id, key,
                     status)
         return

@@ -21,8 +21,8 @@ from flask import current_app
 from app import logs
 from app.errors import Unretryable
 from app.metrics import JOB_OUTCOMES, JOB_SECONDS
+from app.runtime import spawn
 from app.store import StoreUnavailable, get_store
-from app.tasks import spawn
 
 log = logging.getLogger(__name__)
 

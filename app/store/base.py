@@ -335,9 +335,9 @@ class ReplyOutbox(Protocol):
                      job_id: int | None = None) -> tuple[str, bool]:
         """Reserve the send of ``body`` for ``delivery_id`` (by job ``job_id``).
 
-        Returns ``(status, go)``: ``go`` is True when the caller must send now (the row is
-        ``sending``); otherwise ``status`` says why not (``sent``, ``sending``, ``unknown``).
-        Of concurrent callers at most one gets ``go``.
+        Returns ``(status, send_now)``: ``send_now`` is True when the caller must send now (the
+        row is ``sending``); otherwise ``status`` says why not (``sent``, ``sending``, ``unknown``).
+        Of concurrent callers at most one gets ``send_now``.
         """
         ...
 

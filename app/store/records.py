@@ -62,8 +62,8 @@ class OutboxSQL(SQLRepository):
 
     def outbox_begin(self, delivery_id: str, to_number: str | None, body: str,
                      job_id: int | None = None) -> tuple[str, bool]:
-        """Reserve the send for ``delivery_id`` (by job ``job_id``). Returns (status, go):
-        ``go`` is True when the caller must send now; otherwise ``status`` says why not (sent,
+        """Reserve the send for ``delivery_id`` (by job ``job_id``). Returns (status, send_now):
+        ``send_now`` is True when the caller must send now; otherwise ``status`` says why not (sent,
         sending, unknown)."""
 
         def begin(cur):

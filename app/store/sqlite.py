@@ -24,9 +24,9 @@ from pathlib import Path
 from gevent import Timeout
 from gevent.event import AsyncResult
 
+from app.runtime import gevent_active
 from app.store.base import StoreUnavailable
 from app.store.sql import SQLStore
-from app.tasks import gevent_active
 
 # Longest wait of one operation for the write lock (another process's transaction, a backup);
 # a text delivery is stored or refused with 503 within about this.

@@ -13,7 +13,7 @@ from typing import Any
 
 from app.agent.base import Agent, Reply, Turn
 from app.metrics import FINAL_LINE, FIRST_LINE, IN_FLIGHT, VOICE_OUTCOMES
-from app.tasks import gevent_active, spawn
+from app.runtime import gevent_active, spawn
 from app.voice.hangup import peer_closed
 from app.voice.ndjson import WRITE_KEY, interim, line
 

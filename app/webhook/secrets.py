@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 
 from flask import Flask, current_app
 
+from app.runtime import spawn
 from app.store.base import StoreUnavailable
 from app.store.secrets import StoredSecret
-from app.tasks import spawn
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Background tasks that work under both gunicorn's gevent worker and the threaded dev server.
+"""The concurrency runtime: background tasks under gunicorn's gevent worker or plain threads.
 
 Under gevent (monkey-patched) a task is a greenlet and can be killed; under plain threads it
 is a daemon thread, stopped by raising Cancelled in it (at its next Python instruction: a
