@@ -32,8 +32,7 @@ logconfig_dict = logs.logconfig(app_settings.read("LOG_FORMAT"), loglevel.upper(
 control_socket_disable = True
 access_log_format = ('access %(h)s "%(r)s" %(s)s %(b)s %(M)sms '
                      'delivery=%({x-webhook-id}i)s')
-# gevent records, for every greenlet (one per connection), its spawning greenlet and a copy of
-# the spawning stack: debugging aids that cost each held voice call ~0.2 KB.
+# gevent's spawning-greenlet tree and stack copies are debugging aids held by every connection;
 # GEVENT_TRACK_GREENLET_TREE=1 in the environment brings them back.
 os.environ.setdefault("GEVENT_TRACK_GREENLET_TREE", "0")
 
@@ -56,7 +55,7 @@ def child_exit(server, worker):
 
 def post_worker_init(worker):
     """Freeze start-up objects out of the garbage collector (a full collection walking them
-    stopped every held stream for ~10 ms), watch the event loop for blocks, then start this
+    stops every held stream), watch the event loop for blocks, then start this
     worker's job runner, so that jobs left by a crash run without waiting for the next
     request. In development mode the first worker logs the webhook URL at the address really
     bound."""

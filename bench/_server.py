@@ -12,26 +12,20 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-GUNICORN = Path(sys.executable).with_name("gunicorn")
 SECRET = "whsec_bench_secret_0123456789abcdef"
 
-# The benchmarks import app.simulator (the signer) when run as `python bench/<script>.py`.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# Run as `python bench/<script>.py`: the repository root on the path lets the benchmarks import
+# app (the signer) and tests.servers, whose loopback helpers they share with the test suite
+# (project tooling, so tests/ rather than the installed app package).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.servers import ROOT, free_port, stop_process, web_command  # noqa: E402
 
 
 def raise_fd_limit(wanted):
@@ -109,13 +103,7 @@ class Server:
     def stop(self):
         """SIGTERM the master (graceful), then SIGKILL it and its workers if they linger."""
         pids = [*self.workers, *children(self.process.pid)]
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, signal.SIGTERM, 15)
         for pid in set(pids):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, 0)
@@ -140,6 +128,13 @@ def source_tree(rev=None):
         yield tree
     finally:
         shutil.rmtree(tree, ignore_errors=True)
+
+
+def announce_source(rev):
+    """Print which code is served and return it as ``describe_source`` tells it."""
+    source = describe_source(rev)
+    print(f"serving {source} ({'git archive of ' + rev if rev else 'working tree'})")
+    return source
 
 
 def describe_source(rev):
@@ -174,9 +169,8 @@ def gunicorn(workers, env, database_url=None, keep_dir=False, cwd=ROOT):
         **{k: str(v) for k, v in env.items()},
     }
     full_env.pop("AGENTPHONE_DEV", None)
-    cmd = [str(GUNICORN), "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "wsgi:app"]
     with log_path.open("w") as log_file:
-        process = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=log_file,
+        process = subprocess.Popen(web_command(port), cwd=cwd, env=full_env, stdout=log_file,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(process, port, log_path, workers)
     server.workdir = workdir
@@ -236,6 +230,15 @@ def add_common_options(parser):
     parser.add_argument("--json", type=Path, help="write every run and the summary here")
 
 
+def server_env(args, **env):
+    """``env`` for the server, with the common options' log level and, with --quiet, no
+    access log."""
+    env["LOG_LEVEL"] = args.log_level
+    if args.quiet:
+        env["GUNICORN_ACCESS_LOG"] = ""
+    return env
+
+
 def write_results(args, source, rows, summary, **config):
     """With --json: every run, the summary and the settings that produced them."""
     if not args.json:
@@ -263,6 +266,24 @@ def percentile(sorted_values, q):
         return None
     rank = max(1, -(-len(sorted_values) * q // 100))  # ceil(n*q/100)
     return sorted_values[int(rank) - 1]
+
+
+def spread(values):
+    """The median, min and max of ``values`` (None where a run had no figure)."""
+    present = [v for v in values if v is not None]
+    return {"median": median(present), "min": min(present, default=None),
+            "max": max(present, default=None)}
+
+
+def summarize_by(rows, field, figures):
+    """Per value of ``field``, in the order first met: how many runs, and the ``spread`` of
+    each of ``figures`` over them."""
+    out = []
+    for value in dict.fromkeys(r[field] for r in rows):
+        group = [r for r in rows if r[field] == value]
+        out.append({field: value, "runs": len(group),
+                    **{key: spread(r[key] for r in group) for key in figures}})
+    return out
 
 
 def median(values):

@@ -20,6 +20,7 @@ from _server import (
     gunicorn,
     median,
     percentile,
+    server_env,
     source_tree,
     write_results,
 )
@@ -79,7 +80,9 @@ def seed(path, calls, log_rows, spread, seed_value=7):
                     f"call_live_{n}", None, "in-flight", 200, "Are you there?", None,
                     now - rnd.uniform(0, 5), None, None))
     db.executemany(f"INSERT INTO delivery_log VALUES ({', '.join('?' * 14)})", log)
-    db.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?)", outbox)
+    db.executemany(
+        "INSERT INTO outbox (delivery_id, status, to_number, body, message_id, error,"
+        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", outbox)
     db.executemany(
         "INSERT INTO jobs (delivery_id, kind, payload, status, attempts, run_at, last_error,"
         " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", jobs)
@@ -124,10 +127,8 @@ def main():
     with source_tree(args.rev) as cwd:
         source = describe_source(args.rev)
         for run in range(args.runs):
-            env = {"CONSOLE_PASSWORD": PASSWORD, "JOB_RUNNER": "off",
-                   "LOG_LEVEL": args.log_level, "AGENTPHONE_API_KEY": ""}
-            if args.quiet:
-                env["GUNICORN_ACCESS_LOG"] = ""
+            env = server_env(args, CONSOLE_PASSWORD=PASSWORD, JOB_RUNNER="off",
+                             AGENTPHONE_API_KEY="")
             with gunicorn(1, env, cwd=cwd) as server:
                 seeded = seed(server.database_url.removeprefix("sqlite:///"), args.calls,
                               args.log_rows, args.spread)

@@ -20,7 +20,11 @@ from pathlib import Path
 from _server import SECRET, describe_source, median, source_tree
 
 CHILD = r"""
-import json, logging, os, sys, time
+import os
+if os.environ.get("GEVENT"):  # patched as in a gunicorn gevent worker
+    from gevent import monkey
+    monkey.patch_all()
+import json, logging, sys, time
 from app import create_app
 from app.simulator import payload, signed_request
 
@@ -48,7 +52,7 @@ print(json.dumps(out))
 """
 
 
-def one_run(tree, n_text, n_voice):
+def one_run(tree, n_text, n_voice, gevent=False):
     with tempfile.TemporaryDirectory(prefix="agentphone-cpu-") as tmp:
         metrics = Path(tmp) / "prometheus"  # as under gunicorn: values in shared files
         metrics.mkdir()
@@ -56,6 +60,8 @@ def one_run(tree, n_text, n_voice):
                "DB": str(Path(tmp) / "cpu.db"), "AGENTPHONE_WEBHOOK_SECRET": SECRET,
                "LOG_LEVEL": "INFO", "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
         env.pop("AGENTPHONE_DEV", None)
+        if gevent:
+            env["GEVENT"] = "1"
         result = subprocess.run([sys.executable, "-c", CHILD, str(n_text + 50),
                                  str(n_voice + 20)], cwd=tmp, env=env, capture_output=True,
                                 text=True, timeout=600)
@@ -70,6 +76,9 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--texts", type=int, default=2000)
     parser.add_argument("--voice", type=int, default=500)
+    parser.add_argument("--gevent", action="store_true",
+                        help="monkey-patch the child as a gevent worker is (the process CPU "
+                        "then includes the store's threads)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     results = {rev: [] for rev in args.revs}
@@ -77,7 +86,7 @@ def main():
         trees = dict(zip(args.revs, (first, second), strict=True))
         for run in range(args.runs):
             for rev in args.revs:
-                figures = one_run(trees[rev], args.texts, args.voice)
+                figures = one_run(trees[rev], args.texts, args.voice, args.gevent)
                 results[rev].append(figures)
                 print(f"run {run + 1} {rev:>10}: text {figures['text']:.0f} us, "
                       f"voice {figures['voice']:.0f} us", flush=True)

@@ -19,26 +19,23 @@ import json
 import multiprocessing
 import socket
 import socketserver
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import requests
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from app.simulator import iter_ndjson, new_call_id, payload, signed_request
-from bench._server import (
+from _server import (
     SECRET,
     add_common_options,
     describe_source,
     fmt,
     gunicorn,
     percentile,
+    server_env,
     source_tree,
     write_results,
 )
+
+from app.simulator import iter_ndjson, new_call_id, payload, signed_request
 
 SENTENCES = ["Your order 4521 shipped yesterday by FedEx.", "It should arrive on Thursday.",
              "The tracking number is in your email.", "Is there anything else I can do?"]
@@ -178,10 +175,8 @@ def main():
                                     args=(args.token_ms / 1000, released, child_end))
     model.start()
     model_url = ready.recv()
-    env = {"LLM_BASE_URL": model_url, "LLM_API_KEY": "bench", "LLM_MODEL": "scripted",
-           "LOG_LEVEL": args.log_level, "VOICE_TIMEOUT": "60"}
-    if args.quiet:
-        env["GUNICORN_ACCESS_LOG"] = ""
+    env = server_env(args, LLM_BASE_URL=model_url, LLM_API_KEY="bench", LLM_MODEL="scripted",
+                     VOICE_TIMEOUT="60")
     rows = []
     try:
         with source_tree(args.rev) as cwd, gunicorn(1, env, args.database_url, cwd=cwd) as server:

@@ -33,11 +33,12 @@ from _server import (
     describe_source,
     fmt,
     gunicorn,
-    median,
     percentile,
     raise_fd_limit,
     range_cell,
+    server_env,
     source_tree,
+    spread,
     write_results,
 )
 from sms_acks import raw_requests
@@ -184,10 +185,8 @@ async def connect(loop, stream, port):
 
 def one_run(args, run_index):
     tag = f"{int(time.time() * 1000)}_mixed_{run_index}"
-    env = {"DEMO_TOOL_LATENCY": args.tool_latency, "LOG_LEVEL": args.log_level,
-           "VOICE_TIMEOUT": args.voice_timeout, "JOB_RUNNER": "on"}
-    if args.quiet:
-        env["GUNICORN_ACCESS_LOG"] = ""
+    env = server_env(args, DEMO_TOOL_LATENCY=args.tool_latency, VOICE_TIMEOUT=args.voice_timeout,
+                     JOB_RUNNER="on")
     with gunicorn(2, env, args.database_url, cwd=args.tree) as server:
         texts, streams, lag, late, text_ids, t0, window = asyncio.run(load(args, server, tag))
         acked = {text_ids[i] for i, status, _ in texts.results if status == 200}
@@ -252,10 +251,7 @@ SUMMARY_KEYS = ("ack_p50_ms", "ack_p99_ms", "refused_max_ms", "first_p50_ms", "f
 
 
 def summarize(rows):
-    return {key: {"median": median([r[key] for r in rows]),
-                  "min": min((r[key] for r in rows if r[key] is not None), default=None),
-                  "max": max((r[key] for r in rows if r[key] is not None), default=None)}
-            for key in SUMMARY_KEYS}
+    return {key: spread(r[key] for r in rows) for key in SUMMARY_KEYS}
 
 
 def main(argv=None):

@@ -15,10 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _server import ROOT
 
-from tests.postgres import PostgresServer  # noqa: E402
+from tests.postgres import PostgresServer
 
 OPTIONS = "-c max_connections=300 -c shared_buffers=128MB -c synchronous_commit=off"
 

@@ -43,15 +43,16 @@ from pathlib import Path
 from _server import (
     SECRET,
     add_common_options,
+    announce_source,
     cpu_seconds,
-    describe_source,
     fmt,
     gunicorn,
-    median,
     percentile,
     py_spy,
     range_cell,
+    server_env,
     source_tree,
+    summarize_by,
     write_results,
 )
 
@@ -181,10 +182,7 @@ def db_counts(database_url):
 
 def one_run(args, runner, run_index, client):
     tag = f"{int(time.time() * 1000)}_{runner}_{run_index}"
-    env = {"JOB_RUNNER": runner, "DEMO_TOOL_LATENCY": args.tool_latency,
-           "LOG_LEVEL": args.log_level}
-    if args.quiet:
-        env["GUNICORN_ACCESS_LOG"] = ""
+    env = server_env(args, JOB_RUNNER=runner, DEMO_TOOL_LATENCY=args.tool_latency)
     tmp = Path(tempfile.mkdtemp(prefix="agentphone-sms-"))
     server = None
     try:
@@ -255,17 +253,6 @@ def print_row(r):
         print(f"       errors: {r['error_detail']}")
 
 
-def summarize(rows):
-    out = []
-    for runner in dict.fromkeys(r["job_runner"] for r in rows):
-        group = [r for r in rows if r["job_runner"] == runner]
-        out.append({"job_runner": runner, "runs": len(group), **{
-            key: {"median": median([r[key] for r in group]),
-                  "min": min(r[key] for r in group), "max": max(r[key] for r in group)}
-            for key in ("acks_per_s", "p50_ms", "p99_ms", "errors")}})
-    return out
-
-
 def print_summary(summary):
     print("\nmedian over runs [min-max]:")
     print(f"{'runner':>6} {'runs':>4}  {'acks/s':>20}  {'p50 ms':>18}  {'p99 ms':>18}  "
@@ -302,8 +289,7 @@ def main(argv=None):
     if client == "python":
         args.threads = 1
 
-    source = describe_source(args.rev)
-    print(f"serving {source} ({'git archive of ' + args.rev if args.rev else 'working tree'})")
+    source = announce_source(args.rev)
     rows = []
     print_header()
     with source_tree(args.rev) as args.tree:
@@ -313,7 +299,7 @@ def main(argv=None):
                 rows.append(row)
                 print_row(row)
                 sys.stdout.flush()
-    summary = summarize(rows)
+    summary = summarize_by(rows, "job_runner", ("acks_per_s", "p50_ms", "p99_ms", "errors"))
     print_summary(summary)
     write_results(args, source, rows, summary, client=client)
     return 1 if any(r["errors"] for r in rows) else 0

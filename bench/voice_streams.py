@@ -37,17 +37,18 @@ from pathlib import Path
 from _server import (
     SECRET,
     add_common_options,
+    announce_source,
     cpu_seconds,
-    describe_source,
     fmt,
     gunicorn,
-    median,
     percentile,
     py_spy,
     raise_fd_limit,
     range_cell,
     rss_kib,
+    server_env,
     source_tree,
+    summarize_by,
     write_results,
 )
 
@@ -250,9 +251,7 @@ async def fire(port, requests, offsets, worker_pid, timeout):
 
 async def one_run(args, n, run_index, database_url):
     tag = f"{int(time.time() * 1000)}_{n}_{run_index}"
-    env = {"DEMO_TOOL_LATENCY": args.tool_latency, "LOG_LEVEL": args.log_level}
-    if args.quiet:
-        env["GUNICORN_ACCESS_LOG"] = ""
+    env = server_env(args, DEMO_TOOL_LATENCY=args.tool_latency)
     with gunicorn(1, env, database_url, cwd=args.tree) as server:
         pid = server.workers[0]
         # Warm-up: the same path (claim, stream, store reply), then quiet.
@@ -318,18 +317,8 @@ def print_runs(rows):
                   "the last first line (not all N held at once)")
 
 
-def summarize(rows):
-    out = []
-    for n in sorted({r["n"] for r in rows}):
-        group = [r for r in rows if r["n"] == n]
-        out.append({"n": n, "runs": len(group), **{
-            key: {"median": median([r[key] for r in group]),
-                  "min": min((r[key] for r in group if r[key] is not None), default=None),
-                  "max": max((r[key] for r in group if r[key] is not None), default=None)}
-            for key in ("first_p50_ms", "first_p99_ms", "final_p50_ms", "final_p99_ms",
-                        "errors", "rss_per_stream_kib", "client_lag_p99_ms",
-                        "cpu_us_per_turn")}})
-    return out
+SUMMARY_KEYS = ("first_p50_ms", "first_p99_ms", "final_p50_ms", "final_p99_ms", "errors",
+                "rss_per_stream_kib", "client_lag_p99_ms", "cpu_us_per_turn")
 
 
 def print_summary(summary):
@@ -365,8 +354,7 @@ def main(argv=None):
                      "at the same time")
     raise_fd_limit(max(args.n) * 2 + 512)
 
-    source = describe_source(args.rev)
-    print(f"serving {source} ({'git archive of ' + args.rev if args.rev else 'working tree'})")
+    source = announce_source(args.rev)
     rows = []
     print_header()
     deadline = time.monotonic() + 1800  # hard bound on the whole benchmark
@@ -380,7 +368,7 @@ def main(argv=None):
                 rows.append(row)
                 print_runs([row])
                 sys.stdout.flush()
-    summary = summarize(rows)
+    summary = summarize_by(sorted(rows, key=lambda r: r["n"]), "n", SUMMARY_KEYS)
     print_summary(summary)
     write_results(args, source, rows, summary)
     return 1 if any(r["errors"] for r in rows) else 0

@@ -5,14 +5,13 @@ in their ports and paths."""
 import contextlib
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.servers import GUNICORN, ROOT, free_port
+from tests.servers import GUNICORN, ROOT, free_port, stop_process
 
 DEPLOY = ROOT / "deploy"
 APP_DIR = "/srv/agentphone"  # where the units expect the code
@@ -108,13 +107,7 @@ class Proxy:
         return self.log_path.read_text(errors="replace")
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
 
 
 def _start(name, tmp_path, port, argv, env=None):

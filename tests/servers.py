@@ -1,4 +1,6 @@
-"""Real servers for tests: gunicorn with the gevent worker on a free loopback port."""
+"""Real servers for tests: gunicorn with the gevent worker on a free loopback port.
+
+The benchmarks (bench/_server.py) start their servers with the same helpers."""
 
 import contextlib
 import json
@@ -20,9 +22,27 @@ GUNICORN = Path(sys.executable).with_name("gunicorn")
 
 
 def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def web_command(port):
+    """The Procfile's web command, bound to ``port`` on loopback (gunicorn.conf.py would bind
+    0.0.0.0)."""
+    return [str(GUNICORN), "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "wsgi:app"]
+
+
+def stop_process(process, sig=signal.SIGTERM, timeout=10.0):
+    """Send ``sig`` to a running ``process`` and wait ``timeout`` seconds, then SIGKILL it."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
 
 
 @dataclass
@@ -53,13 +73,7 @@ class Server:
         raise AssertionError(f"{text!r} not in server log:\n{self.log()[-3000:]}")
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT)  # quick shutdown: held streams are dropped
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, signal.SIGQUIT)  # quick shutdown: held streams are dropped
         if self.log_file is not None:
             self.log_file.close()
 
@@ -93,8 +107,7 @@ def start_gunicorn(tmp_path, env, workers=1, command=None, port=None):
     }
     if "AGENTPHONE_DEV" not in env:
         full_env.pop("AGENTPHONE_DEV", None)
-    cmd = command or [str(GUNICORN), "-c", "gunicorn.conf.py", "--bind",
-                      f"127.0.0.1:{port}", "wsgi:app"]
+    cmd = command or web_command(port)
     log_file = log_path.open("w")
     process = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log_file,
                                stderr=subprocess.STDOUT)

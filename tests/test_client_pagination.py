@@ -69,6 +69,14 @@ def test_single_page_and_max_items(fake_api, api):
     assert fake_api.count("GET", "/v1/agents/agt_1/calls") == 3
 
 
+def test_calls_of_one_number(fake_api, api):
+    fake_api.on("GET", "/v1/numbers/num_1/calls", offset_list([call(n) for n in range(3)]))
+    page = api.list_number_calls("num_1", limit=2)
+    assert ([c.id for c in page.items], page.has_more) == (["call_000", "call_001"], True)
+    calls = api.paginate(api.list_number_calls, "num_1", limit=2)
+    assert [c.id for c in calls] == ["call_000", "call_001", "call_002"]
+
+
 def test_agent_list_without_has_more_uses_total(fake_api, api):
     agents = [{"id": f"agt_{n}", "name": f"Agent {n}"} for n in range(3)]
 

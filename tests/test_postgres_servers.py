@@ -22,7 +22,7 @@ import requests
 
 from app.simulator import payload, signed_request
 from tests.conftest import SECRET
-from tests.servers import ROOT
+from tests.servers import ROOT, stop_process
 
 pytest_plugins = ["tests.postgres"]  # pg_server, pg_url, pg_own_server
 pytestmark = pytest.mark.slow
@@ -63,13 +63,7 @@ class JobProcess:
         return [int(m) for m in DONE.findall(self.log())]
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, timeout=15)
 
 
 @pytest.fixture

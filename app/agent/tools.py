@@ -80,11 +80,8 @@ class Tool:
             params = params[1:]
         self.wants_turn = any(p.name in INJECTED for p in params)
         self.parameters = parameters or schema_for(params, arg_docs, fn)
-        self._bound_to = None
 
-    # Calling a Tool calls `fn` itself: Python resolves `__call__` through this property to
-    # the wrapped function, one interpreter level instead of a forwarding method's two. Under
-    # gevent every C level is stack that each held call's greenlet saves on every switch.
+    # Calling a Tool calls `fn` itself: no forwarding level on a held call's greenlet stack.
     __call__ = property(lambda self: self.fn)
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -98,7 +95,6 @@ class Tool:
         bound = object.__new__(Tool)
         bound.__dict__.update(self.__dict__)
         bound.fn = self.fn.__get__(obj, owner)
-        bound._bound_to = obj
         if getattr(self, "_attr", None) and hasattr(obj, "__dict__"):
             obj.__dict__[self._attr] = bound
         return bound

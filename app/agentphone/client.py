@@ -69,7 +69,7 @@ class _Unset(enum.Enum):
 UNSET = _Unset.UNSET  # "leave unchanged", where None means "clear"
 
 
-def _seg(value: object) -> str:
+def _path_segment(value: object) -> str:
     """A path segment, escaped so an id can never change the path."""
     return quote(str(value), safe="")
 
@@ -216,21 +216,21 @@ class AgentPhoneClient:
     def list_agent_calls(self, agent_id: str, limit: int | None = None,
                          offset: int = 0) -> Page[Call]:
         """One page of an agent's calls (newest first)."""
-        return self._page(f"/v1/agents/{_seg(agent_id)}/calls", Call, limit, offset)
+        return self._page(f"/v1/agents/{_path_segment(agent_id)}/calls", Call, limit, offset)
 
     def list_number_calls(self, number_id: str, limit: int | None = None,
                           offset: int = 0) -> Page[Call]:
         """One page of the calls to or from one of the project's numbers (newest first)."""
-        return self._page(f"/v1/numbers/{_seg(number_id)}/calls", Call, limit, offset)
+        return self._page(f"/v1/numbers/{_path_segment(number_id)}/calls", Call, limit, offset)
 
     def get_call(self, call_id: str) -> Call:
         """A call with its transcript so far."""
-        return Call.from_dict(self.request("GET", f"/v1/calls/{_seg(call_id)}"))
+        return Call.from_dict(self.request("GET", f"/v1/calls/{_path_segment(call_id)}"))
 
     def get_transcript(self, call_id: str) -> list[TranscriptEntry]:
         """The whole transcript; accepts `{data: [...]}`, `{transcripts: [...]}` or a list
         (contract D25)."""
-        body = self.request("GET", f"/v1/calls/{_seg(call_id)}/transcript")
+        body = self.request("GET", f"/v1/calls/{_path_segment(call_id)}/transcript")
         if isinstance(body, dict) and isinstance(body.get("transcripts"), list):
             body = body["transcripts"]
         return [TranscriptEntry.from_dict(item) for item in page_items(body)]
@@ -255,7 +255,7 @@ class AgentPhoneClient:
 
     def end_call(self, call_id: str) -> Call:
         """End a live call; returns the call."""
-        return Call.from_dict(self.request("POST", f"/v1/calls/{_seg(call_id)}/end"))
+        return Call.from_dict(self.request("POST", f"/v1/calls/{_path_segment(call_id)}/end"))
 
     # -- transcript stream ------------------------------------------------------------------
 
@@ -272,7 +272,7 @@ class AgentPhoneClient:
         """
         quiet = self.stream_quiet_timeout if quiet_timeout is None else quiet_timeout
         limit = self.stream_reconnects if max_reconnects is None else max_reconnects
-        path = f"/v1/calls/{_seg(call_id)}/transcript/stream"
+        path = f"/v1/calls/{_path_segment(call_id)}/transcript/stream"
         seen: set[tuple[str | None, str | None, str | None]] = set()
         connected, failures = False, 0
         while True:
@@ -344,7 +344,8 @@ class AgentPhoneClient:
     def react(self, message_id: str, reaction: str) -> Reaction:
         """iMessage tapback on a message; `reaction` is its type, e.g. ``love``."""
         return Reaction.from_dict(self.request(
-            "POST", f"/v1/messages/{_seg(message_id)}/reactions", json={"reaction": reaction}
+            "POST", f"/v1/messages/{_path_segment(message_id)}/reactions",
+            json={"reaction": reaction},
         ))
 
     @staticmethod
@@ -352,8 +353,8 @@ class AgentPhoneClient:
         if (number_id is None) == (conversation_id is None):
             raise ValueError("pass exactly one of number_id and conversation_id")
         if number_id is not None:
-            return f"/v1/numbers/{_seg(number_id)}/messages"
-        return f"/v1/conversations/{_seg(conversation_id)}/messages"
+            return f"/v1/numbers/{_path_segment(number_id)}/messages"
+        return f"/v1/conversations/{_path_segment(conversation_id)}/messages"
 
     def _messages_body(self, path: str, limit: int | None = None, before: object = None,
                        after: object = None) -> Any:
@@ -413,14 +414,14 @@ class AgentPhoneClient:
     def list_agent_conversations(self, agent_id: str, limit: int | None = None,
                                  offset: int = 0) -> Page[Conversation]:
         """One page of an agent's conversations, most recent first."""
-        return self._page(f"/v1/agents/{_seg(agent_id)}/conversations", Conversation, limit,
-                          offset)
+        return self._page(f"/v1/agents/{_path_segment(agent_id)}/conversations", Conversation,
+                          limit, offset)
 
     def get_conversation(self, conversation_id: str,
                          message_limit: int | None = None) -> Conversation:
         """A conversation with its messages (at most `message_limit` of them)."""
         return Conversation.from_dict(self.request(
-            "GET", f"/v1/conversations/{_seg(conversation_id)}",
+            "GET", f"/v1/conversations/{_path_segment(conversation_id)}",
             params={"message_limit": message_limit},
         ))
 
@@ -432,14 +433,16 @@ class AgentPhoneClient:
         if metadata is not UNSET:
             body["metadata"] = metadata
         return Conversation.from_dict(self.request(
-            "PATCH", f"/v1/conversations/{_seg(conversation_id)}", json=body
+            "PATCH", f"/v1/conversations/{_path_segment(conversation_id)}", json=body
         ))
 
     # -- webhooks ---------------------------------------------------------------------------
 
     @staticmethod
     def _webhook_path(agent_id: str | None) -> str:
-        return "/v1/webhooks" if agent_id is None else f"/v1/agents/{_seg(agent_id)}/webhook"
+        if agent_id is None:
+            return "/v1/webhooks"
+        return f"/v1/agents/{_path_segment(agent_id)}/webhook"
 
     def get_webhook(self, agent_id: str | None = None) -> Webhook | None:
         """The project's (or an agent's own) webhook, or None when none is set."""
@@ -470,7 +473,7 @@ class AgentPhoneClient:
     def test_agent_webhook(self, agent_id: str) -> WebhookTestResult:
         """Have AgentPhone send a sample event to the agent's own webhook."""
         return WebhookTestResult.from_dict(self.request(
-            "POST", f"/v1/agents/{_seg(agent_id)}/webhook/test"
+            "POST", f"/v1/agents/{_path_segment(agent_id)}/webhook/test"
         ))
 
     def list_deliveries(self, limit: int | None = None, offset: int = 0,
@@ -487,7 +490,7 @@ class AgentPhoneClient:
     def list_agent_deliveries(self, agent_id: str,
                               limit: int | None = None) -> list[WebhookDelivery]:
         """Recent deliveries to an agent's own webhook (a bare list, no paging)."""
-        body = self.request("GET", f"/v1/agents/{_seg(agent_id)}/webhook/deliveries",
+        body = self.request("GET", f"/v1/agents/{_path_segment(agent_id)}/webhook/deliveries",
                             params={"limit": limit})
         return [WebhookDelivery.from_dict(item) for item in page_items(body)]
 
@@ -499,7 +502,7 @@ class AgentPhoneClient:
 
     def get_agent(self, agent_id: str) -> Agent:
         """One agent."""
-        return Agent.from_dict(self.request("GET", f"/v1/agents/{_seg(agent_id)}"))
+        return Agent.from_dict(self.request("GET", f"/v1/agents/{_path_segment(agent_id)}"))
 
     def list_numbers(self, limit: int | None = None, offset: int = 0) -> Page[PhoneNumber]:
         """One page of the project's phone numbers."""
@@ -507,7 +510,7 @@ class AgentPhoneClient:
 
     def get_number(self, number_id: str) -> PhoneNumber:
         """One phone number."""
-        return PhoneNumber.from_dict(self.request("GET", f"/v1/numbers/{_seg(number_id)}"))
+        return PhoneNumber.from_dict(self.request("GET", f"/v1/numbers/{_path_segment(number_id)}"))
 
     def list_contacts(self, limit: int | None = None, offset: int = 0) -> Page[Contact]:
         """One page of the project's contacts."""

@@ -219,7 +219,6 @@ def build_retry(max_retries: int = 2, backoff_factor: float = 1.0, max_wait: flo
         other=0,  # unclassified errors may strike after the request went out
         redirect=0,
         allowed_methods=IDEMPOTENT_METHODS,  # read errors are retried only for these
-        status_forcelist=IDEMPOTENT_RETRY_STATUSES | POST_RETRY_STATUSES,
         backoff_factor=backoff_factor,
         backoff_jitter=backoff_factor * jitter,
         backoff_max=max_wait,

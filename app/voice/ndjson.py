@@ -20,10 +20,8 @@ def interim(text):
 class Body(map):
     """A WSGI body: NDJSON ``lines`` (str) encoded as UTF-8, closed with ``lines``.
 
-    Served as is (``direct_passthrough``) instead of through Werkzeug's ClosingIterator and
-    ``iter_encoded``: those are two Python-level iterators between the server and a voice
-    turn's generator, each one more C stack level that a held stream's greenlet saves on every
-    switch. ``map``'s ``__next__`` is C and adds no Python frame."""
+    Served as is (``direct_passthrough``), with ``map``'s C ``__next__``: Werkzeug's wrapping
+    iterators would deepen the stack a held stream's greenlet saves on every switch."""
 
     __slots__ = ("close",)
 

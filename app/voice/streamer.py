@@ -4,6 +4,7 @@ whatever the agent does."""
 
 import contextlib
 import dataclasses
+import enum
 import logging
 import queue
 import socket
@@ -28,13 +29,19 @@ Report = Callable[[str, float | None, float | None, str | None], object]
 #: ``claim(until)``: the ``(agent, on_final)`` to run, or None (see ``stream_turn``)
 Claimer = Callable[[float], "tuple[Agent, Callable[[dict[str, Any]], object] | None] | None"]
 
-# What a chunk source reports besides a chunk (kind None).
-_WAIT = "wait"  # nothing yet; look at the deadline again
-_LATE = "late"
-_GONE = "gone"  # the caller hung up
-_ENDED = "ended"  # the agent stopped without a final Reply
-_FAILED = "failed"
-_SILENT = "silent"  # the turn has said nothing for the filler interval
+
+class _Kind(enum.Enum):
+    """What a chunk source reports besides a chunk (kind None)."""
+
+    WAIT = "wait"  # nothing yet; look at the deadline again
+    LATE = "late"
+    GONE = "gone"  # the caller hung up
+    ENDED = "ended"  # the agent stopped without a final Reply
+    FAILED = "failed"
+    SILENT = "silent"  # the turn has said nothing for the filler interval
+
+
+_WAIT, _LATE, _GONE, _ENDED, _FAILED, _SILENT = _Kind
 
 
 def deadline_for(voice_timeout: float) -> float:
