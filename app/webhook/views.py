@@ -12,7 +12,7 @@ from gunicorn.http.errors import ParseException
 from app import logs, registry
 from app.agent import get_agent
 from app.agent.base import Agent, Reply, Turn
-from app.console.journal import get_journal
+from app.console.journal import Row, get_journal
 from app.errors import BadRequest, PayloadTooLarge, Unauthorized, field_error, render
 from app.jobs.runner import get_job_runner
 from app.metrics import DELIVERIES
@@ -137,7 +137,7 @@ def _labels(event: events.Event | None) -> tuple[str, str]:
     return name, channel
 
 
-def _journal(outcome: str, status: int) -> dict[str, Any]:
+def _journal(outcome: str, status: int) -> Row:
     """Log this signed delivery for the console (a voice turn's row is completed later)."""
     event = g.get("event")
     data = event.data if event is not None else {}
