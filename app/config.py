@@ -14,6 +14,7 @@ import os
 import secrets
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from dotenv import load_dotenv
 
@@ -320,7 +321,7 @@ def read(key, environ=None):
     return READERS[key](name, env(name, environ))
 
 
-def default(key):
+def default(key: str) -> Any:
     """The value config ``key`` has when its setting is not set: the table's default, read."""
     return read(key, environ={})
 

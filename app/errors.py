@@ -1,6 +1,8 @@
 """Error classes carrying their HTTP status, rendered as AgentPhone's own error envelope."""
 
-from flask import current_app, jsonify
+from typing import Any
+
+from flask import Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
 
@@ -11,7 +13,8 @@ class ErrorResponse(Exception):
     code = "INTERNAL_ERROR"
     message = "Internal server error"
 
-    def __init__(self, message=None, details=None):
+    def __init__(self, message: str | None = None,
+                 details: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message or self.message)
         self.message = message or self.message
         self.details = list(details or [])
@@ -58,11 +61,13 @@ class StoreDown(ServiceUnavailable):
     message = "Event store unavailable, retry later"
 
 
-def field_error(field, message):
+def field_error(field: str, message: str) -> dict[str, Any]:
+    """One entry of an error's ``details``."""
     return {"field": field, "message": message}
 
 
-def render(error):
+def render(error: ErrorResponse) -> Response:
+    """The error envelope of ``error`` as a JSON response with its HTTP status."""
     response = jsonify(error.to_dict())
     response.status_code = error.status
     return response

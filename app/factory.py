@@ -41,7 +41,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, require_secret: bool 
     """
     app = Flask(__name__, instance_relative_config=True)
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
-    app.json.sort_keys = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # Flask's DefaultJSONProvider
     if config is None:
         load_dotenv_file()
         app.config.update(from_env(app.instance_path, require_secret=require_secret))

@@ -71,6 +71,8 @@ class EscapingStreamHandler(logging.StreamHandler):
     """A stream handler that never drops a line: characters the stream cannot encode (a lone
     surrogate from a delivery, say) are written as backslash escapes."""
 
+    _agentphone: bool  # set on the handler `configure` installs, so that it installs one
+
     def format(self, record):
         text = super().format(record)
         encoding = getattr(self.stream, "encoding", None) or "utf-8"

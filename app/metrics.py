@@ -15,7 +15,7 @@ import hmac
 import os
 import re
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -145,5 +145,5 @@ class _Process:
                 yield family
 
 
-def init_app(app: object) -> None:
+def init_app(app: Flask) -> None:
     app.register_blueprint(bp)

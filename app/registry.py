@@ -59,7 +59,8 @@ def route_for(event: Event) -> Route | None:
 def job_handlers(app: Flask) -> dict[str, Callable[[Job], None]]:
     """What the job runner of ``app`` calls for each job kind of the table."""
     return {kind: functools.partial(run_job, app, route.handler)
-            for kind, route in JOB_ROUTES.items()}
+            for kind, route in JOB_ROUTES.items()
+            if kind is not None and route.handler is not None}  # every job route has both
 
 
 def run_job(app: Flask, handler: Handler, job: Job) -> None:

@@ -7,13 +7,21 @@ wait inside C, such as a blocking read, finishes first).
 
 import ctypes
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from gevent import Greenlet
+
+T = TypeVar("T")
 
 
 class Cancelled(BaseException):
     """Raised inside a cancelled thread (BaseException: `except Exception` does not stop it)."""
 
 
-def gevent_active():
+def gevent_active() -> bool:
+    """Whether threading is monkey-patched by gevent (tasks are greenlets then)."""
     try:
         from gevent import monkey
     except ImportError:
@@ -21,15 +29,19 @@ def gevent_active():
     return monkey.is_module_patched("threading")
 
 
-class Task:
-    """A function running concurrently; `cancel()` stops it as soon as the runtime allows."""
+class Task(Generic[T]):
+    """A function running concurrently; `cancel()` stops it as soon as the runtime allows.
 
-    def __init__(self, fn, *args, **kwargs):
+    Once `done` is set, `value` is what the function returned, or `error` what it raised.
+    """
+
+    def __init__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> None:
         self.cancelled = threading.Event()
         self.done = threading.Event()
-        self.value = None
-        self.error = None
+        self.value: T | None = None
+        self.error: Exception | None = None
         self._fn, self._args, self._kwargs = fn, args, kwargs
+        self._greenlet: Greenlet[[], None] | None
         if gevent_active():
             import gevent
 
@@ -58,11 +70,12 @@ class Task:
             with self._lock:
                 self._ended = True
 
-    def join(self, timeout=None):
+    def join(self, timeout: float | None = None) -> bool:
         """Wait for the result; True when the task finished in time."""
         return self.done.wait(timeout)
 
-    def cancel(self):
+    def cancel(self) -> None:
+        """Stop the task: a greenlet is killed, a thread gets Cancelled raised in it."""
         if self._greenlet is not None:
             self.cancelled.set()
             if not self.done.is_set():
@@ -74,10 +87,13 @@ class Task:
             # Once at most, and never after the function returned (it would hit whatever the
             # thread runs next).
             if not (self._ended or self.cancelled.is_set()):
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread.ident),
+                ident = self._thread.ident
+                assert ident is not None  # started in __init__
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
                                                            ctypes.py_object(Cancelled))
             self.cancelled.set()
 
 
-def spawn(fn, *args, **kwargs):
+def spawn(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Task[T]:
+    """Run ``fn(*args, **kwargs)`` concurrently; the Task holds its outcome."""
     return Task(fn, *args, **kwargs)

@@ -12,7 +12,7 @@ Writing your own: subclass ``Agent`` and implement ``respond(turn)``; give it to
 
 import importlib
 
-from flask import current_app
+from flask import Flask, current_app
 
 from app import metrics
 from app.agent.base import TRANSFER, Agent, CallRecord, Reaction, Reply, Turn
@@ -44,7 +44,7 @@ def load_factory(path):
     return getattr(importlib.import_module(module_name), attr)
 
 
-def get_agent(agent_id=None, app=None):
+def get_agent(agent_id: str | None = None, app: Flask | None = None) -> Agent:
     """The agent that answers for AgentPhone agent ``agent_id``: its own (``AGENTS``), else
     the default one. ``app``: by default the current one."""
     agents = (current_app if app is None else app).extensions[_KEY]

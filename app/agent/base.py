@@ -8,9 +8,14 @@ or DTMF digits). The voice streamer owns the timing: interim-first, deadline, on
 
 import dataclasses
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Self
 
-from app.webhook.events import VOICE
+from app.webhook.events import VOICE, Event
+
+if TYPE_CHECKING:
+    from app.store.base import CallRecords, Reactions
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +38,16 @@ class Turn:
     conversation_id: str | None = None
     agent_id: str | None = None
     delivery_id: str | None = None
-    conversation_state: dict | None = None
-    recent_history: list = field(default_factory=list)
+    conversation_state: dict[str, Any] | None = None
+    recent_history: list[Any] = field(default_factory=list)
     test: bool = False
     message_id: str | None = None
     media_urls: tuple[str, ...] = ()
     deadline: float | None = None  # time.monotonic() by which a voice turn's final line goes out
 
     @classmethod
-    def from_event(cls, event, delivery_id=None):
-        """The turn of a parsed ``agent.message`` delivery."""
+    def from_event(cls, event: Event, delivery_id: str | None = None) -> Self:
+        """The turn of a parsed ``agent.message`` delivery, keyed by ``delivery_id``."""
         data = event.data
         # A voice message carries the caller's words as a transcript, a text as a message.
         text = data.get("transcript") if event.channel == VOICE else data.get("message")
@@ -63,7 +68,7 @@ class Turn:
         )
 
     @property
-    def session_id(self):
+    def session_id(self) -> str | None:
         """What ties turns of one conversation together: the call, else the conversation,
         else the caller; scoped to the AgentPhone agent, so that agents behind one server
         never share memory."""
@@ -84,16 +89,17 @@ class Reply:
     digits: str | None = None
     failed: bool = False  # a stand-in for an answer the agent could not give; never texted
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.hangup and self.action:
             raise ValueError("a reply may hang up or transfer, not both")
         if self.action not in (None, TRANSFER):
             raise ValueError(f"unknown action {self.action!r}")
 
-    def to_line(self):
+    def to_line(self) -> dict[str, Any]:
         """The final NDJSON object: ``text`` always present unless it is a pure action
         (contract D17)."""
-        line = {"text": self.text} if self.text or not (self.hangup or self.action) else {}
+        line: dict[str, Any] = (
+            {"text": self.text} if self.text or not (self.hangup or self.action) else {})
         if self.hangup:
             line["hangup"] = True
         if self.action:
@@ -110,13 +116,13 @@ class Agent:
     #: Spoken in turn, one each time a voice turn stays silent for ``filler_after`` seconds.
     fillers = ("Still with you, just a moment.", "Thanks for waiting, I'm still on it.")
     #: Seconds of silence before a filler line; None: the VOICE_FILLER_AFTER setting; 0: never.
-    filler_after = None
+    filler_after: float | None = None
 
-    def acknowledge(self, turn):
+    def acknowledge(self, turn: Turn) -> str:
         """The interim line spoken while the agent works. Must return at once (no I/O)."""
         return self.acknowledgement
 
-    def filler(self, turn, count):
+    def filler(self, turn: Turn, count: int) -> str | None:
         """The interim line spoken when the turn has said nothing for ``filler_after`` seconds.
 
         ``count`` is 1 for the turn's first filler, then 2, 3, ...; None says nothing this
@@ -124,11 +130,14 @@ class Agent:
         """
         return self.fillers[(count - 1) % len(self.fillers)] if self.fillers else None
 
-    def respond(self, turn):
-        """Yield ``str`` chunks to speak now, then one ``Reply`` that ends the turn."""
+    def respond(self, turn: Turn) -> Iterator[str | Reply]:
+        """Yield ``str`` chunks to speak now, then one ``Reply`` that ends the turn.
+
+        Subclasses must implement it; the base raises NotImplementedError.
+        """
         raise NotImplementedError
 
-    def observe_tools(self, callback):
+    def observe_tools(self, callback: Callable[..., Any]) -> None:
         """Report every tool call this agent makes to ``callback(name, arguments, value,
         error, seconds)``: how the metrics, scenario runs and the ``phone`` test fixture
         see tool calls.
@@ -144,7 +153,7 @@ class Agent:
         if isinstance(box, Toolbox):
             box.tools = {name: observed(t, callback) for name, t in box.tools.items()}
 
-    def on_call_ended(self, record):
+    def on_call_ended(self, record: "CallRecord") -> None:
         """A call ended (``agent.call_ended``); runs in a background job.
 
         The default stores the ``CallRecord`` once per call id (``agentphone calls --local``
@@ -155,7 +164,7 @@ class Agent:
         new = record.save()
         log.info("call %s: record %s", record.call_id, "stored" if new else "already stored")
 
-    def on_reaction(self, reaction):
+    def on_reaction(self, reaction: "Reaction") -> None:
         """Someone reacted to a message (``agent.reaction``); runs in a background job.
 
         The default stores the ``Reaction`` once per delivery; nothing is sent back. Raise to
@@ -183,17 +192,21 @@ class CallRecord:
     ended_at: str | None = None
     duration_seconds: float | None = None
     disconnection_reason: str | None = None
-    transcript: list = field(default_factory=list)
+    transcript: list[dict[str, Any]] = field(default_factory=list)
     summary: str | None = None
     sentiment: str | None = None
     successful: bool | None = None
     delivery_id: str | None = None
     test: bool = False
-    store: object = field(default=None, repr=False, compare=False)
+    store: "CallRecords | None" = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_event(cls, event, delivery_id=None, store=None):
-        """The record of a parsed ``agent.call_ended`` delivery that has a ``callId``."""
+    def from_event(cls, event: Event, delivery_id: str | None = None,
+                   store: "CallRecords | None" = None) -> Self:
+        """The record of a parsed ``agent.call_ended`` delivery that has a ``callId``.
+
+        :raises KeyError: the event's data has no ``callId``.
+        """
         data = event.data
         transcript = data.get("transcript")
         duration = data.get("durationSeconds")
@@ -220,8 +233,9 @@ class CallRecord:
             store=store,
         )
 
-    def save(self):
+    def save(self) -> bool:
         """Store the record unless this call's is stored already; True if it was new."""
+        assert self.store is not None  # from_event is given the app's store
         return self.store.save_call_record(_fields(self), delivery_id=self.delivery_id)
 
 
@@ -243,10 +257,10 @@ class Reaction:
     agent_id: str | None = None
     channel: str | None = None
     test: bool = False
-    store: object = field(default=None, repr=False, compare=False)
+    store: "Reactions | None" = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_event(cls, event, delivery_id, store=None):
+    def from_event(cls, event: Event, delivery_id: str, store: "Reactions | None" = None) -> Self:
         """The reaction of a parsed ``agent.reaction`` delivery."""
         data = event.data
         return cls(
@@ -263,21 +277,22 @@ class Reaction:
             store=store,
         )
 
-    def save(self):
+    def save(self) -> bool:
         """Store the reaction unless this delivery's is stored already; True if it was new."""
+        assert self.store is not None  # from_event is given the app's store
         return self.store.save_reaction(self.delivery_id, _fields(self))
 
 
-def _fields(record):
+def _fields(record: "CallRecord | Reaction") -> dict[str, Any]:
     return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)
             if f.name != "store"}
 
 
-def _str(value):
+def _str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _media_urls(urls, url):
+def _media_urls(urls: object, url: object) -> tuple[str, ...]:
     """Every attachment URL once, in order: ``mediaUrls``, else the single ``mediaUrl``."""
     found = [u for u in urls if isinstance(u, str) and u] if isinstance(urls, list) else []
     if isinstance(url, str) and url and url not in found:

@@ -31,14 +31,22 @@ import re
 import time
 import types
 import typing
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, overload
 
 from app.runtime import spawn
+
+if TYPE_CHECKING:
+    from app.agent.base import Turn
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
 INJECTED = frozenset({"turn"})
+
+#: ``callback(name, arguments, value, error, seconds)``, told of each call of an observed tool.
+ToolObserver = Callable[[str, dict[str, Any], Any, BaseException | None, float], object]
 
 
 class ToolError(Exception):
@@ -46,9 +54,19 @@ class ToolError(Exception):
 
 
 class Tool:
-    """A callable with the metadata a model needs to call it."""
+    """A callable with the metadata a model needs to call it.
 
-    def __init__(self, fn, name=None, description=None, parameters=None, timeout=None):
+    :param fn: the function; calling the Tool calls it.
+    :param name: the name the model calls it by (default: the function's).
+    :param description: what it does (default: the docstring's summary).
+    :param parameters: its JSON schema (default: built from the type hints and the
+        docstring's ``Args:``).
+    :param timeout: seconds a call may take in ``run_tools`` (default 10).
+    """
+
+    def __init__(self, fn: Callable[..., Any], name: str | None = None,
+                 description: str | None = None, parameters: dict[str, Any] | None = None,
+                 timeout: float | None = None) -> None:
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.name = name or fn.__name__
@@ -66,10 +84,10 @@ class Tool:
     # Calling a Tool calls `fn` itself: no forwarding level on a held call's greenlet stack.
     __call__ = property(lambda self: self.fn)
 
-    def __set_name__(self, owner, name):
+    def __set_name__(self, owner: type, name: str) -> None:
         self._attr = name
 
-    def __get__(self, obj, owner=None):
+    def __get__(self, obj: object, owner: type | None = None) -> "Tool":
         """``@tool`` on a method: ``instance.method`` is a Tool bound to the instance, made
         once and kept in the instance (which then shadows this descriptor)."""
         if obj is None:
@@ -81,10 +99,10 @@ class Tool:
             obj.__dict__[self._attr] = bound
         return bound
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Tool {self.name}>"
 
-    def spec(self):
+    def spec(self) -> dict[str, Any]:
         """The OpenAI-compatible ``tools=[...]`` entry."""
         return {
             "type": "function",
@@ -95,14 +113,20 @@ class Tool:
             },
         }
 
-    def invoke(self, arguments, turn=None):
+    def invoke(self, arguments: dict[str, Any] | str, turn: "Turn | None" = None) -> Any:
         """Call with model-supplied ``arguments`` (a dict or JSON text), checked against the
-        schema's required names; unknown names are dropped rather than crashing the call."""
+        schema's required names; unknown names are dropped rather than crashing the call.
+
+        :param turn: passed to a parameter named ``turn``, if the function has one.
+        :return: what the function returns.
+        :raises ToolError: the arguments are not a JSON object or miss a required name.
+        """
         if isinstance(arguments, str):
+            text = arguments
             try:
-                arguments = json.loads(arguments) if arguments.strip() else {}
+                arguments = json.loads(text) if text.strip() else {}
             except ValueError:
-                raise ToolError(f"arguments are not valid JSON: {arguments[:200]!r}") from None
+                raise ToolError(f"arguments are not valid JSON: {text[:200]!r}") from None
         if not isinstance(arguments, dict):
             raise ToolError("arguments must be a JSON object")
         known = self.parameters.get("properties", {})
@@ -115,38 +139,59 @@ class Tool:
         return self.fn(**kwargs)
 
 
-def tool(fn=None, *, name=None, description=None, parameters=None, timeout=None):
-    """Make a function a ``Tool``: bare (``@tool``) or with options (``@tool(timeout=3)``)."""
+@overload
+def tool(fn: Callable[..., Any], *, name: str | None = None, description: str | None = None,
+         parameters: dict[str, Any] | None = None, timeout: float | None = None) -> Tool: ...
 
-    def wrap(f):
+
+@overload
+def tool(fn: None = None, *, name: str | None = None, description: str | None = None,
+         parameters: dict[str, Any] | None = None, timeout: float | None = None
+         ) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
+def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
+         description: str | None = None, parameters: dict[str, Any] | None = None,
+         timeout: float | None = None) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Make a function a ``Tool``: bare (``@tool``) or with options (``@tool(timeout=3)``).
+
+    The options are ``Tool``'s: ``name``, ``description``, ``parameters``, ``timeout``.
+    """
+
+    def wrap(f: Callable[..., Any]) -> Tool:
         return Tool(f, name=name, description=description, parameters=parameters,
                     timeout=timeout)
 
     return wrap(fn) if fn is not None else wrap
 
 
-def observed(t, callback):
+def observed(t: Tool, callback: ToolObserver) -> Tool:
     """A copy of Tool ``t`` that reports each call: ``callback(name, arguments, value,
     error, seconds)`` after it returns or raises (``arguments`` without the injected
     ``turn``)."""
     fn = t.fn
     signature = inspect.signature(fn)
 
-    @functools.wraps(fn)
-    def watched(*args, **kwargs):
+    def arguments_of(args, kwargs):
         try:
             arguments = dict(signature.bind_partial(*args, **kwargs).arguments)
         except TypeError:
             arguments = dict(kwargs)
         for name in INJECTED:
             arguments.pop(name, None)
+        return arguments
+
+    # The arguments are named after the call: a held voice turn waits inside it, and keeps
+    # nothing more than the call itself does.
+    @functools.wraps(fn)
+    def watched(*args, **kwargs):
         started = time.monotonic()
         try:
             value = fn(*args, **kwargs)
         except BaseException as exc:
-            callback(t.name, arguments, None, exc, time.monotonic() - started)
+            callback(t.name, arguments_of(args, kwargs), None, exc, time.monotonic() - started)
             raise
-        callback(t.name, arguments, value, None, time.monotonic() - started)
+        callback(t.name, arguments_of(args, kwargs), value, None, time.monotonic() - started)
         return value
 
     copy = object.__new__(Tool)
@@ -155,9 +200,9 @@ def observed(t, callback):
     return copy
 
 
-def tools_of(obj):
+def tools_of(obj: object) -> list[Tool]:
     """Every ``@tool`` method of an object, bound to it, in definition order."""
-    found = {}
+    found: dict[str, Tool] = {}
     for klass in reversed(type(obj).__mro__):
         for attr, value in vars(klass).items():
             if isinstance(value, Tool):
@@ -171,9 +216,10 @@ _ARGS_HEADER = re.compile(r"^(Args|Arguments|Parameters|Params):\s*$")
 _ARG_LINE = re.compile(r"^\s*(\*{0,2}\w+)\s*(\([^)]*\))?\s*:\s*(.*)$")
 
 
-def parse_docstring(doc):
+def parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     """(summary, {arg: description}) from a Google-style docstring."""
-    summary_lines, args, current, in_args, summary_done = [], {}, None, False, False
+    args: dict[str, list[Any]] = {}  # name: [description, indent]
+    summary_lines, current, in_args, summary_done = [], None, False, False
     for raw in doc.splitlines():
         line = raw.rstrip()
         if _ARGS_HEADER.match(line.strip()):
@@ -201,7 +247,8 @@ def parse_docstring(doc):
     return " ".join(summary_lines), {k: v[0] for k, v in args.items()}
 
 
-def schema_for(params, arg_docs, fn):
+def schema_for(params: Iterable[inspect.Parameter], arg_docs: Mapping[str, str],
+               fn: Callable[..., Any]) -> dict[str, Any]:
     """A JSON schema (type object) for a function's parameters."""
     try:
         hints = typing.get_type_hints(fn, include_extras=True)
@@ -229,7 +276,7 @@ _SIMPLE = {str: "string", int: "integer", float: "number", bool: "boolean", dict
            list: "array"}
 
 
-def json_type(annotation):
+def json_type(annotation: Any) -> dict[str, Any]:
     """The JSON schema of one Python annotation (str, int, list[str], Literal, Enum, X | None)."""
     if annotation is inspect.Parameter.empty or annotation is typing.Any:
         return {}
@@ -247,7 +294,7 @@ def json_type(annotation):
     if origin is typing.Literal:
         values = list(args)
         kinds = {_SIMPLE.get(type(v)) for v in values}
-        schema = {"enum": values}
+        schema: dict[str, Any] = {"enum": values}
         if len(kinds) == 1 and None not in kinds:
             schema["type"] = kinds.pop()
         return schema
@@ -281,22 +328,26 @@ class ToolCall:
     """One requested call: ``arguments`` is a dict or the model's JSON text."""
 
     name: str
-    arguments: dict | str = field(default_factory=dict)
+    arguments: dict[str, Any] | str = field(default_factory=dict)
     id: str | None = None
 
 
 @dataclass
 class ToolResult:
+    """The outcome of one call: the tool's ``value``, or an ``error`` in words (a refusal,
+    a failure or a timeout); ``elapsed`` is the seconds it took."""
+
     call: ToolCall
     value: object = None
     error: str | None = None
     elapsed: float = 0.0
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
+        """True when the call returned a value."""
         return self.error is None
 
-    def content(self):
+    def content(self) -> str:
         """The result as the text a model reads in a ``role: tool`` message."""
         if self.error is not None:
             return json.dumps({"error": self.error})
@@ -308,12 +359,16 @@ class ToolResult:
 class Toolbox:
     """A named set of tools: look-up, OpenAI ``tools=`` specs, concurrent execution."""
 
-    def __init__(self, tools=()):
-        self.tools = {}
+    def __init__(self, tools: Iterable[Tool | Callable[..., Any]] = ()) -> None:
+        self.tools: dict[str, Tool] = {}
         for t in tools:
             self.add(t)
 
-    def add(self, t):
+    def add(self, t: Tool | Callable[..., Any]) -> Tool:
+        """Add a Tool (a plain function is made one) and return it.
+
+        :raises ValueError: a tool of that name is already in the box.
+        """
         if not isinstance(t, Tool):
             t = Tool(t)
         if t.name in self.tools:
@@ -321,26 +376,30 @@ class Toolbox:
         self.tools[t.name] = t
         return t
 
-    def __contains__(self, name):
+    def __contains__(self, name: object) -> bool:
         return name in self.tools
 
-    def __getitem__(self, name):
+    def __getitem__(self, name: str) -> Tool:
         return self.tools[name]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Tool]:
         return iter(self.tools.values())
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.tools)
 
-    def specs(self):
+    def specs(self) -> list[dict[str, Any]]:
+        """The OpenAI-compatible ``tools=[...]`` list of every tool."""
         return [t.spec() for t in self.tools.values()]
 
-    def run(self, calls, turn=None, timeout=None):
+    def run(self, calls: Iterable["ToolCall | tuple[Any, ...]"], turn: "Turn | None" = None,
+            timeout: float | None = None) -> list["ToolResult"]:
+        """``run_tools`` with this box's tools."""
         return run_tools(calls, self, turn=turn, timeout=timeout)
 
 
-def run_tools(calls, tools, turn=None, timeout=None):
+def run_tools(calls: Iterable[ToolCall | tuple[Any, ...]], tools: Toolbox | Iterable[Tool],
+              turn: "Turn | None" = None, timeout: float | None = None) -> list[ToolResult]:
     """Run ``calls`` (ToolCall, or (name, arguments) pairs) concurrently; results in order.
 
     ``tools`` is a Toolbox or an iterable of Tools. Each call gets its tool's timeout, capped
@@ -348,10 +407,10 @@ def run_tools(calls, tools, turn=None, timeout=None):
     reported as timed out.
     """
     box = tools if isinstance(tools, Toolbox) else Toolbox(tools)
-    calls = [c if isinstance(c, ToolCall) else ToolCall(*c) for c in calls]
+    todo = [c if isinstance(c, ToolCall) else ToolCall(*c) for c in calls]
     started = time.monotonic()
-    tasks = []
-    for call in calls:
+    tasks: list[tuple[ToolCall, Tool | None, Any]] = []
+    for call in todo:
         t = box.tools.get(call.name)
         if t is None:
             tasks.append((call, None, None))

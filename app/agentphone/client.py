@@ -1,7 +1,10 @@
 """AgentPhoneClient: the REST API (contract 4) over the retrying transport."""
 
+import enum
 import logging
 import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 from urllib.parse import quote
 
 import requests
@@ -34,30 +37,44 @@ from app.agentphone.models import (
     WebhookDelivery,
     WebhookTestResult,
 )
+from app.agentphone.models import Model as _Model
 from app.agentphone.pagination import (
+    Page,
     format_timestamp,
     page_items,
     parse_offset_page,
     walk_cursor,
     walk_offset,
 )
-from app.agentphone.sse import parse_sse, transcript_event
+from app.agentphone.sse import TranscriptEvent, parse_sse, transcript_event
 from app.config import default
 from app.metrics import API_REQUESTS, endpoint
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = default("AGENTPHONE_API_URL")
 USER_AGENT = "agentphone-backend/0.1"
-UNSET = object()  # "leave unchanged", where None means "clear"
+
+M = TypeVar("M", bound=_Model)
+T = TypeVar("T")
 
 
-def _path_segment(value):
+class _Unset(enum.Enum):
+    UNSET = "unset"
+
+
+UNSET = _Unset.UNSET  # "leave unchanged", where None means "clear"
+
+
+def _path_segment(value: object) -> str:
     """A path segment, escaped so an id can never change the path."""
     return quote(str(value), safe="")
 
 
-def _drop_none(mapping):
+def _drop_none(mapping: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in mapping.items() if v is not None}
 
 
@@ -71,11 +88,19 @@ class AgentPhoneClient:
     stream_quiet_timeout: seconds without a byte (heartbeats come every 15 s) before a
     transcript stream counts as dead; stream_reconnects: reconnects in a row without new
     turns before giving up.
+
+    Every method raises an AgentPhoneError subclass when the call fails: APIConnectionError
+    (APITimeoutError) without a response, else the one for the HTTP status (NotFoundError,
+    RateLimitError, ...). Ids are escaped into the path, so any string is safe to pass.
+
+    :raises MissingAPIKeyError: `api_key` is empty.
     """
 
-    def __init__(self, api_key, base_url=DEFAULT_BASE_URL, timeout=(5.0, 30.0), max_retries=2,
-                 backoff_factor=1.0, max_wait=60.0, budget=30.0, stream_quiet_timeout=45.0,
-                 stream_reconnects=3):
+    def __init__(self, api_key: str | None, base_url: str | None = DEFAULT_BASE_URL,
+                 timeout: tuple[float, float] = (5.0, 30.0), max_retries: int = 2,
+                 backoff_factor: float = 1.0, max_wait: float = 60.0,
+                 budget: float | None = 30.0, stream_quiet_timeout: float = 45.0,
+                 stream_reconnects: int = 3) -> None:
         if not api_key:
             raise MissingAPIKeyError(
                 "No AgentPhone API key: set AGENTPHONE_API_KEY to your sk_... key.",
@@ -91,18 +116,20 @@ class AgentPhoneClient:
         retry = transport.build_retry(max_retries, backoff_factor, max_wait)
         self._session = transport.build_session(api_key, retry, USER_AGENT)
 
-    def close(self):
+    def close(self) -> None:
+        """Close the connection pool; the client is not used after."""
         self._session.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- HTTP -------------------------------------------------------------------------------
 
-    def _open(self, method, path, *, params=None, json=None, stream=False, **kwargs):
+    def _open(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+              json: Any = None, stream: bool = False, **kwargs: Any) -> requests.Response:
         """Send one call (retries included) and return the response, or raise AgentPhoneError.
 
         Everything happens within `budget` seconds, the whole body included, unless
@@ -130,8 +157,16 @@ class AgentPhoneClient:
                                       response.reason or "")
         return response
 
-    def request(self, method, path, *, params=None, json=None):
-        """Decoded JSON of a call (None for an empty body)."""
+    def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                json: Any = None) -> Any:
+        """Make one call and return its decoded JSON (None for an empty body).
+
+        :param method: the HTTP method.
+        :param path: the path under the base URL, e.g. ``/v1/calls``.
+        :param params: the query; None values are left out.
+        :param json: the body, sent as JSON.
+        :raises AgentPhoneError: also when a non-empty body is not JSON.
+        """
         response = self._open(method, path, params=params, json=json)
         if not response.content:
             return None
@@ -143,14 +178,23 @@ class AgentPhoneClient:
                 status=response.status_code, body=response.text,
             ) from exc
 
-    def _page(self, path, convert, limit, offset, **params):
+    def _page(self, path: str, convert: type[M], limit: int | None, offset: int | None,
+              **params: Any) -> Page[M]:
         body = self.request("GET", path, params={"limit": limit, "offset": offset or None,
                                                   **params})
         return parse_offset_page(body, offset or 0, limit, convert.from_dict)
 
     @staticmethod
-    def paginate(list_method, *args, limit=None, max_items=None, **kwargs):
-        """Every item of an offset-paged list: paginate(client.list_calls, status="failed")."""
+    def paginate(list_method: Callable[..., Page[T]], *args: Any, limit: int | None = None,
+                 max_items: int | None = None, **kwargs: Any) -> Iterator[T]:
+        """Every item of an offset-paged list: paginate(client.list_calls, status="failed").
+
+        :param list_method: a ``list_...`` method taking ``limit`` and ``offset``; ``args``
+            and ``kwargs`` are passed on to it.
+        :param limit: the page size asked for.
+        :param max_items: stop after this many items.
+        :return: an iterator that fetches pages as it goes.
+        """
         return walk_offset(
             lambda lim, off: list_method(*args, limit=lim, offset=off, **kwargs),
             limit=limit, max_items=max_items,
@@ -158,22 +202,32 @@ class AgentPhoneClient:
 
     # -- calls ------------------------------------------------------------------------------
 
-    def list_calls(self, status=None, direction=None, type=None, search=None, limit=None,
-                   offset=0):
-        """One page of calls (newest first), optionally filtered."""
+    def list_calls(self, status: str | None = None, direction: str | None = None,
+                   type: str | None = None, search: str | None = None, limit: int | None = None,
+                   offset: int = 0) -> Page[Call]:
+        """One page of calls (newest first), optionally filtered.
+
+        `limit` is the page size (the server's default is 20, its maximum 100), `offset` the
+        number of calls to skip.
+        """
         return self._page("/v1/calls", Call, limit, offset, status=status, direction=direction,
                           type=type, search=search)
 
-    def list_agent_calls(self, agent_id, limit=None, offset=0):
+    def list_agent_calls(self, agent_id: str, limit: int | None = None,
+                         offset: int = 0) -> Page[Call]:
+        """One page of an agent's calls (newest first)."""
         return self._page(f"/v1/agents/{_path_segment(agent_id)}/calls", Call, limit, offset)
 
-    def list_number_calls(self, number_id, limit=None, offset=0):
+    def list_number_calls(self, number_id: str, limit: int | None = None,
+                          offset: int = 0) -> Page[Call]:
+        """One page of the calls to or from one of the project's numbers (newest first)."""
         return self._page(f"/v1/numbers/{_path_segment(number_id)}/calls", Call, limit, offset)
 
-    def get_call(self, call_id):
+    def get_call(self, call_id: str) -> Call:
+        """A call with its transcript so far."""
         return Call.from_dict(self.request("GET", f"/v1/calls/{_path_segment(call_id)}"))
 
-    def get_transcript(self, call_id):
+    def get_transcript(self, call_id: str) -> list[TranscriptEntry]:
         """The whole transcript; accepts `{data: [...]}`, `{transcripts: [...]}` or a list
         (contract D25)."""
         body = self.request("GET", f"/v1/calls/{_path_segment(call_id)}/transcript")
@@ -181,10 +235,16 @@ class AgentPhoneClient:
             body = body["transcripts"]
         return [TranscriptEntry.from_dict(item) for item in page_items(body)]
 
-    def create_call(self, agent_id, to_number, *, from_number_id=None, initial_greeting=None,
-                    voice=None, system_prompt=None, variables=None, call_screening_identity=None,
-                    call_screening_purpose=None):
-        """Start an outbound call; returns the call at once (status in-progress)."""
+    def create_call(self, agent_id: str, to_number: str, *, from_number_id: str | None = None,
+                    initial_greeting: str | None = None, voice: str | None = None,
+                    system_prompt: str | None = None, variables: Mapping[str, Any] | None = None,
+                    call_screening_identity: str | None = None,
+                    call_screening_purpose: str | None = None) -> Call:
+        """Start an outbound call; returns the call at once (status in-progress).
+
+        With `system_prompt` the platform's own model runs the call; without it each turn
+        comes to the webhook. Options left None are not sent.
+        """
         body = _drop_none({
             "agentId": agent_id, "toNumber": to_number, "fromNumberId": from_number_id,
             "initialGreeting": initial_greeting, "voice": voice, "systemPrompt": system_prompt,
@@ -193,12 +253,14 @@ class AgentPhoneClient:
         })
         return Call.from_dict(self.request("POST", "/v1/calls", json=body))
 
-    def end_call(self, call_id):
+    def end_call(self, call_id: str) -> Call:
+        """End a live call; returns the call."""
         return Call.from_dict(self.request("POST", f"/v1/calls/{_path_segment(call_id)}/end"))
 
     # -- transcript stream ------------------------------------------------------------------
 
-    def stream_transcript(self, call_id, quiet_timeout=None, max_reconnects=None):
+    def stream_transcript(self, call_id: str, quiet_timeout: float | None = None,
+                          max_reconnects: int | None = None) -> Iterator[TranscriptEvent]:
         """Yield StreamConnected, TranscriptTurn and StreamEnded events of a call, live.
 
         Stops after StreamEnded. A dropped connection, a server close before `ended`, or
@@ -206,11 +268,13 @@ class AgentPhoneClient:
         replays every turn then, and turns already yielded are skipped (contract D27), as is a
         second `connected`. After `max_reconnects` reconnects in a row without a new turn,
         APIConnectionError is raised. HTTP errors (401, 404, ...) are raised at once.
+        `quiet_timeout` and `max_reconnects` default to the client's settings.
         """
         quiet = self.stream_quiet_timeout if quiet_timeout is None else quiet_timeout
         limit = self.stream_reconnects if max_reconnects is None else max_reconnects
         path = f"/v1/calls/{_path_segment(call_id)}/transcript/stream"
-        seen, connected, failures = set(), False, 0
+        seen: set[tuple[str | None, str | None, str | None]] = set()
+        connected, failures = False, 0
         while True:
             try:
                 for event in self._stream_events(path, quiet):
@@ -240,7 +304,7 @@ class AgentPhoneClient:
                      call_id, reason, wait)
             time.sleep(wait)
 
-    def _stream_events(self, path, quiet):
+    def _stream_events(self, path: str, quiet: float) -> Iterator[TranscriptEvent]:
         """Typed events of one connection to an SSE endpoint."""
         response = self._open(
             "GET", path, stream=True, timeout=(self.timeout[0], quiet),
@@ -257,11 +321,15 @@ class AgentPhoneClient:
 
     # -- messages ---------------------------------------------------------------------------
 
-    def send_message(self, agent_id=None, to_number=None, body="", *, media_urls=None,
-                     number_id=None, from_number=None, recipients=None, send_style=None,
-                     reply_to_message_id=None):
+    def send_message(self, agent_id: str | None = None, to_number: str | None = None,
+                     body: str = "", *, media_urls: list[str] | None = None,
+                     number_id: str | None = None, from_number: str | None = None,
+                     recipients: list[str] | None = None, send_style: str | None = None,
+                     reply_to_message_id: str | None = None) -> Message:
         """Send an SMS/MMS/iMessage (POST /v1/messages, snake_case body, contract 4.6).
 
+        `to_number` (or `recipients`, for a new iMessage group) is who gets it; `number_id`
+        or `from_number` picks the sending number. Options left None are not sent.
         Retried only on 429/503; a timeout raises APIConnectionError and is NOT retried,
         since the text may have gone out.
         """
@@ -273,22 +341,23 @@ class AgentPhoneClient:
         })
         return Message.from_dict(self.request("POST", "/v1/messages", json=payload))
 
-    def react(self, message_id, reaction):
-        """iMessage tapback on a message."""
+    def react(self, message_id: str, reaction: str) -> Reaction:
+        """iMessage tapback on a message; `reaction` is its type, e.g. ``love``."""
         return Reaction.from_dict(self.request(
             "POST", f"/v1/messages/{_path_segment(message_id)}/reactions",
             json={"reaction": reaction},
         ))
 
     @staticmethod
-    def _messages_path(number_id, conversation_id):
+    def _messages_path(number_id: str | None, conversation_id: str | None) -> str:
         if (number_id is None) == (conversation_id is None):
             raise ValueError("pass exactly one of number_id and conversation_id")
         if number_id is not None:
             return f"/v1/numbers/{_path_segment(number_id)}/messages"
         return f"/v1/conversations/{_path_segment(conversation_id)}/messages"
 
-    def _messages_body(self, path, limit=None, before=None, after=None):
+    def _messages_body(self, path: str, limit: int | None = None, before: object = None,
+                       after: object = None) -> Any:
         if before is not None and after is not None:
             raise ValueError("pass before or after, not both")  # contract D28
         return self.request("GET", path, params={
@@ -297,9 +366,16 @@ class AgentPhoneClient:
             "after": None if after is None else format_timestamp(after),
         })
 
-    def messages_page(self, *, number_id=None, conversation_id=None, limit=None, before=None,
-                      after=None):
-        """One page of a number's or a conversation's messages (timestamp cursors)."""
+    def messages_page(self, *, number_id: str | None = None, conversation_id: str | None = None,
+                      limit: int | None = None, before: object = None,
+                      after: object = None) -> Page[Message]:
+        """One page of a number's or a conversation's messages (timestamp cursors).
+
+        Give exactly one of `number_id` and `conversation_id`, and at most one of `before`
+        and `after` (a datetime or an ISO-8601 string).
+
+        :raises ValueError: both or neither id, both cursors, or a cursor that is no time.
+        """
         path = self._messages_path(number_id, conversation_id)
         body = self._messages_body(path, limit, before, after)
         items = page_items(body)
@@ -308,10 +384,19 @@ class AgentPhoneClient:
             0, limit, Message.from_dict,
         )
 
-    def iter_messages(self, *, number_id=None, conversation_id=None, direction="older",
-                      start=None, limit=None, max_items=None):
+    def iter_messages(self, *, number_id: str | None = None,
+                      conversation_id: str | None = None,
+                      direction: Literal["older", "newer"] = "older", start: object = None,
+                      limit: int | None = None, max_items: int | None = None
+                      ) -> Iterator[Message]:
         """Messages across pages: "older" walks back from `start` (default: now), "newer"
-        forward from `start`; de-duplicated by id (contract D28)."""
+        forward from `start`; de-duplicated by id (contract D28).
+
+        Give exactly one of `number_id` and `conversation_id`; `limit` is the page size,
+        `max_items` where to stop. Pages are fetched as the iterator goes.
+
+        :raises ValueError: both or neither id, or an unknown `direction`.
+        """
         path = self._messages_path(number_id, conversation_id)
         items = walk_cursor(
             lambda lim, **cursor: self._messages_body(path, lim, **cursor),
@@ -321,20 +406,28 @@ class AgentPhoneClient:
 
     # -- conversations ----------------------------------------------------------------------
 
-    def list_conversations(self, limit=None, offset=0):
+    def list_conversations(self, limit: int | None = None,
+                           offset: int = 0) -> Page[Conversation]:
+        """One page of conversations, most recent first."""
         return self._page("/v1/conversations", Conversation, limit, offset)
 
-    def list_agent_conversations(self, agent_id, limit=None, offset=0):
+    def list_agent_conversations(self, agent_id: str, limit: int | None = None,
+                                 offset: int = 0) -> Page[Conversation]:
+        """One page of an agent's conversations, most recent first."""
         return self._page(f"/v1/agents/{_path_segment(agent_id)}/conversations", Conversation,
                           limit, offset)
 
-    def get_conversation(self, conversation_id, message_limit=None):
+    def get_conversation(self, conversation_id: str,
+                         message_limit: int | None = None) -> Conversation:
+        """A conversation with its messages (at most `message_limit` of them)."""
         return Conversation.from_dict(self.request(
             "GET", f"/v1/conversations/{_path_segment(conversation_id)}",
             params={"message_limit": message_limit},
         ))
 
-    def update_conversation(self, conversation_id, metadata=UNSET, group_name=None):
+    def update_conversation(self, conversation_id: str,
+                            metadata: dict[str, Any] | Literal[_Unset.UNSET] | None = UNSET,
+                            group_name: str | None = None) -> Conversation:
         """Replace the conversation's metadata (None clears it); fields not given are kept."""
         body = _drop_none({"group_name": group_name})
         if metadata is not UNSET:
@@ -346,46 +439,56 @@ class AgentPhoneClient:
     # -- webhooks ---------------------------------------------------------------------------
 
     @staticmethod
-    def _webhook_path(agent_id):
+    def _webhook_path(agent_id: str | None) -> str:
         if agent_id is None:
             return "/v1/webhooks"
         return f"/v1/agents/{_path_segment(agent_id)}/webhook"
 
-    def get_webhook(self, agent_id=None):
+    def get_webhook(self, agent_id: str | None = None) -> Webhook | None:
         """The project's (or an agent's own) webhook, or None when none is set."""
         body = self.request("GET", self._webhook_path(agent_id))
         return Webhook.from_dict(body) if body else None
 
-    def set_webhook(self, url, context_limit=None, timeout=None, agent_id=None):
-        """Create or replace the webhook; the result carries the new signing secret."""
+    def set_webhook(self, url: str, context_limit: int | None = None, timeout: int | None = None,
+                    agent_id: str | None = None) -> Webhook:
+        """Create or replace the webhook; the result carries the new signing secret.
+
+        `context_limit` is how many recent messages deliveries carry, `timeout` the seconds
+        AgentPhone waits for an answer; `agent_id` sets that agent's own webhook instead of
+        the project's.
+        """
         body = _drop_none({"url": url, "contextLimit": context_limit, "timeout": timeout})
         return Webhook.from_dict(self.request("POST", self._webhook_path(agent_id), json=body))
 
-    def delete_webhook(self, agent_id=None):
+    def delete_webhook(self, agent_id: str | None = None) -> Any:
+        """Remove the project's (or an agent's own) webhook; returns the decoded answer."""
         return self.request("DELETE", self._webhook_path(agent_id))
 
-    def test_webhook(self, agent_id=None):
+    def test_webhook(self, agent_id: str | None = None) -> WebhookTestResult:
         """Have AgentPhone send a sample event to the project webhook (agentId in the payload)."""
         return WebhookTestResult.from_dict(self.request(
             "POST", "/v1/webhooks/test", params={"agentId": agent_id}
         ))
 
-    def test_agent_webhook(self, agent_id):
+    def test_agent_webhook(self, agent_id: str) -> WebhookTestResult:
         """Have AgentPhone send a sample event to the agent's own webhook."""
         return WebhookTestResult.from_dict(self.request(
             "POST", f"/v1/agents/{_path_segment(agent_id)}/webhook/test"
         ))
 
-    def list_deliveries(self, limit=None, offset=0, hours=None):
+    def list_deliveries(self, limit: int | None = None, offset: int = 0,
+                        hours: int | None = None) -> Page[WebhookDelivery]:
         """One page of the delivery log (`items` envelope, D24); `hours` looks back 1-168 h."""
         return self._page("/v1/webhooks/deliveries", WebhookDelivery, limit, offset, hours=hours)
 
-    def delivery_stats(self, hours=None):
+    def delivery_stats(self, hours: int | None = None) -> DeliveryStats:
+        """Delivery totals over the last `hours` (the server's default: 24)."""
         return DeliveryStats.from_dict(self.request(
             "GET", "/v1/webhooks/deliveries/stats", params={"hours": hours}
         ))
 
-    def list_agent_deliveries(self, agent_id, limit=None):
+    def list_agent_deliveries(self, agent_id: str,
+                              limit: int | None = None) -> list[WebhookDelivery]:
         """Recent deliveries to an agent's own webhook (a bare list, no paging)."""
         body = self.request("GET", f"/v1/agents/{_path_segment(agent_id)}/webhook/deliveries",
                             params={"limit": limit})
@@ -393,23 +496,28 @@ class AgentPhoneClient:
 
     # -- agents, numbers, contacts ----------------------------------------------------------
 
-    def list_agents(self, limit=None, offset=0):
+    def list_agents(self, limit: int | None = None, offset: int = 0) -> Page[Agent]:
+        """One page of the project's agents."""
         return self._page("/v1/agents", Agent, limit, offset)
 
-    def get_agent(self, agent_id):
+    def get_agent(self, agent_id: str) -> Agent:
+        """One agent."""
         return Agent.from_dict(self.request("GET", f"/v1/agents/{_path_segment(agent_id)}"))
 
-    def list_numbers(self, limit=None, offset=0):
+    def list_numbers(self, limit: int | None = None, offset: int = 0) -> Page[PhoneNumber]:
+        """One page of the project's phone numbers."""
         return self._page("/v1/numbers", PhoneNumber, limit, offset)
 
-    def get_number(self, number_id):
+    def get_number(self, number_id: str) -> PhoneNumber:
+        """One phone number."""
         return PhoneNumber.from_dict(self.request("GET", f"/v1/numbers/{_path_segment(number_id)}"))
 
-    def list_contacts(self, limit=None, offset=0):
+    def list_contacts(self, limit: int | None = None, offset: int = 0) -> Page[Contact]:
+        """One page of the project's contacts."""
         return self._page("/v1/contacts", Contact, limit, offset)
 
 
-def _timed_out(exc):
+def _timed_out(exc: requests.RequestException) -> bool:
     """True for a timeout, also one that ended the retries (requests reports a ConnectionError)."""
     if isinstance(exc, requests.Timeout):
         return True
@@ -417,11 +525,11 @@ def _timed_out(exc):
     return isinstance(reason, MaxRetryError) and isinstance(reason.reason, Urllib3TimeoutError)
 
 
-def _read_timeout(timeout):
+def _read_timeout(timeout: float | tuple[float, float] | None) -> float | None:
     return timeout[1] if isinstance(timeout, tuple) else timeout
 
 
-def _arrived_chunks(raw, size=65536):
+def _arrived_chunks(raw: Any, size: int = 65536) -> Iterator[bytes]:
     """Bytes as they arrive: read1 returns what is there instead of waiting for `size`."""
     while True:
         chunk = raw.read1(size)
@@ -430,9 +538,12 @@ def _arrived_chunks(raw, size=65536):
         yield chunk
 
 
-def from_config(config, **options):
+def from_config(config: Mapping[str, Any], **options: Any) -> AgentPhoneClient:
     """A client from a mapping with AGENTPHONE_API_KEY and (optionally) AGENTPHONE_API_URL;
-    ``options`` are AgentPhoneClient's (timeouts, retries)."""
+    ``options`` are AgentPhoneClient's (timeouts, retries).
+
+    :raises MissingAPIKeyError: the mapping has no API key.
+    """
     return AgentPhoneClient(
         config.get("AGENTPHONE_API_KEY"),
         base_url=config.get("AGENTPHONE_API_URL") or DEFAULT_BASE_URL,
@@ -440,6 +551,6 @@ def from_config(config, **options):
     )
 
 
-def client_from_app(app, **options):
-    """A client configured from a Flask app's config."""
+def client_from_app(app: "Flask", **options: Any) -> AgentPhoneClient:
+    """A client configured from a Flask app's config; ``options`` as for `from_config`."""
     return from_config(app.config, **options)

@@ -3,7 +3,9 @@
 import email.utils
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 # FastAPI prefixes each `loc` with where the value came from; the field name is what follows.
 _LOC_SOURCES = ("body", "query", "path", "header")
@@ -17,19 +19,24 @@ class ErrorInfo:
     message: str
     code: str | None = None
     type: str | None = None
-    details: list[dict] = field(default_factory=list)
+    details: list[dict[str, Any]] = field(default_factory=list)
 
 
 class AgentPhoneError(Exception):
     """Any failure talking to AgentPhone; `status` is None when no HTTP response was received.
 
-    `request_sent` is False only when the request certainly never reached the server (no key,
-    connection refused, DNS, connect timeout); True when it may have (always, once there is
-    a response): a request that may have been sent must not be repeated blindly.
+    `code` and `type` are the error body's, `details` its per-field problems
+    (``{"field", "message", "type"}``), `retry_after` the seconds the server asked to wait,
+    and `body` the response text. `request_sent` is False only when the request certainly
+    never reached the server (no key, connection refused, DNS, connect timeout); True when it
+    may have (always, once there is a response): a request that may have been sent must not
+    be repeated blindly.
     """
 
-    def __init__(self, message, *, status=None, code=None, type=None, details=None,
-                 retry_after=None, body=None, request_sent=True):
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 type: str | None = None, details: list[dict[str, Any]] | None = None,
+                 retry_after: float | None = None, body: str | None = None,
+                 request_sent: bool = True) -> None:
         super().__init__(message)
         self.message = message
         self.request_sent = request_sent
@@ -40,7 +47,7 @@ class AgentPhoneError(Exception):
         self.retry_after = retry_after
         self.body = body
 
-    def __str__(self):
+    def __str__(self) -> str:
         head = f"HTTP {self.status}" if self.status is not None else ""
         if self.code:
             head = f"{head} {self.code}".strip()
@@ -90,7 +97,7 @@ class ServerError(AgentPhoneError):
     """5xx: AgentPhone or a carrier failed; usually temporary."""
 
 
-def error_class(status):
+def error_class(status: int) -> type[AgentPhoneError]:
     """The exception subclass for an HTTP status."""
     if status in (400, 422):
         return BadRequestError
@@ -101,7 +108,7 @@ def error_class(status):
     )
 
 
-def _detail_item(item):
+def _detail_item(item: Any) -> dict[str, Any]:
     if not isinstance(item, dict):
         return {"field": None, "message": str(item), "type": None}
     if "loc" in item or "msg" in item:  # FastAPI: {loc, msg, type}
@@ -114,7 +121,7 @@ def _detail_item(item):
             "type": item.get("type")}
 
 
-def _from_envelope(err):
+def _from_envelope(err: dict[str, Any]) -> ErrorInfo:
     details = err.get("details")
     return ErrorInfo(
         message=str(err.get("message") or err.get("code") or "error"),
@@ -124,7 +131,7 @@ def _from_envelope(err):
     )
 
 
-def _from_json(body):
+def _from_json(body: Any) -> ErrorInfo | None:
     if isinstance(body, dict):
         err = body.get("error")
         if isinstance(err, dict):
@@ -143,7 +150,7 @@ def _from_json(body):
     return None
 
 
-def parse_error_body(status, text, reason=""):
+def parse_error_body(status: int, text: str | None, reason: str = "") -> ErrorInfo:
     """ErrorInfo from a response body; never raises, whatever the body holds."""
     try:
         info = _from_json(json.loads(text)) if text else None
@@ -157,7 +164,7 @@ def parse_error_body(status, text, reason=""):
     return ErrorInfo(message=reason or f"HTTP {status}")
 
 
-def parse_retry_after(value, now=None):
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a Retry-After value (delta-seconds or HTTP-date); None if unusable."""
     if value is None:
         return None
@@ -170,8 +177,10 @@ def parse_retry_after(value, now=None):
     return max(0.0, email.utils.mktime_tz(parsed) - (time.time() if now is None else now))
 
 
-def error_from_response(status, text, headers, reason=""):
-    """The AgentPhoneError (subclass) for a non-2xx response."""
+def error_from_response(status: int, text: str, headers: Mapping[str, str],
+                        reason: str = "") -> AgentPhoneError:
+    """The AgentPhoneError (subclass) for a non-2xx response, from its status, body text,
+    headers (for Retry-After) and reason phrase."""
     info = parse_error_body(status, text, reason)
     return error_class(status)(
         info.message, status=status, code=info.code, type=info.type, details=info.details,

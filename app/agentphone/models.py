@@ -2,34 +2,57 @@
 
 Each field reads the first key present among its aliases (default: camelCase, then
 snake_case of the field name), so extra keys are ignored and known spellings of the same
-value are accepted (contract D30: fromNumber/from/from_, toNumber/to).
+value are accepted (contract D30: fromNumber/from/from_, toNumber/to). Every field is
+optional: one the body does not carry is None (an empty list for lists).
 """
 
-from dataclasses import MISSING, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Self, TypeVar
 
 
-def _camel(name):
+def _camel(name: str) -> str:
     first, *rest = name.split("_")
     return first + "".join(word.title() for word in rest)
 
 
-def alias(*keys, convert=None, default=None, list_of=None):
-    """A model field read from `keys` (in order), optionally converted."""
+def alias(*keys: str, convert: Callable[[Any], Any] | None = None, default: Any = None,
+          list_of: "type[Model] | None" = None) -> Any:
+    """A model field read from the first of `keys` present, optionally converted.
+
+    :param keys: JSON keys to try, in order.
+    :param convert: applied to the value found.
+    :param default: the value when no key is present.
+    :param list_of: a model class: the field is a list of it (empty when absent), built
+        from the dict items of the value.
+    :return: a dataclass field.
+    """
     if list_of is not None:
+        model = list_of
         return field(default_factory=list,
-                     metadata={"keys": keys, "convert": lambda v: _list_of(list_of, v)})
+                     metadata={"keys": keys, "convert": lambda v: _list_of(model, v)})
     return field(default=default, metadata={"keys": keys, "convert": convert})
 
 
-def _list_of(model, value):
+M = TypeVar("M", bound="Model")
+
+
+def _list_of(model: type[M], value: Any) -> list[M]:
     return [model.from_dict(item) for item in value or [] if isinstance(item, dict)]
 
 
+@dataclass
 class Model:
-    """Base of every result type: `from_dict` never fails on missing or extra keys."""
+    """Base of every result type: `from_dict` never fails on missing or extra keys.
+
+    `raw` is the JSON object the model was built from (keyword-only, not in the repr).
+    """
+
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, kw_only=True)
 
     @classmethod
-    def from_dict(cls, data):
+    def from_dict(cls, data: Any) -> Self:
+        """The model read from a decoded JSON object; anything but a dict reads as ``{}``."""
         data = data if isinstance(data, dict) else {}
         values = {}
         for f in fields(cls):
@@ -44,202 +67,213 @@ class Model:
         return cls(raw=data, **values)
 
 
-def _model(cls):
-    """dataclass() with every field optional and a trailing `raw` dict."""
-    for name in cls.__annotations__:
-        if getattr(cls, name, MISSING) is MISSING:
-            setattr(cls, name, None)
-    cls.__annotations__["raw"] = dict
-    cls.raw = field(default_factory=dict, repr=False)
-    return dataclass(cls)
-
-
 FROM_KEYS = ("fromNumber", "from", "from_", "from_number")
 TO_KEYS = ("toNumber", "to", "to_", "to_number")
 
 
-@_model
+@dataclass
 class TranscriptEntry(Model):
-    id: str
-    transcript: str
-    response: str
-    confidence: float
-    created_at: str
+    """One exchange of a call's stored transcript: what the caller said and the reply."""
+
+    id: str | None = None
+    transcript: str | None = None
+    response: str | None = None
+    confidence: float | None = None
+    created_at: str | None = None
 
 
-@_model
+@dataclass
 class Call(Model):
-    id: str
-    agent_id: str
-    phone_number_id: str
-    phone_number: str
-    from_number: str = alias(*FROM_KEYS)
-    to_number: str = alias(*TO_KEYS)
-    direction: str
-    status: str
-    started_at: str
-    ended_at: str
-    duration_seconds: int
-    last_transcript_snippet: str
-    recording_url: str
-    recording_available: bool
-    transcripts: list = alias("transcripts", list_of=TranscriptEntry)
+    """A phone call; `transcripts` is filled by `get_call` (partial while the call is live)."""
+
+    id: str | None = None
+    agent_id: str | None = None
+    phone_number_id: str | None = None
+    phone_number: str | None = None
+    from_number: str | None = alias(*FROM_KEYS)
+    to_number: str | None = alias(*TO_KEYS)
+    direction: str | None = None
+    status: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    duration_seconds: int | None = None
+    last_transcript_snippet: str | None = None
+    recording_url: str | None = None
+    recording_available: bool | None = None
+    transcripts: list[TranscriptEntry] = alias("transcripts", list_of=TranscriptEntry)
 
     @property
-    def is_terminal(self):
-        """contract D36: completed, failed, or any status once `endedAt` is set."""
+    def is_terminal(self) -> bool:
+        """Whether the call is over: completed, failed, or any status once `endedAt` is set
+        (contract D36)."""
         return self.status in ("completed", "failed") or self.ended_at is not None
 
 
-@_model
+@dataclass
 class Message(Model):
     """A message in a list, or the result of sending one (snake_case keys there)."""
 
-    id: str
-    body: str
-    from_number: str = alias(*FROM_KEYS)
-    to_number: str = alias(*TO_KEYS)
-    direction: str
-    channel: str
-    status: str
-    received_at: str
-    conversation_id: str
-    media_urls: list
-    reply_to_message_id: str
+    id: str | None = None
+    body: str | None = None
+    from_number: str | None = alias(*FROM_KEYS)
+    to_number: str | None = alias(*TO_KEYS)
+    direction: str | None = None
+    channel: str | None = None
+    status: str | None = None
+    received_at: str | None = None
+    conversation_id: str | None = None
+    media_urls: list[str] | None = None
+    reply_to_message_id: str | None = None
 
 
-@_model
+@dataclass
 class Conversation(Model):
-    id: str
-    agent_id: str
-    phone_number_id: str
-    phone_number: str
-    participant: str
-    last_message_at: str
-    last_message_preview: str
-    message_count: int
-    metadata: dict
-    created_at: str
-    messages: list = alias("messages", list_of=Message)
+    """An SMS/iMessage thread between a number and one participant (or a group)."""
+
+    id: str | None = None
+    agent_id: str | None = None
+    phone_number_id: str | None = None
+    phone_number: str | None = None
+    participant: str | None = None
+    last_message_at: str | None = None
+    last_message_preview: str | None = None
+    message_count: int | None = None
+    metadata: dict[str, Any] | None = None
+    created_at: str | None = None
+    messages: list[Message] = alias("messages", list_of=Message)
 
 
-@_model
+@dataclass
 class Reaction(Model):
-    id: str
-    reaction_type: str
-    message_id: str
-    channel: str
+    """An iMessage tapback sent on a message."""
+
+    id: str | None = None
+    reaction_type: str | None = None
+    message_id: str | None = None
+    channel: str | None = None
 
 
-@_model
+@dataclass
 class Webhook(Model):
-    id: str
-    url: str
-    secret: str
-    status: str
-    context_limit: int
-    timeout: int
-    created_at: str
+    """A webhook endpoint and its signing `secret` (a new one each time it is set)."""
+
+    id: str | None = None
+    url: str | None = None
+    secret: str | None = None
+    status: str | None = None
+    context_limit: int | None = None
+    timeout: int | None = None
+    created_at: str | None = None
 
 
-@_model
+@dataclass
 class WebhookDelivery(Model):
-    id: str
-    message_id: str
-    event_type: str
-    channel: str
-    status: str
-    http_status: int
-    error_message: str
-    response_body: str
-    attempt_count: int
-    last_attempt_at: str
-    next_retry_at: str
-    created_at: str
+    """One entry of the delivery log: an event sent to a webhook and how it went."""
+
+    id: str | None = None
+    message_id: str | None = None
+    event_type: str | None = None
+    channel: str | None = None
+    status: str | None = None
+    http_status: int | None = None
+    error_message: str | None = None
+    response_body: str | None = None
+    attempt_count: int | None = None
+    last_attempt_at: str | None = None
+    next_retry_at: str | None = None
+    created_at: str | None = None
 
 
-@_model
+@dataclass
 class DeliveryStats(Model):
-    total: int
-    success: int
-    failed: int
-    pending: int
-    success_rate: float
-    by_event_type: dict
-    by_hour: list
+    """Delivery log totals over a time window, by event type and by hour."""
+
+    total: int | None = None
+    success: int | None = None
+    failed: int | None = None
+    pending: int | None = None
+    success_rate: float | None = None
+    by_event_type: dict[str, Any] | None = None
+    by_hour: list[Any] | None = None
 
 
-@_model
+@dataclass
 class WebhookTestResult(Model):
     """contract D23: the docs say httpStatus/errorMessage, the official MCP statusCode/error."""
 
-    success: bool
-    http_status: int = alias("httpStatus", "statusCode", "http_status", "status_code")
-    error_message: str = alias("errorMessage", "error", "error_message")
-    response_ms: float
+    success: bool | None = None
+    http_status: int | None = alias("httpStatus", "statusCode", "http_status", "status_code")
+    error_message: str | None = alias("errorMessage", "error", "error_message")
+    response_ms: float | None = None
 
 
-@_model
+@dataclass
 class Agent(Model):
-    id: str
-    name: str
-    description: str
-    voice_mode: str
-    created_at: str
+    """An AI agent configured on AgentPhone."""
+
+    id: str | None = None
+    name: str | None = None
+    description: str | None = None
+    voice_mode: str | None = None
+    created_at: str | None = None
 
 
-@_model
+@dataclass
 class PhoneNumber(Model):
-    id: str
-    phone_number: str
-    country: str
-    status: str
-    agent_id: str
-    created_at: str
+    """A phone number of the project, possibly attached to an agent."""
+
+    id: str | None = None
+    phone_number: str | None = None
+    country: str | None = None
+    status: str | None = None
+    agent_id: str | None = None
+    created_at: str | None = None
 
 
-@_model
+@dataclass
 class StreamConnected(Model):
     """SSE `connected`: the call as the stream saw it when it opened."""
 
-    call_id: str
-    status: str
-    agent_id: str
-    agent_name: str
-    direction: str
-    from_number: str = alias(*FROM_KEYS)
-    to_number: str = alias(*TO_KEYS)
-    started_at: str
+    call_id: str | None = None
+    status: str | None = None
+    agent_id: str | None = None
+    agent_name: str | None = None
+    direction: str | None = None
+    from_number: str | None = alias(*FROM_KEYS)
+    to_number: str | None = alias(*TO_KEYS)
+    started_at: str | None = None
 
 
-@_model
+@dataclass
 class TranscriptTurn(Model):
     """SSE `turn`: one utterance, `role` "user" or "agent"."""
 
-    role: str
-    content: str
-    created_at: str
+    role: str | None = None
+    content: str | None = None
+    created_at: str | None = None
 
     @property
-    def key(self):
+    def key(self) -> tuple[str | None, str | None, str | None]:
         """Identity across reconnects (contract D27): the server replays every turn on connect."""
         return (self.created_at, self.role, self.content)
 
 
-@_model
+@dataclass
 class StreamEnded(Model):
     """SSE `ended`: the call is over and the server closes the stream."""
 
-    call_id: str
-    status: str
-    ended_at: str
-    duration_seconds: int
+    call_id: str | None = None
+    status: str | None = None
+    ended_at: str | None = None
+    duration_seconds: int | None = None
 
 
-@_model
+@dataclass
 class Contact(Model):
-    id: str
-    phone_number: str
-    name: str
-    email: str
-    created_at: str
+    """A contact in the project's address book."""
+
+    id: str | None = None
+    phone_number: str | None = None
+    name: str | None = None
+    email: str | None = None
+    created_at: str | None = None

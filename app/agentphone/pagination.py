@@ -4,48 +4,60 @@ Three styles (contract 4.7): offset lists `{data, hasMore, total}`, message list
 timestamp cursors `{data, hasMore}`, and the delivery log `{items, total, offset, limit}`.
 """
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, Generic, Literal, TypeVar
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+T = TypeVar("T")
+
 
 @dataclass
-class Page:
-    """One page of results."""
+class Page(Generic[T]):
+    """One page of results.
 
-    items: list
+    `items` are the page's items (converted), `has_more` whether a next page exists,
+    `total` the count over all pages when the server said, `offset` and `limit` those the
+    page was fetched with, and `raw` the decoded body.
+    """
+
+    items: list[T]
     has_more: bool
     total: int | None = None
     offset: int = 0
     limit: int | None = None
-    raw: dict = field(default_factory=dict, repr=False)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-def page_items(body):
+def page_items(body: Any) -> list[Any]:
     """The item list of a page body: `data`, else `items` (delivery log, D24), else a bare list."""
     if isinstance(body, list):
         return body
     if isinstance(body, dict):
         for key in ("data", "items"):
-            if isinstance(body.get(key), list):
-                return body[key]
+            items = body.get(key)
+            if isinstance(items, list):
+                return items
     return []
 
 
-def has_more(body, offset, count, limit):
-    """`hasMore` if present; else `offset + count < total`; else a full page means more
-    (contract D29)."""
+def has_more(body: Any, offset: int, count: int, limit: int | None) -> bool:
+    """Whether a page of `count` items at `offset` has a next page: `hasMore` if present;
+    else `offset + count < total`; else a full page means more (contract D29)."""
     if isinstance(body, dict) and isinstance(body.get("hasMore"), bool):
-        return body["hasMore"]
+        return bool(body["hasMore"])
     total = body.get("total") if isinstance(body, dict) else None
     if isinstance(total, int):
         return offset + count < total
     return limit is not None and count >= limit > 0
 
 
-def parse_offset_page(body, offset, limit, convert=lambda item: item):
-    """A Page from an offset-style (or delivery log) body fetched at `offset` with `limit`."""
+def parse_offset_page(body: Any, offset: int, limit: int | None,
+                      convert: Callable[[Any], T] = lambda item: item) -> Page[T]:
+    """A Page from an offset-style (or delivery log) body fetched at `offset` with `limit`,
+    each item passed through `convert`."""
     items = page_items(body)
     total = body.get("total") if isinstance(body, dict) else None
     return Page(
@@ -58,8 +70,9 @@ def parse_offset_page(body, offset, limit, convert=lambda item: item):
     )
 
 
-def walk_offset(fetch, limit=None, offset=0, max_items=None):
-    """Yield items across pages; `fetch(limit, offset)` returns a Page."""
+def walk_offset(fetch: Callable[[int | None, int], Page[T]], limit: int | None = None,
+                offset: int = 0, max_items: int | None = None) -> Iterator[T]:
+    """Yield items across pages, at most `max_items`; `fetch(limit, offset)` returns a Page."""
     remaining = max_items
     while remaining is None or remaining > 0:
         page = fetch(limit, offset)
@@ -72,7 +85,7 @@ def walk_offset(fetch, limit=None, offset=0, max_items=None):
         offset += len(page.items)
 
 
-def parse_timestamp(value):
+def parse_timestamp(value: object) -> datetime | None:
     """An aware datetime from an ISO-8601 string (with `Z` or an offset); None if unparseable."""
     if isinstance(value, datetime):
         parsed = value
@@ -84,20 +97,24 @@ def parse_timestamp(value):
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def format_timestamp(value):
-    """contract D28: cursors are ISO-8601 UTC with `Z`."""
+def format_timestamp(value: object) -> str:
+    """A cursor from a datetime or an ISO-8601 string: UTC with `Z` (contract D28).
+
+    :raises ValueError: `value` is not a timestamp.
+    """
     parsed = parse_timestamp(value)
     if parsed is None:
         raise ValueError(f"not an ISO-8601 timestamp: {value!r}")
     return parsed.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def message_time(item):
+def message_time(item: dict[str, Any]) -> datetime | None:
     """When a message happened, for cursors."""
     return parse_timestamp(item.get("receivedAt") or item.get("createdAt") or "")
 
 
-def next_cursor(items, direction):
+def next_cursor(items: list[dict[str, Any]], direction: Literal["older", "newer"]
+                ) -> tuple[Literal["before", "after"], str] | None:
     """contract D28 cursor for the page after `items`: `before` the oldest, or `after` the newest.
 
     Returns ("before"|"after", timestamp) or None when no item has a usable time.
@@ -110,19 +127,23 @@ def next_cursor(items, direction):
     return ("after", format_timestamp(max(times)))
 
 
-def walk_cursor(fetch, direction="older", limit=None, start=None, max_items=None):
+def walk_cursor(fetch: Callable[..., Any], direction: Literal["older", "newer"] = "older",
+                limit: int | None = None, start: object = None, max_items: int | None = None
+                ) -> Iterator[dict[str, Any]]:
     """Yield messages page by page; `fetch(limit, before=..., after=...)` returns a raw body.
 
     `direction` "older" walks back in time with `before`, "newer" forward with `after`
     (never both, D28); `start` is the first cursor timestamp. Items are de-duplicated by
     `id` in case cursors are inclusive; a page with nothing new ends the walk. Each page is
     yielded newest first going back, oldest first going forward.
+
+    :raises ValueError: `direction` is neither.
     """
     if direction not in ("older", "newer"):
         raise ValueError("direction must be 'older' or 'newer'")
     param = "before" if direction == "older" else "after"
     cursor = {param: format_timestamp(start)} if start is not None else {}
-    seen = set()
+    seen: set[Any] = set()
     remaining = max_items
     while remaining is None or remaining > 0:
         body = fetch(limit, **cursor)

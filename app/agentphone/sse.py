@@ -5,6 +5,7 @@ import codecs
 import json
 import logging
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from app.agentphone.errors import StreamLimitError
@@ -19,6 +20,9 @@ _LINE_END = re.compile("\r\n|\r|\n")
 
 @dataclass(frozen=True)
 class SSEEvent:
+    """One dispatched event: its type (`message` by default), its data lines joined with
+    newlines, and the last event id and retry delay (ms) the stream set."""
+
     event: str
     data: str
     id: str | None = None
@@ -34,22 +38,25 @@ class SSEParser:
     add up to more than `max_event` raises StreamLimitError instead of growing without end.
     """
 
-    def __init__(self, max_line=MAX_LINE, max_event=MAX_EVENT):
+    def __init__(self, max_line: int = MAX_LINE, max_event: int = MAX_EVENT) -> None:
         self.max_line = max_line
         self.max_event = max_event
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._partial = []  # pieces of a line whose end has not arrived yet
+        self._partial: list[str] = []  # pieces of a line whose end has not arrived yet
         self._partial_len = 0
         self._held_cr = False
         self._first = True
-        self._data = []
+        self._data: list[str] = []
         self._data_len = 0
         self._event = ""
-        self._last_id = None
-        self._retry = None
+        self._last_id: str | None = None
+        self._retry: int | None = None
 
-    def feed(self, chunk):
-        """Events completed by `chunk` (bytes or str)."""
+    def feed(self, chunk: bytes | str) -> list[SSEEvent]:
+        """Events completed by `chunk` (bytes or str).
+
+        :raises StreamLimitError: a line or an event is longer than the parser accepts.
+        """
         text = self._decoder.decode(chunk) if isinstance(chunk, bytes) else chunk
         if self._first and text:
             text = text.removeprefix("\ufeff")
@@ -71,13 +78,13 @@ class SSEParser:
             self._check_line(self._partial_len)
         return events
 
-    def close(self):
+    def close(self) -> list[SSEEvent]:
         """End of stream: a trailing event without its blank line is discarded (per the spec)."""
         tail = self._decoder.decode(b"", final=True)
         # A held CR is a line end after all; "\r" + "\n" is read as one terminator.
         return self.feed(tail + ("\n" if self._held_cr or tail.endswith("\r") else ""))
 
-    def _take_line(self, end):
+    def _take_line(self, end: str) -> str:
         if not self._partial:
             self._check_line(len(end))
             return end
@@ -86,12 +93,15 @@ class SSEParser:
         self._partial, self._partial_len = [], 0
         return line
 
-    def _check_line(self, length):
+    def _check_line(self, length: int) -> None:
         if length > self.max_line:
             raise StreamLimitError(f"event stream line longer than {self.max_line} characters")
 
-    def feed_line(self, line):
-        """Process one line (without its terminator); returns an event at a blank line."""
+    def feed_line(self, line: str) -> SSEEvent | None:
+        """Process one line (without its terminator); returns an event at a blank line.
+
+        :raises StreamLimitError: the event's data lines add up to more than `max_event`.
+        """
         if line == "":
             return self._dispatch()
         if line.startswith(":"):
@@ -113,7 +123,7 @@ class SSEParser:
             self._retry = int(value)
         return None
 
-    def _dispatch(self):
+    def _dispatch(self) -> SSEEvent | None:
         data, event = self._data, self._event
         self._data, self._data_len, self._event = [], 0, ""
         if not data:
@@ -122,18 +132,25 @@ class SSEParser:
                         retry=self._retry)
 
 
-def parse_sse(chunks):
-    """Yield SSEEvents from an iterable of byte/str chunks."""
+def parse_sse(chunks: Iterable[bytes | str]) -> Iterator[SSEEvent]:
+    """Yield SSEEvents from an iterable of byte/str chunks.
+
+    :raises StreamLimitError: a line or an event is longer than the parser accepts.
+    """
     parser = SSEParser()
     for chunk in chunks:
         yield from parser.feed(chunk)
     yield from parser.close()
 
 
-_TRANSCRIPT_EVENTS = {"connected": StreamConnected, "turn": TranscriptTurn, "ended": StreamEnded}
+TranscriptEvent = StreamConnected | TranscriptTurn | StreamEnded
+
+_TRANSCRIPT_EVENTS: dict[str, type[TranscriptEvent]] = {
+    "connected": StreamConnected, "turn": TranscriptTurn, "ended": StreamEnded,
+}
 
 
-def transcript_event(event):
+def transcript_event(event: SSEEvent) -> TranscriptEvent | None:
     """The typed transcript event for an SSEEvent, or None for unknown or malformed ones."""
     model = _TRANSCRIPT_EVENTS.get(event.event)
     if model is None:
@@ -146,6 +163,6 @@ def transcript_event(event):
     if not isinstance(data, dict):
         return None
     typed = model.from_dict(data)
-    if model is TranscriptTurn and (typed.role is None or typed.content is None):
+    if isinstance(typed, TranscriptTurn) and (typed.role is None or typed.content is None):
         return None  # contract D26: a turn needs at least role and content
     return typed

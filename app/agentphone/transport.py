@@ -18,11 +18,15 @@ status line and headers are read by http.client: there only each wait is bounded
 import contextlib
 import random
 import time
+from collections.abc import Iterator
 from contextvars import ContextVar
+from types import TracebackType
+from typing import Any, Self, cast, overload
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3 import BaseHTTPResponse, HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.connectionpool import ConnectionPool
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import (
     MaxRetryError,
@@ -43,7 +47,8 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 # (deadline as a time.monotonic() value, whether socket reads are cut to it) of the API call
 # in progress; set by `call_deadline`. A context variable, not an attribute, because one
 # Session serves many threads/greenlets at once.
-_deadline = ContextVar("agentphone_call_deadline", default=(None, False))
+_deadline: ContextVar[tuple[float | None, bool]] = ContextVar(
+    "agentphone_call_deadline", default=(None, False))
 
 
 class DeadlineExceeded(requests.Timeout):
@@ -51,7 +56,7 @@ class DeadlineExceeded(requests.Timeout):
 
 
 @contextlib.contextmanager
-def call_deadline(budget, cut_reads=True):
+def call_deadline(budget: float | None, cut_reads: bool = True) -> Iterator[float | None]:
     """Bound the requests made inside the block, retries included, to `budget` seconds in
     all: each attempt's connect timeout (and read timeout, with ``cut_reads``) is cut to the
     time left. Yields the deadline (a `time.monotonic()` value, None without a budget)."""
@@ -63,8 +68,19 @@ def call_deadline(budget, cut_reads=True):
         _deadline.reset(token)
 
 
-def within(timeout, deadline):
-    """`timeout` (seconds, or a (connect, read) pair) cut to the time left before `deadline`."""
+@overload
+def within(timeout: float | None, deadline: float | None) -> float | None: ...
+
+
+@overload
+def within(timeout: tuple[float | None, ...], deadline: float | None
+           ) -> tuple[float | None, ...]: ...
+
+
+def within(timeout: float | tuple[float | None, ...] | None, deadline: float | None
+           ) -> float | tuple[float | None, ...] | None:
+    """`timeout` (seconds, or a (connect, read) pair) cut to the time left before `deadline`
+    (a `time.monotonic()` value; None leaves it as it is)."""
     if deadline is None:
         return timeout
     left = max(deadline - time.monotonic(), 0.001)
@@ -73,12 +89,18 @@ def within(timeout, deadline):
     return left if timeout is None else min(timeout, left)
 
 
-def read_body(response, deadline, read_timeout=None, size=65536):
+def read_body(response: requests.Response, deadline: float | None,
+              read_timeout: float | None = None, size: int = 65536) -> requests.Response:
     """Read the whole body of a `stream=True` response by `deadline` and keep it as the
-    response's content. Raises DeadlineExceeded, or requests' ReadTimeout/ConnectionError."""
+    response's content; returns the response, closed.
+
+    :raises DeadlineExceeded: the body was not complete by `deadline`.
+    :raises requests.ReadTimeout: `read_timeout` seconds passed without a byte.
+    :raises requests.ConnectionError: the connection failed while reading.
+    """
     raw = response.raw
     sock = getattr(raw.connection, "sock", None)
-    chunks = []
+    chunks: list[bytes] = []
     try:
         while True:
             if deadline is not None and deadline <= time.monotonic():
@@ -103,12 +125,12 @@ def read_body(response, deadline, read_timeout=None, size=65536):
         raise requests.ConnectionError(exc, response=response) from exc
     # What Response.content caches: it, .text and .json() keep working.
     response._content = b"".join(chunks)
-    response._content_consumed = True
+    response._content_consumed = True  # type: ignore[attr-defined]  # not in the stubs
     response.close()
     return response
 
 
-def request_sent(exc):
+def request_sent(exc: requests.RequestException) -> bool:
     """Whether a call that failed with requests' ``exc`` may have reached the server: False
     only when its last attempt made no connection (refused, DNS, connect timeout). Earlier
     attempts of a POST were retried only when the server refused the work (429, 503) or
@@ -130,7 +152,8 @@ class AgentPhoneRetry(Retry):
     the first failure without any pause, and knows nothing of a time budget.
     """
 
-    def is_retry(self, method, status_code, has_retry_after=False):
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        """Whether a response with `status_code` to `method` is retried (the module's policy)."""
         if not self.total:
             return False
         method = method.upper()
@@ -138,43 +161,55 @@ class AgentPhoneRetry(Retry):
             return status_code in IDEMPOTENT_RETRY_STATUSES
         return method == "POST" and status_code in POST_RETRY_STATUSES
 
-    def get_backoff_time(self):
+    def get_backoff_time(self) -> float:
+        """Seconds to wait before the next retry when the server named no time."""
         # Stock urllib3 waits 0 s before the first retry; a 503 deserves a pause.
         return backoff_delay(len(self.history), self.backoff_factor, self.backoff_max,
                              self.backoff_jitter)
 
-    def get_retry_after(self, response):
+    def get_retry_after(self, response: BaseHTTPResponse) -> float | None:
+        """The response's Retry-After in seconds, capped at `backoff_max`; None without one."""
         # Capped like every other wait: a server asking for an hour should not hang a job.
         seconds = parse_retry_after(response.headers.get("Retry-After"))
         return None if seconds is None else min(seconds, self.backoff_max)
 
-    def planned_wait(self, response):
+    def planned_wait(self, response: BaseHTTPResponse | None) -> float:
         """Seconds `sleep(response)` will wait before the next attempt."""
         retry_after = self.get_retry_after(response) if response is not None else None
         return retry_after if retry_after else self.get_backoff_time()
 
-    def increment(self, method=None, url=None, response=None, error=None, _pool=None,
-                  _stacktrace=None):
+    def increment(self, method: str | None = None, url: str | None = None,
+                  response: BaseHTTPResponse | None = None, error: Exception | None = None,
+                  _pool: ConnectionPool | None = None,
+                  _stacktrace: TracebackType | None = None) -> Self:
+        """The Retry for the next attempt, counted in the metrics.
+
+        :raises MaxRetryError: the retries are used up, or the wait before the next attempt
+            would end past the call's deadline.
+        """
         new = super().increment(method, url, response, error, _pool, _stacktrace)
         deadline, _ = _deadline.get()
         wait = new.planned_wait(response)
         if deadline is not None and time.monotonic() + wait > deadline:
             reason = error or ResponseError("retry budget exhausted")
-            raise MaxRetryError(_pool, url, reason) from reason
+            # urllib3 raises it with the pool it was given, None included, the same way.
+            raise MaxRetryError(_pool, url, reason) from reason  # type: ignore[arg-type]
         API_RETRIES.labels(method or "-", endpoint(url or "")).inc()
         if response is not None and self.get_retry_after(response):
             API_RETRY_AFTER.inc(wait)
         return new
 
 
-def backoff_delay(failures, factor, cap, jitter):
+def backoff_delay(failures: int, factor: float, cap: float, jitter: float) -> float:
     """Wait before retry number `failures` (1-based): factor * 2^(n-1) + up to `jitter`, capped."""
     if failures <= 0 or factor <= 0:
         return 0.0
-    return min(cap, factor * 2 ** (failures - 1) + random.random() * jitter)
+    delay: float = factor * 2 ** (failures - 1) + random.random() * jitter
+    return min(cap, delay)
 
 
-def build_retry(max_retries=2, backoff_factor=1.0, max_wait=60.0, jitter=0.1):
+def build_retry(max_retries: int = 2, backoff_factor: float = 1.0, max_wait: float = 60.0,
+                jitter: float = 0.1) -> AgentPhoneRetry:
     """The Retry every request of a client goes through (see the module docstring)."""
     return AgentPhoneRetry(
         total=max_retries,
@@ -192,17 +227,19 @@ def build_retry(max_retries=2, backoff_factor=1.0, max_wait=60.0, jitter=0.1):
     )
 
 
-class _DeadlinePool:
+class _DeadlinePool(HTTPConnectionPool):
     """Cuts every attempt's socket timeouts to what is left of the call's deadline (urllib3
     asks `_get_timeout` once per attempt, retries included)."""
 
-    def _get_timeout(self, timeout):
-        timeout = super()._get_timeout(timeout)
+    def _get_timeout(self, timeout: Any) -> Timeout:
+        given = super()._get_timeout(timeout)
         deadline, cut_reads = _deadline.get()
         if deadline is None:
-            return timeout
-        read = timeout.read_timeout
-        return Timeout(connect=within(timeout.connect_timeout, deadline),
+            return given
+        read = given.read_timeout
+        # requests always sets the connect timeout: never urllib3's DEFAULT_TIMEOUT here.
+        connect = cast(float | None, given.connect_timeout)
+        return Timeout(connect=within(connect, deadline),
                        read=within(read, deadline) if cut_reads else read)
 
 
@@ -217,13 +254,13 @@ class _DeadlineHTTPSPool(_DeadlinePool, HTTPSConnectionPool):
 class DeadlineAdapter(HTTPAdapter):
     """An HTTPAdapter whose connection pools keep each attempt within the call's deadline."""
 
-    def init_poolmanager(self, *args, **kwargs):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _DeadlineHTTPPool,
                                                    "https": _DeadlineHTTPSPool}
 
 
-def build_session(api_key, retry, user_agent):
+def build_session(api_key: str, retry: Retry, user_agent: str) -> requests.Session:
     """A Session sending the bearer key on every request, retrying per `retry`."""
     session = requests.Session()
     adapter = DeadlineAdapter(max_retries=retry)

@@ -52,8 +52,9 @@ def _enabled_by(config: Any) -> str | None:
 
 
 def _key() -> bytes:
-    return hashlib.sha256(b"agentphone-console:" + _enabled_by(current_app.config).encode()
-                          ).digest()
+    basis = _enabled_by(current_app.config)
+    assert basis is not None  # `guard` answers 404 before any page while the console is off
+    return hashlib.sha256(b"agentphone-console:" + basis.encode()).digest()
 
 
 def csrf_token() -> str:
@@ -88,12 +89,13 @@ def guard() -> Any:
 
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
-    if _password() is None:
+    password = _password()
+    if password is None:
         return redirect(url_for("console.now"))
     error = None
     if request.method == "POST":
         if hmac.compare_digest(request.form.get("password", "").encode(),
-                               _password().encode()):
+                               password.encode()):
             session[SESSION_KEY] = csrf_token()
             target = request.args.get("next") or ""
             return redirect(target if target.startswith("/console") else url_for("console.now"))
@@ -137,7 +139,7 @@ def call_live(call_id: str) -> Response:
     from app.agentphone import AgentPhoneError, client_from_app
     from app.agentphone.models import StreamEnded, TranscriptTurn
 
-    app = current_app._get_current_object()
+    app = current_app._get_current_object()  # type: ignore[attr-defined]  # a LocalProxy
 
     def events():
         try:

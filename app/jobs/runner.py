@@ -90,7 +90,7 @@ class JobRunner:
     def stopping(self):
         return self.stop_requests > 0
 
-    def wake(self):
+    def wake(self) -> None:
         """A job was queued in this process: look for it now rather than at the next poll."""
         self._wake.set()
 

@@ -230,6 +230,7 @@ class Call:
         return answer
 
     def _await_text_reply(self, answer: Answer, started: float, before: int) -> None:
+        assert self.outbox is not None  # only called with an outbox
         deadline = started + self.reply_timeout
         while time.monotonic() < deadline:
             sent = self.outbox(self.conversation_id)

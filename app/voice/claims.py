@@ -16,8 +16,12 @@ import threading
 import time
 import uuid
 import weakref
+from typing import TYPE_CHECKING, Any
 
-from flask import current_app
+if TYPE_CHECKING:
+    from app.store.base import EventStore, SignedBytes
+
+from flask import Flask, current_app
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +43,7 @@ class Claim:
         self.delivery_id = delivery_id
         self.attempt = attempt
 
-    def __call__(self, final_line):
+    def __call__(self, final_line: dict[str, Any]) -> None:
         claims = self._claims
         try:
             claims.store.save_voice_reply(self.delivery_id, final_line, claims.owner,
@@ -51,17 +55,19 @@ class Claim:
 class VoiceClaims:
     """This process's voice claims on ``store``, kept alive by one heartbeat task."""
 
-    def __init__(self, store, heartbeat=HEARTBEAT_SECONDS, stale=STALE_SECONDS):
+    def __init__(self, store: "EventStore", heartbeat: float = HEARTBEAT_SECONDS,
+                 stale: float = STALE_SECONDS) -> None:
         self.store = store
         self.heartbeat = heartbeat
         self.stale = stale
-        self.owner = None
-        self._pid = None
-        self._held = weakref.WeakSet()
+        self.owner: str | None = None
+        self._pid: int | None = None
+        self._held: weakref.WeakSet[Claim] = weakref.WeakSet()
         self._beating = False
         self._lock = threading.Lock()
 
-    def claim(self, delivery_id, event, signed=None):
+    def claim(self, delivery_id: str, event: str,
+              signed: "SignedBytes | None" = None) -> Claim | None:
         """The first attempt's Claim, or None when the delivery was claimed before; raises
         Replayed for ``signed`` bytes seen under another delivery id."""
         owner = self._owner()
@@ -123,6 +129,6 @@ class VoiceClaims:
                 log.warning("voice claims: heartbeat of %d claims failed: %s", len(ids), exc)
 
 
-def get_voice_claims(app=None):
+def get_voice_claims(app: Flask | None = None) -> VoiceClaims:
     """The voice claims of ``app``, by default the current one."""
     return (current_app if app is None else app).extensions[EXTENSION]

@@ -2,12 +2,15 @@
 
 import select
 import socket
+from collections.abc import Mapping
+from typing import Any
 
 try:
     from gevent.monkey import get_original
 
     # The unpatched calls: they are made from gevent's hub, where the patched ones may not run.
-    _select, _poll = get_original("select", ["select", "poll"])
+    # gevent also takes a list of names; its stubs know only one name.
+    _select, _poll = get_original("select", ["select", "poll"])  # type: ignore[arg-type]
 except ImportError:
     _select, _poll = select.select, getattr(select, "poll", None)
 
@@ -18,7 +21,7 @@ else:
     _CLOSED = 0  # elsewhere a peek sees the FIN only once the bytes before it are read
 
 
-def caller_socket(environ):
+def caller_socket(environ: Mapping[str, Any]) -> socket.socket | None:
     """The client connection, where the server exposes it (gunicorn, Werkzeug's dev server)."""
     return environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
 

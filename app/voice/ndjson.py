@@ -2,6 +2,7 @@
 nothing else."""
 
 import json
+from collections.abc import Iterable
 
 from flask import Response
 
@@ -39,7 +40,7 @@ class StreamResponse(Response):
 
     default_mimetype = "application/x-ndjson"
 
-    def __init__(self, lines):
+    def __init__(self, lines: Iterable[str]) -> None:
         # Proxies must pass each line on at once: no buffering (nginx), no compression or
         # other transformation (HAProxy, CDNs), which would hold lines until the end.
         super().__init__(Body(lines), headers={"X-Accel-Buffering": "no",

@@ -3,8 +3,12 @@ attempt's worker died."""
 
 import logging
 import time
+from typing import TYPE_CHECKING, Any
 
 from app.agent.base import Agent, Reply
+
+if TYPE_CHECKING:
+    from app.voice.claims import VoiceClaims
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +27,8 @@ class ReplayAgent(Agent):
     that attempt's heartbeat stops (its worker died), takes the claim over and runs ``agent``
     itself. The streamer's deadline sends the fallback if neither happens in time."""
 
-    def __init__(self, claims, agent, delivery_id, wait):
+    def __init__(self, claims: "VoiceClaims", agent: Agent, delivery_id: str,
+                 wait: float) -> None:
         self.claims = claims
         self.agent = agent
         self.delivery_id = delivery_id
@@ -49,7 +54,7 @@ class ReplayAgent(Agent):
                 return
             time.sleep(POLL_SECONDS)
 
-    def finish(self, final_line):
+    def finish(self, final_line: dict[str, Any]) -> None:
         """The streamer's ``on_final``: stored only when this attempt took the claim over."""
         if self.claim is not None:
             self.claim(final_line)

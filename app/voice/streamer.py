@@ -7,9 +7,12 @@ import dataclasses
 import enum
 import logging
 import queue
+import socket
 import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
-from app.agent.base import Agent, Reply
+from app.agent.base import Agent, Reply, Turn
 from app.metrics import FINAL_LINE, FIRST_LINE, IN_FLIGHT, VOICE_OUTCOMES
 from app.runtime import gevent_active, spawn
 from app.voice.hangup import peer_closed
@@ -20,6 +23,11 @@ log = logging.getLogger(__name__)
 LATE_TEXT = "Sorry, that is taking longer than it should. Could you say that again in a moment?"
 ERROR_TEXT = "Sorry, something went wrong on my side. Could you say that again?"
 POLL_SECONDS = 0.25
+
+#: ``report(outcome, first_line_seconds, final_line_seconds, final_text)``
+Report = Callable[[str, float | None, float | None, str | None], object]
+#: ``claim(until)``: the ``(agent, on_final)`` to run, or None (see ``stream_turn``)
+Claimer = Callable[[float], "tuple[Agent, Callable[[dict[str, Any]], object] | None] | None"]
 
 
 class _Kind(enum.Enum):
@@ -36,13 +44,17 @@ class _Kind(enum.Enum):
 _WAIT, _LATE, _GONE, _ENDED, _FAILED, _SILENT = _Kind
 
 
-def deadline_for(voice_timeout):
+def deadline_for(voice_timeout: float) -> float:
     """Seconds we allow a turn: the platform's timeout less a margin for network and TTS."""
     return max(voice_timeout - 5.0, voice_timeout * 0.8)
 
 
-def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.monotonic,
-                filler_after=0.0, environ=None, arrived=None, report=None, claim=None):
+def stream_turn(agent: Agent, turn: Turn, deadline: float,
+                on_final: Callable[[dict[str, Any]], object] | None = None,
+                sock: socket.socket | None = None, clock: Callable[[], float] = time.monotonic,
+                filler_after: float = 0.0, environ: Mapping[str, Any] | None = None,
+                arrived: float | None = None, report: Report | None = None,
+                claim: Claimer | None = None) -> Iterator[str]:
     """Yield the NDJSON lines of one turn. ``on_final(line_dict)`` records the final line;
     ``sock`` is the caller's connection, watched so that a hang-up cancels the work.
 
@@ -63,7 +75,8 @@ def stream_turn(agent, turn, deadline, on_final=None, sock=None, clock=time.mono
     started = clock()
     turn = dataclasses.replace(turn, deadline=started + deadline)
     arrived = started if arrived is None else arrived
-    source = final = first = None
+    source: Any = None  # an InlineSource or a PumpedSource once the agent runs
+    final = first = None
     outcome = "answered"
     if agent.filler_after is not None:
         filler_after = agent.filler_after

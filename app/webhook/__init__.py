@@ -6,11 +6,17 @@ the blueprint (Flask and the rest of the app) is imported by ``init_app``.
 
 import logging
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 log = logging.getLogger(__name__)
 
 
-def init_app(app, require_secret=True, clock=time.time):
+def init_app(app: "Flask", require_secret: bool = True,
+             clock: Callable[[], float] = time.time) -> None:
     """Register the blueprint, its voice claims and its secrets (which check a delivery's age
     by ``clock``). Unless ``require_secret`` is False (a process that takes no webhooks),
     refuse to start with no secret configured or stored."""

@@ -7,7 +7,9 @@ which the webhook answers as a 400 with its details.
 import hashlib
 import json
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 TEXT_CHANNELS = frozenset({"sms", "mms", "imessage", "whatsapp", "rcs"})
 VOICE = "voice"
@@ -25,24 +27,24 @@ class Event:
     event: str
     channel: str
     agent_id: str | None
-    data: dict
-    conversation_state: dict | None = None
-    recent_history: list = field(default_factory=list)
+    data: dict[str, Any]
+    conversation_state: dict[str, Any] | None = None
+    recent_history: list[dict[str, Any]] = field(default_factory=list)
     test: bool = False
-    body: dict = field(default_factory=dict)
+    body: dict[str, Any] = field(default_factory=dict)
 
 
 class InvalidEvent(ValueError):
     """A delivery body that cannot be processed: ``message`` says why, ``details`` lists
     each field's problem as ``{"field": ..., "message": ...}``."""
 
-    def __init__(self, message: str, details: list[dict] | None = None) -> None:
+    def __init__(self, message: str, details: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.details = list(details or [])
 
 
-def _problem(name, message):
+def _problem(name: str, message: str) -> dict[str, Any]:
     """One entry of ``InvalidEvent.details``."""
     return {"field": name, "message": message}
 
@@ -119,7 +121,7 @@ def parse(body: bytes) -> Event:
     )
 
 
-def _not_json(constant):
+def _not_json(constant: str) -> NoReturn:
     raise ValueError(f"{constant} is not a JSON number")
 
 
@@ -130,9 +132,10 @@ UNSTORABLE = re.compile("[\ud800-\udfff\x00]")
 REPLACEMENT = "\ufffd"
 
 
-def _replace_unstorable(doc):
+def _replace_unstorable(doc: dict[str, Any]) -> None:
     """Replace lone surrogates and NUL in every string and key of ``doc``, in place."""
-    stack = [doc]  # a loop, not recursion: the document may be nested as deep as json allows
+    # A loop, not recursion: the document may be nested as deep as json allows.
+    stack: list[Any] = [doc]
     while stack:
         node = stack.pop()
         items = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
@@ -150,7 +153,7 @@ def _replace_unstorable(doc):
 MAX_DURATION = 2**53 - 1  # the largest whole number a float column holds exactly
 
 
-def _duration(value):
+def _duration(value: object) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "must be a number"
     if not 0 <= value <= MAX_DURATION:  # also false for NaN; 1e400 is inf
@@ -158,8 +161,11 @@ def _duration(value):
     return None
 
 
-def _of_type(kind, name):
-    def check(value):
+Check = Callable[[Any], str | None]  # a value's problem in words, or None
+
+
+def _of_type(kind: type, name: str) -> Check:
+    def check(value: object) -> str | None:
         return None if isinstance(value, kind) else f"must be {name}"
     return check
 
@@ -173,7 +179,7 @@ BOOLEAN = _of_type(bool, "true or false")
 ENVELOPE_FIELDS = {"agentId": TEXT, "conversationState": OBJECT, "recentHistory": ARRAY}
 _MESSAGE_TEXT = ("message", "transcript", "from", "to", "callId", "conversationId",
                  "messageId", "numberId", "direction")
-DATA_FIELDS = {
+DATA_FIELDS: dict[str, dict[str, Check]] = {
     MESSAGE: dict.fromkeys(_MESSAGE_TEXT, TEXT),
     REACTION: dict.fromkeys(("conversationId", "messageId", "reactionType", "fromNumber",
                              "from", "direction"), TEXT),
@@ -185,7 +191,8 @@ DATA_FIELDS = {
 }
 
 
-def _field_problems(checks, obj, prefix):
+def _field_problems(checks: Mapping[str, Check], obj: Mapping[str, Any],
+                    prefix: str) -> list[dict[str, Any]]:
     problems = []
     for name, check in checks.items():
         value = obj.get(name)

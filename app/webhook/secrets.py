@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from flask import current_app
+from flask import Flask, current_app
 
 from app.runtime import spawn
 from app.store.base import StoreUnavailable
@@ -94,6 +94,7 @@ class SecretSource:
                       len(self._stored), exc)
 
 
-def get_webhook_secrets(app=None) -> SecretSource:
+def get_webhook_secrets(app: Flask | None = None) -> SecretSource:
     """The secret source of ``app``, by default the current one."""
-    return (current_app if app is None else app).extensions[EXTENSION]
+    source: SecretSource = (current_app if app is None else app).extensions[EXTENSION]
+    return source

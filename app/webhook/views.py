@@ -3,20 +3,22 @@
 import functools
 import logging
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from gunicorn.http.errors import ParseException
 
 from app import logs, registry
 from app.agent import get_agent
 from app.agent.base import Agent, Reply, Turn
-from app.console.journal import get_journal
+from app.console.journal import Row, get_journal
 from app.errors import BadRequest, PayloadTooLarge, Unauthorized, field_error, render
 from app.jobs.runner import get_job_runner
 from app.metrics import DELIVERIES
 from app.store import Replayed, SignedBytes, StoreUnavailable, get_store
 from app.store.console import IN_FLIGHT
-from app.voice.claims import get_voice_claims
+from app.voice.claims import VoiceClaims, get_voice_claims
 from app.voice.hangup import caller_socket
 from app.voice.ndjson import StreamResponse
 from app.voice.replay import ReplayAgent
@@ -34,7 +36,7 @@ CLAIM_MARGIN_SECONDS = 0.5  # how far a claim may overrun its lock wait (connect
 
 
 @bp.before_request
-def verify_signature():
+def verify_signature() -> None:
     """Fail closed: nothing below runs unless the body is signed with a valid secret."""
     if request.method == "OPTIONS":
         return  # Flask's automatic answer: Allow, no body read, nothing stored
@@ -64,11 +66,11 @@ def verify_signature():
               call_id=_text(data.get("callId")), conversation_id=_text(data.get("conversationId")))
 
 
-def _text(value):
+def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _raw_body():
+def _raw_body() -> bytes:
     """The body bytes exactly as sent, before any JSON parsing (contract 1.5)."""
     try:
         body = request.get_data(cache=True)
@@ -88,7 +90,7 @@ def _raw_body():
 
 # strict_slashes=False: "/webhook/" is served as it is, not redirected (contract D40).
 @bp.post("/webhook", strict_slashes=False)
-def receive():
+def receive() -> Response:
     """Take a verified delivery where the registry routes it: a voice turn is answered in
     this response, anything else is queued as a job (once per delivery id) and acknowledged."""
     event, delivery_id = g.event, g.delivery_id
@@ -101,6 +103,7 @@ def receive():
     if route.streamed:
         return _voice_turn(event, delivery_id)
     kind = route.job_kind
+    assert kind is not None  # a route that is not streamed is a job's
     payload = request.get_data(as_text=True)
     if get_store().claim_with_job(delivery_id, event.event, kind, payload, g.signed):
         log.info("delivery %s: %s queued as %s job", delivery_id, event.event, kind)
@@ -113,7 +116,7 @@ def receive():
 
 
 @bp.after_request
-def count_delivery(response):
+def count_delivery(response: Response) -> Response:
     """One count per delivery: its event, channel and outcome (a refusal's HTTP status)."""
     if request.method == "OPTIONS":
         return response
@@ -127,14 +130,14 @@ def count_delivery(response):
     return response
 
 
-def _labels(event):
+def _labels(event: events.Event | None) -> tuple[str, str]:
     """The delivery counter's event and channel labels (known values only)."""
     name = event.event if event is not None and event.event in events.KNOWN_EVENTS else "other"
     channel = event.channel if event is not None and event.channel in events.CHANNELS else "none"
     return name, channel
 
 
-def _journal(outcome, status):
+def _journal(outcome: str, status: int) -> Row:
     """Log this signed delivery for the console (a voice turn's row is completed later)."""
     event = g.get("event")
     data = event.data if event is not None else {}
@@ -148,17 +151,17 @@ def _journal(outcome, status):
     )
 
 
-def _streamed(event):
+def _streamed(event: events.Event) -> bool:
     route = registry.route_for(event)
     return route is not None and route.streamed
 
 
-def _ack():
+def _ack() -> Response:
     return jsonify(ok=True)
 
 
 @bp.errorhandler(signing.SignatureError)
-def _unsigned(exc):
+def _unsigned(exc: signing.SignatureError) -> Response:
     """A signature that cannot be trusted: 401 with the refusal's own code and message."""
     error = Unauthorized(exc.message)
     error.code = exc.code
@@ -166,13 +169,13 @@ def _unsigned(exc):
 
 
 @bp.errorhandler(events.InvalidEvent)
-def _invalid(exc):
+def _invalid(exc: events.InvalidEvent) -> Response:
     """A body that cannot be processed: 400 naming every problem."""
     return render(BadRequest(exc.message, exc.details))
 
 
 @bp.errorhandler(Replayed)
-def _replayed(exc):
+def _replayed(exc: Replayed) -> Response:
     """The same signed bytes under a new delivery id: acknowledged, with no effect."""
     log.warning("delivery %s from %s: replay of delivery %s, ignored", g.delivery_id,
                 request.remote_addr, exc.first_delivery_id)
@@ -180,7 +183,7 @@ def _replayed(exc):
     return _ack()
 
 
-def _voice_turn(event, delivery_id):
+def _voice_turn(event: events.Event, delivery_id: str) -> StreamResponse:
     turn = Turn.from_event(event, delivery_id)
     agent = get_agent(turn.agent_id)
     deadline = deadline_for(current_app.config["VOICE_TIMEOUT"])
@@ -203,14 +206,16 @@ def _voice_turn(event, delivery_id):
 class _Nothing(Agent):
     """What a replayed voice delivery runs: nothing (its first delivery had the effect)."""
 
-    def respond(self, turn):
+    def respond(self, turn: Turn) -> Iterator[str | Reply]:
         yield Reply("")
 
 
 _NOTHING = _Nothing()
 
 
-def _claim_turn(claims, agent, delivery_id, event, signed, labels, until):
+def _claim_turn(claims: VoiceClaims, agent: Agent, delivery_id: str, event: str,
+                signed: SignedBytes | None, labels: tuple[str, str], until: float
+                ) -> tuple[Agent, Callable[[dict[str, Any]], object] | None] | None:
     """Claim the delivery id for this turn, after its interim line is out: ``(agent,
     on_final)`` for the first attempt; for a retry, an agent that replays the first attempt's
     reply (or takes the turn over if that attempt's worker died); None when the store stayed
