@@ -48,7 +48,12 @@ ROUTES = {
     (REACTION, ANY_CHANNEL): Route("reaction", handlers.reaction),
     (CALL_ENDED, ANY_CHANNEL): Route("call_ended", handlers.call_ended),
 }
-JOB_ROUTES = {route.job_kind: route for route in ROUTES.values() if not route.streamed}
+
+
+def job_routes() -> dict[str | None, Route]:
+    """The table's job routes by job kind, read from ``ROUTES`` at each call: a row added
+    there (by a test, or a plugin before the app is built) is queued and run alike."""
+    return {route.job_kind: route for route in ROUTES.values() if not route.streamed}
 
 
 def route_for(event: Event) -> Route | None:
@@ -59,7 +64,7 @@ def route_for(event: Event) -> Route | None:
 def job_handlers(app: Flask) -> dict[str, Callable[[Job], None]]:
     """What the job runner of ``app`` calls for each job kind of the table."""
     return {kind: functools.partial(run_job, app, route.handler)
-            for kind, route in JOB_ROUTES.items()
+            for kind, route in job_routes().items()
             if kind is not None and route.handler is not None}  # every job route has both
 
 

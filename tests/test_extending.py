@@ -28,9 +28,7 @@ def survey_route(monkeypatch):
     ran = []
     route = registry.Route("acme_survey", lambda event, job, context: ran.append(
         (event, job, context)))
-    # Both views of the one table: what the webhook routes, and what the runner runs.
     monkeypatch.setitem(registry.ROUTES, (SURVEY, registry.ANY_CHANNEL), route)
-    monkeypatch.setitem(registry.JOB_ROUTES, route.job_kind, route)
     return ran
 
 
