@@ -85,8 +85,9 @@ class SQLiteStore(SQLStore):
         self._writer = _native_lock()
 
     def _attempt(self, fn, transaction):
-        """Run the operation in a store thread under gevent (the event loop keeps running
-        while it waits), in the calling thread otherwise."""
+        """Under gevent, run the operation on the loop's connection when it can run without
+        waiting, else in a store thread (the event loop keeps running while it waits); in the
+        calling thread otherwise."""
         give_up = time.monotonic() + self.lock_wait
         if not gevent_active():
             return super()._attempt(fn, transaction, give_up=give_up)
@@ -175,10 +176,8 @@ class SQLiteStore(SQLStore):
         loop's next write, starts the WAL over (and syncs its header). Meanwhile no operation
         runs on the loop's connection: a write between the two would stop the restart."""
         try:
-            with self._cursor(True, time.monotonic() + self.lock_wait) as cur:
-                cur.execute("COMMIT")  # a checkpoint cannot run inside a transaction
+            with self._cursor(False, time.monotonic() + self.lock_wait) as cur:
                 busy, frames, copied = cur.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                cur.execute("BEGIN IMMEDIATE")
                 if not busy and frames == copied:
                     version = cur.execute("PRAGMA user_version").fetchone()[0]
                     cur.execute(f"PRAGMA user_version = {(version + 1) % 1000}")
@@ -319,7 +318,7 @@ class SQLiteStore(SQLStore):
                 self._loop_conn = None
                 conn.close()
             raise _Busy() from exc
-        if conn.total_changes != getattr(conn, "seen_changes", 0):
+        if conn.total_changes != conn.seen_changes:
             conn.seen_changes = conn.total_changes
             self._committed()
 
@@ -384,6 +383,7 @@ _CHECKPOINT = object()  # queued for the writer thread: checkpoint now
 
 class _Connection(sqlite3.Connection):
     generation = 0  # the store's generation when it was opened; -1: never pooled
+    seen_changes = 0  # total_changes at the loop connection's last counted commit
 
 
 def _locked(exc):
