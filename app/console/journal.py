@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 import uuid
 from typing import Any
 
 from app.runtime import gevent_active
-from app.store.console import LOG_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,7 @@ class Journal:
         if not rows:
             return 0
         try:
-            self.store.write_delivery_log([dict(zip(LOG_COLUMNS, row, strict=True))
-                                           for row in rows])
+            self.store.write_delivery_log(rows)
         except Exception as exc:
             log.warning("console delivery log: %d rows not written: %s", len(rows), exc)
             return 0
@@ -74,11 +73,11 @@ class Journal:
     def _add(self, row: Row) -> None:
         with self._lock:
             self._pending.append(row)
-        if self._started_pid != _pid():
+        if self._started_pid != os.getpid():
             self._start()
 
     def _start(self) -> None:
-        self._started_pid = _pid()
+        self._started_pid = os.getpid()
         if gevent_active():
             import gevent
 
@@ -92,12 +91,6 @@ class Journal:
             if self.store.closed:  # the app is gone (tests, a scenario's server)
                 return
             self.flush()
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
 
 
 def _cut(text: str | None) -> str | None:

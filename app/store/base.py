@@ -421,9 +421,10 @@ class DeliveryLog(Protocol):
     for people to read: it is pruned by age and by count (``Retention.log_rows``).
     """
 
-    def write_delivery_log(self, rows: list[dict[str, Any]]) -> None:
-        """Insert rows, or update the outcome of those written before (a voice turn is
-        written when it starts and again when it ends), all in one transaction."""
+    def write_delivery_log(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert rows, each its values in ``LOG_COLUMNS`` order, or update the outcome of
+        those written before (a voice turn is written when it starts and again when it ends),
+        all in one transaction."""
         ...
 
     def delivery_log(self, limit: int = 100, channel: str | None = None,

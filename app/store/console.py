@@ -7,6 +7,7 @@ stay fast with hundreds of thousands of rows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from app.store.records import SQLRepository
@@ -22,9 +23,9 @@ FAILED = "(status >= 400 OR outcome IN ('deadline', 'agent_error'))"
 class DeliveryLogSQL(SQLRepository):
     """The console's log of recent deliveries (``DeliveryLog``)."""
 
-    def write_delivery_log(self, rows: list[dict[str, Any]]) -> None:
-        """Insert or update log rows (a voice turn is written when it starts and again when it
-        ends), in one transaction."""
+    def write_delivery_log(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert or update log rows, their values in LOG_COLUMNS order (a voice turn is
+        written when it starts and again when it ends), in one transaction."""
         if not rows:
             return
         columns = ", ".join(LOG_COLUMNS)
@@ -35,7 +36,7 @@ class DeliveryLogSQL(SQLRepository):
 
         def write(cur):
             for row in rows:
-                cur.execute(sql, tuple(row.get(c) for c in LOG_COLUMNS))
+                cur.execute(sql, row)
 
         self.run(write)
 
