@@ -102,9 +102,9 @@ class ModelHandler(socketserver.StreamRequestHandler):
                 released.append(sent)
         time.sleep(pace)
         released.append(send({}, "stop"))
-        self.server.released[tag] = released  # before the end: the client may finish first
-        event("[DONE]")
+        event("[DONE]")  # at once, as a model server does: nothing slow in between
         sock.sendall(b"0\r\n\r\n")
+        self.server.released[tag] = released  # the client waits for it (see `run_level`)
 
 
 def serve_model(token_seconds, released, ready):
@@ -148,6 +148,10 @@ def run_level(url, released, concurrency, turns, turn=one_turn):
     the count of turns whose lines were not the scripted ones."""
     with ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(lambda i: turn(url, i), range(turns)))
+    wanted = {words for words, _ in results}
+    until = time.monotonic() + 5
+    while not wanted <= set(released.keys()) and time.monotonic() < until:
+        time.sleep(0.01)  # the model server notes a script's instants after its last byte
     added, wrong, released_at = [], 0, dict(released)
     for words, arrivals in results:
         texts = [obj.get("text") for _, obj in arrivals[1:]]

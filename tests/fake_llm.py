@@ -68,6 +68,11 @@ def error_event(message):
     return Step("error", message)
 
 
+def raw(data):
+    """One event whose data is ``data`` as it is (a malformed chunk, say)."""
+    return Step("raw", data)
+
+
 def empty():
     """Answer 200 with an empty body."""
     return Step("empty")
@@ -210,6 +215,8 @@ class FakeLLM:
             elif step.kind == "error":
                 yield f"data: {json.dumps({'error': {'message': step.value}})}\n\n".encode()
                 return
+            elif step.kind == "raw":
+                yield f"data: {step.value}\n\n".encode()
             elif step.kind == "drop":
                 # Leave the body unfinished and close the socket under the client.
                 raise _Dropped()

@@ -20,6 +20,7 @@ from tests.fake_llm import (  # noqa: F401
     finish,
     no_finish,
     pause,
+    raw,
     status,
     text,
     tool_call,
@@ -212,6 +213,9 @@ def test_http_errors_and_an_unreachable_endpoint_end_with_an_apology(fake_llm, c
     ([empty()], "empty body"),
     ([text("Let me"), error_event("model overloaded")], "error event in the stream: model "
                                                         "overloaded"),
+    ([raw('"just a string"')], "malformed chunk in the stream: just a string"),
+    ([raw('{"choices": [{"delta": {"tool_calls": [{"function": 7}]}}]}')],
+     "malformed chunk in the stream"),
 ])
 def test_a_truncated_answer_is_asked_again_and_never_spoken(app, fake_llm, caplog, broken,
                                                             reason):
@@ -272,12 +276,16 @@ def test_tool_rounds_are_bounded(fake_llm):
     assert len(fake_llm.requests) == 2
 
 
-def test_texts_get_the_whole_answer(fake_llm):
+def test_texts_get_the_whole_answer_and_it_is_remembered(app, fake_llm):
     from app.jobs.handlers import collect_text
 
+    store = get_store(app)
     fake_llm.script(text("Hi Jane. Your order shipped."))
     turn = Turn(text="where is my order", channel="sms", caller=JANE, conversation_id="conv_1")
-    assert collect_text(make_agent(fake_llm), turn) == "Hi Jane. Your order shipped."
+    assert collect_text(make_agent(fake_llm, store=store), turn) == "Hi Jane. Your order shipped."
+    assert store.session_state("conv_1")["llm_history"] == [
+        {"role": "user", "content": "where is my order"},
+        {"role": "assistant", "content": "Hi Jane. Your order shipped."}]
 
 
 def test_the_llm_agent_is_chosen_by_config(make_app):
