@@ -12,9 +12,12 @@ connection's first request), or the connection is dropped; and a connection arri
 
 import contextlib
 import errno
+import functools
 import logging
+import re
 import socket
 import time
+import types
 
 from gunicorn import glogging, util
 from gunicorn.workers.ggevent import GeventWorker
@@ -142,8 +145,38 @@ class HygienicGeventWorker(GeventWorker):
 class AppLogger(glogging.Logger):
     """gunicorn's logger, writing access lines only when an access log is configured: with a
     ``logconfig_dict`` gunicorn would build and write every line even with none
-    (``GUNICORN_ACCESS_LOG=""``)."""
+    (``GUNICORN_ACCESS_LOG=""``). Each line is built from only the headers and environ keys
+    its format names: gunicorn makes an atom of every one of them, for every request."""
 
     def access(self, resp, req, environ, request_time):
         if self.cfg.accesslog:
             super().access(resp, req, environ, request_time)
+
+    def atoms(self, resp, req, environ, request_time):
+        inbound, outbound, named = _named_atoms(self.cfg.access_log_format)
+        headers = req.headers if hasattr(req, "headers") else req
+        view = types.SimpleNamespace(
+            status=resp.status, sent=getattr(resp, "sent", None),
+            headers=[(k, v) for k, v in resp.headers if k.lower() in outbound])
+        return super().atoms(
+            view, [(k, v) for k, v in headers if k.lower() in inbound],
+            {k: v for k, v in environ.items() if k in _BASE_ENVIRON or k.lower() in named},
+            request_time)
+
+
+# What gunicorn's own atoms read from the environ.
+_BASE_ENVIRON = frozenset({"REMOTE_ADDR", "REQUEST_METHOD", "RAW_URI", "SERVER_PROTOCOL",
+                           "PATH_INFO", "QUERY_STRING", "HTTP_REFERER", "HTTP_USER_AGENT",
+                           "HTTP_AUTHORIZATION"})
+_ATOM = re.compile(r"%\(\{([^}]*)\}([ioe])\)")
+
+
+@functools.lru_cache(maxsize=4)
+def _named_atoms(fmt: str) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    """The request headers, response headers and environ keys (lower case) ``fmt`` names."""
+    found = _ATOM.findall(fmt)
+
+    def kind(wanted: str) -> frozenset[str]:
+        return frozenset(name.lower() for name, k in found if k == wanted)
+
+    return kind("i"), kind("o"), kind("e")

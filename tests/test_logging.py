@@ -50,3 +50,38 @@ def test_the_app_log_keeps_a_line_with_a_lone_surrogate(tmp_path):
     assert b"caller said hi \\ud800 there" in result.stderr
     assert b"after" in result.stderr
     assert b"Logging error" not in result.stderr
+
+
+def test_access_lines_read_the_same_as_gunicorns_own_for_any_format():
+    import datetime
+    import types
+
+    from gunicorn import glogging
+    from gunicorn.config import Config
+
+    from app.gunicorn_worker import AppLogger
+
+    cfg = Config()
+    cfg.set("access_log_format", '%(h)s "%(r)s" %(s)s %(b)s %(M)sms %(a)s %(u)s '
+                                 "%({x-webhook-id}i)s %({Content-Type}o)s %({wsgi.url_scheme}e)s"
+                                 " %({x-missing}i)s")
+    resp = types.SimpleNamespace(status="200 OK", sent=12, headers=[
+        ("Content-Type", "application/json"), ("X-Other", "y")])
+    req = types.SimpleNamespace(headers=[("X-WEBHOOK-ID", "whd_1"), ("HOST", "x")])
+    environ = {"REMOTE_ADDR": "127.0.0.1", "REQUEST_METHOD": "POST", "RAW_URI": "/webhook",
+               "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_USER_AGENT": "ua/1",
+               "HTTP_AUTHORIZATION": "Basic dXNlcjpwdw==", "wsgi.url_scheme": "http",
+               "OTHER": "z"}
+    took = datetime.timedelta(milliseconds=12)
+
+    def line(cls):
+        logger = object.__new__(cls)
+        logger.cfg = cfg
+        atoms = logger.atoms(resp, req, environ, took)
+        return cfg.access_log_format % logger.atoms_wrapper_class(atoms), atoms
+
+    ours, our_atoms = line(AppLogger)
+    assert ours == line(glogging.Logger)[0]
+    assert ours == ('127.0.0.1 "POST /webhook HTTP/1.1" 200 12 12ms ua/1 user whd_1 '
+                    "application/json http -")
+    assert "{x-other}o" not in our_atoms and "{other}e" not in our_atoms

@@ -106,7 +106,8 @@ def receive() -> Response:
     assert kind is not None  # a route that is not streamed is a job's
     payload = request.get_data(as_text=True)
     if get_store().claim_with_job(delivery_id, event.event, kind, payload, g.signed):
-        log.info("delivery %s: %s queued as %s job", delivery_id, event.event, kind)
+        # DEBUG: the access line and the job's own lines already tell it, at every ack's cost.
+        log.debug("delivery %s: %s queued as %s job", delivery_id, event.event, kind)
         get_job_runner().wake()
         g.outcome = "accepted"
     else:

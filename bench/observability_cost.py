@@ -1,0 +1,141 @@
+"""What metrics, logs and the console's delivery log cost: the same code served with them
+on and with them off, in alternating runs.
+
+"On" is the working tree as deployed by default: Prometheus metrics, INFO logs, gunicorn's
+access lines, the delivery log. "Off" is a copy of the same files in which every metric is a
+no-op, ``logs.bind`` does nothing and the delivery log keeps no row, served with
+``LOG_LEVEL=WARNING`` and no access log. Each round runs ``voice_streams.py -n N --runs 1``
+and ``sms_acks.py --job-runner on --runs 1`` against both, in turn (the order alternates
+from round to round), so that a machine whose speed drifts penalises neither side.
+
+Reported: per round, the voice first-line p99 and the text acks/s of each side; then their
+medians over the rounds, and how much "on" differs from "off" (the target: first-line p99
+at most 10 % higher, acks/s at most 10 % lower).
+
+    .venv/bin/python bench/observability_cost.py --rounds 5 --json bench/results/obs.json
+"""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _server import ROOT, describe_source, fmt, median
+
+BENCH = Path(__file__).resolve().parent
+
+# Appended to the copy's modules: everything observability does per delivery, turned off.
+SWITCHES = {
+    "app/metrics.py": '''
+
+class _Off:
+    """A metric that records nothing."""
+
+    def labels(self, *args, **kwargs):
+        return self
+
+    def inc(self, *args, **kwargs):
+        pass
+
+    dec = set = observe = inc
+
+
+for _name, _value in list(globals().items()):
+    if isinstance(_value, (Counter, Gauge, Histogram)):
+        globals()[_name] = _Off()
+''',
+    "app/logs.py": '''
+
+def bind(**fields):
+    pass
+''',
+    "app/console/journal.py": '''
+
+Journal._add = lambda self, row: None
+''',
+}
+
+
+def dark_copy():
+    """A temporary copy of the working tree's tracked files with SWITCHES applied."""
+    tree = Path(tempfile.mkdtemp(prefix="agentphone-dark-"))
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        source = ROOT / name
+        if source.is_file():
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, tree / name)
+    for name, switch in SWITCHES.items():
+        with (tree / name).open("a") as f:
+            f.write(switch)
+    return tree
+
+
+def run_json(script, args):
+    """Run a sibling benchmark with ``--json``; returns its summary's first row."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run([sys.executable, str(BENCH / script), *args, "--json", out.name],
+                       check=True, stdout=subprocess.DEVNULL)
+        return json.loads(Path(out.name).read_text())["summary"][0]
+
+
+def measure(side, dark, args):
+    """One voice run and one SMS run of ``side`` ("on" or "off")."""
+    common = ["--log-level", "INFO"] if side == "on" else [
+        "--log-level", "WARNING", "--quiet", "--rev", str(dark)]
+    voice = run_json("voice_streams.py", ["-n", str(args.n), "--runs", "1", *common])
+    texts = run_json("sms_acks.py", ["--job-runner", "on", "--runs", "1", "--duration",
+                                     str(args.duration), *common])
+    return {"side": side, "first_p99_ms": voice["first_p99_ms"]["median"],
+            "first_p50_ms": voice["first_p50_ms"]["median"],
+            "cpu_us_per_turn": voice["cpu_us_per_turn"]["median"],
+            "acks_per_s": texts["acks_per_s"]["median"], "ack_p99_ms": texts["p99_ms"]["median"]}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("-n", type=int, default=500, help="held voice calls")
+    parser.add_argument("--duration", type=int, default=5, help="seconds of SMS load per run")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    dark = dark_copy()
+    rows = []
+    keys = ("first_p50_ms", "first_p99_ms", "cpu_us_per_turn", "acks_per_s", "ack_p99_ms")
+    try:
+        print(f"serving {describe_source(None)}: on = as deployed, off = {dark}")
+        print(f"{'round':>5} {'side':>4} {'first p50':>9} {'first p99':>9} {'CPU µs/turn':>11} "
+              f"{'acks/s':>7} {'ack p99':>8}")
+        for number in range(1, args.rounds + 1):
+            for side in (("on", "off") if number % 2 else ("off", "on")):
+                row = {"round": number, **measure(side, dark, args)}
+                rows.append(row)
+                print(f"{number:>5} {side:>4} " + " ".join(
+                    f"{fmt(row[k]):>{w}}" for k, w in zip(keys, (9, 9, 11, 7, 8), strict=True)),
+                    flush=True)
+    finally:
+        shutil.rmtree(dark, ignore_errors=True)
+    summary = {side: {k: median(r[k] for r in rows if r["side"] == side) for k in keys}
+               for side in ("on", "off")}
+    on, off = summary["on"], summary["off"]
+    p99_rise = (on["first_p99_ms"] / off["first_p99_ms"] - 1) * 100
+    acks_fall = (1 - on["acks_per_s"] / off["acks_per_s"]) * 100
+    print(f"medians over {args.rounds} rounds: first-line p99 on {fmt(on['first_p99_ms'])} / "
+          f"off {fmt(off['first_p99_ms'])} ms ({p99_rise:+.1f} %); acks/s on "
+          f"{fmt(on['acks_per_s'], '.0f')} / off {fmt(off['acks_per_s'], '.0f')} "
+          f"({-acks_fall:+.1f} %)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"config": vars(args) | {"json": str(args.json)},
+                                         "rounds": rows, "summary": summary,
+                                         "first_p99_rise_pct": p99_rise,
+                                         "acks_fall_pct": acks_fall}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
