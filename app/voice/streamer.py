@@ -139,7 +139,8 @@ def stream_turn(agent: Agent, turn: Turn, deadline: float,
         yield line(final.to_line())
         done = clock() - arrived
         FINAL_LINE.observe(done)
-        log.info("voice turn %s answered in %.0f ms", turn.delivery_id, done * 1000)
+        # DEBUG: the access line that follows tells the same (delivery id, duration).
+        log.debug("voice turn %s answered in %.0f ms", turn.delivery_id, done * 1000)
     finally:
         # Once the line is out: the caller never waits on the store or the agent's wrap-up.
         if answered:
