@@ -112,7 +112,7 @@ def test_json_logs_on_one_stream_with_ids_and_no_bodies(gunicorn, secret, tmp_pa
     records = [json.loads(line) for line in server.log().splitlines() if line.strip()]
     assert {"time", "level", "logger", "message"} <= set(records[0])
     voice = [r for r in records if r.get("delivery_id") == "whd_voice_1"]
-    assert {r["logger"] for r in voice} >= {"gunicorn.access", "app.voice.streamer"}
+    assert {r["logger"] for r in voice} >= {"gunicorn.access", "app.demo.agent"}
     assert all(r["call_id"] == "call_sim" and r["agent_id"] == "agt_demo" and
                r["channel"] == "voice" for r in voice)
     access = next(r for r in voice if r["logger"] == "gunicorn.access")
