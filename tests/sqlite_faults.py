@@ -7,6 +7,7 @@ process): a 3 MiB tmpfs is filled by another file, then the file is deleted.
 readonly (without CAP_DAC_OVERRIDE, so that file modes bind root too): the database file is
 made read-only while a worker starts and reads, then writable again.
 wal: many small commits; the size of the WAL afterwards (checkpoints keep it bounded).
+bulk: which thread quick operations and ``bulk`` ones (many rows) run on: the loop's or another.
 """
 
 import sys
@@ -22,7 +23,7 @@ import subprocess
 import threading
 
 from app.store import StoreUnavailable
-from app.store.sqlite import SQLiteStore
+from app.store.sqlite import SQLiteStore, _native_thread_id
 
 
 def writes(store, count, prefix):
@@ -86,6 +87,21 @@ def wal(folder):
                 "SELECT COUNT(*) FROM deliveries").fetchone()[0], transaction=False)}
 
 
+def bulk(folder):
+    store = SQLiteStore(f"sqlite:///{folder}/events.db")
+    store.migrate()
+    loop = _native_thread_id()
+
+    def where(cur):
+        cur.execute("SELECT 1")
+        return _native_thread_id() == loop
+
+    for _ in range(3):  # the loop's connection is opened by the first operations
+        store.run(where)
+    return {"quick_on_loop": store.run(where), "bulk_on_loop": store.run(where, bulk=True),
+            "quick_again_on_loop": store.run(where)}
+
+
 if __name__ == "__main__":
-    modes = {"full": full, "readonly": readonly, "wal": wal}
+    modes = {"full": full, "readonly": readonly, "wal": wal, "bulk": bulk}
     print(json.dumps(modes[sys.argv[1]](sys.argv[2])))

@@ -13,7 +13,8 @@ from tests.servers import ROOT
 
 # A private mount namespace for the tmpfs; file modes that bind root for the read-only file.
 CONFINE = {"full": ["unshare", "--mount"],
-           "readonly": ["setpriv", "--bounding-set=-dac_override,-dac_read_search"], "wal": []}
+           "readonly": ["setpriv", "--bounding-set=-dac_override,-dac_read_search"], "wal": [],
+           "bulk": []}
 RUNTIMES = pytest.mark.parametrize("runtime", ["threads", "gevent"])
 
 
@@ -46,3 +47,9 @@ def test_sqlite_checkpoints_keep_the_wal_small(tmp_path, runtime):
     assert counts["rows"] == 3000
     # 3,000 commits of a page or more each: without checkpoints the WAL would hold them all.
     assert counts["wal_bytes"] <= 2 * WAL_PAGES * 4096
+
+
+def test_bulk_operations_never_hold_the_event_loop(tmp_path):
+    # The delivery log's flush and the prune: many rows, run by the writer thread.
+    assert run_fault("bulk", tmp_path, "gevent") == {
+        "quick_on_loop": True, "bulk_on_loop": False, "quick_again_on_loop": True}

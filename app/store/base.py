@@ -477,10 +477,12 @@ class SQLTables(Protocol):
         later ``migrate``. A database that is down defers them to first use."""
         ...
 
-    def run(self, fn: Callable[[Any], Any], transaction: bool = True) -> Any:
+    def run(self, fn: Callable[[Any], Any], transaction: bool = True, *,
+            bulk: bool = False) -> Any:
         """``fn(cursor)``'s result, run in one transaction unless told otherwise; a driver
         error becomes StoreUnavailable and a refused value UnstorableValue. ``fn`` must do no
-        other I/O: it may hold the database's write lock."""
+        other I/O: it may hold the database's write lock. ``bulk``: it may take a while (many
+        rows), so it is never run on the event loop's own connection."""
         ...
 
     def row(self, columns: Sequence[str], rest: str,

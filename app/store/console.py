@@ -38,7 +38,7 @@ class DeliveryLogSQL(SQLRepository):
             for row in rows:
                 cur.execute(sql, row)
 
-        self.run(write)
+        self.run(write, bulk=True)
 
     def delivery_log(self, limit: int = 100, channel: str | None = None,
                      voice: bool | None = None, call_id: str | None = None,

@@ -21,7 +21,8 @@ class SQLRepository:
     if TYPE_CHECKING:  # provided by SQLStore
         clock: Callable[[], float]
 
-        def run(self, fn: Callable[[Any], T], transaction: bool = True) -> T: ...
+        def run(self, fn: Callable[[Any], T], transaction: bool = True, *,
+                bulk: bool = False) -> T: ...
 
         def _one(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
 

@@ -77,26 +77,30 @@ class SQLStore(SessionsSQL, OutboxSQL, CallRecordsSQL, ReactionsSQL, DeliveryLog
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def run(self, fn: Callable[[Any], T], transaction: bool = True) -> T:
+    def run(self, fn: Callable[[Any], T], transaction: bool = True, *,
+            bulk: bool = False) -> T:
         """Run ``fn(cursor)``, in one transaction unless told otherwise; driver errors become
         StoreUnavailable (503) so that the platform retries instead of losing the event.
+        ``bulk``: the operation may take a while (many rows); SQLite under gevent then never
+        runs it on the event loop's own connection.
 
         The cursor takes ``?`` placeholders on every backend. Packages with tables of their own
         (``app.demo``) use it on the tables they add with ``add_schema``.
         """
         if self._migrate_pending:
             self._migrate_now()
-        return self._execute(fn, transaction)
+        return self._execute(fn, transaction, bulk)
 
-    def _execute(self, fn, transaction):
+    def _execute(self, fn, transaction, bulk=False):
         started = time.perf_counter()
         try:
-            return self._attempt(fn, transaction)
+            return self._attempt(fn, transaction, bulk)
         finally:
             STORE_SECONDS.observe(time.perf_counter() - started)
 
-    def _attempt(self, fn, transaction, **cursor_options):
-        """One try at the operation; the backend may run it elsewhere (SQLite: in a thread)."""
+    def _attempt(self, fn, transaction, bulk=False, **cursor_options):
+        """One try at the operation; the backend may run it elsewhere (SQLite: in a thread,
+        always for ``bulk`` work)."""
         try:
             with self._cursor(transaction, **cursor_options) as cur:
                 return fn(cur)
@@ -477,7 +481,7 @@ class SQLStore(SessionsSQL, OutboxSQL, CallRecordsSQL, ReactionsSQL, DeliveryLog
             return sum(_rowcount(cur, sql, () if cutoff is None else (cutoff,))
                        for sql, cutoff in expired)
 
-        return self.run(prune)
+        return self.run(prune, bulk=True)
 
 
 def _requeue(cur, job_id, now):

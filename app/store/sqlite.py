@@ -84,14 +84,14 @@ class SQLiteStore(SQLStore):
         # take turns at the file lock through SQLite's sleeping busy handler.
         self._writer = _native_lock()
 
-    def _attempt(self, fn, transaction):
+    def _attempt(self, fn, transaction, bulk=False):
         """Under gevent, run the operation on the loop's connection when it can run without
-        waiting, else in a store thread (the event loop keeps running while it waits); in the
-        calling thread otherwise."""
+        waiting (and is not ``bulk``: many rows would hold the loop), else in a store thread
+        (the event loop keeps running while it waits); in the calling thread otherwise."""
         give_up = time.monotonic() + self.lock_wait
         if not gevent_active():
             return super()._attempt(fn, transaction, give_up=give_up)
-        conn = self._loop_connection(transaction)
+        conn = None if bulk else self._loop_connection(transaction)
         if conn is not None:
             try:
                 return super()._attempt(fn, transaction, loop_conn=conn)
