@@ -312,7 +312,7 @@ class SQLStore(SessionsSQL, OutboxSQL, CallRecordsSQL, ReactionsSQL, DeliveryLog
                     (now, owner, *chunk),
                 )
 
-        self.run(renew)
+        self.run(renew, bulk=True)
 
     def save_voice_reply(self, delivery_id: str, reply: dict[str, Any], owner: str,
                          attempt: int) -> bool:
