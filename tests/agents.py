@@ -63,26 +63,3 @@ def spin_without_yielding(seconds):
 
 def busy_agent(app):
     return BusyAgent(float(os.environ.get("TEST_BUSY_SECONDS", "0.5")))
-
-
-class WrapUpAgent(Agent):
-    """Answers at once, then, after its last yield, waits (up to 5 s) for the test to say it
-    has the final line (the file TEST_HEARD_FILE) and notes in TEST_EFFECTS_FILE whether it
-    did: the wrap-up must run after the caller has the reply, not before."""
-
-    def __init__(self, heard_file, effects_file):
-        self.heard_file = heard_file
-        self.effects_file = effects_file
-
-    def respond(self, turn):
-        yield Reply(f"Noted {turn.text}.")
-        until = time.monotonic() + 5
-        while not os.path.exists(self.heard_file) and time.monotonic() < until:
-            time.sleep(0.02)
-        heard = "yes" if os.path.exists(self.heard_file) else "no"
-        with open(self.effects_file, "a") as f:
-            f.write(f"wrapped {turn.delivery_id} heard={heard}\n")
-
-
-def wrap_up_agent(app):
-    return WrapUpAgent(os.environ["TEST_HEARD_FILE"], os.environ["TEST_EFFECTS_FILE"])

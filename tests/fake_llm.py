@@ -69,7 +69,8 @@ def error_event(message):
 
 
 def raw(data):
-    """One event whose data is ``data`` as it is (a malformed chunk, say)."""
+    """One event whose data is ``data`` as it is (a malformed chunk, say); not streamed: the
+    whole answer."""
     return Step("raw", data)
 
 
@@ -167,6 +168,8 @@ class FakeLLM:
                                            "arguments": step.extra["arguments"]}})
             elif step.kind == "finish":
                 reason = step.value
+            elif step.kind == "raw":
+                return json.loads(step.value)  # the whole answer, as it is
         with self._lock:
             self.finished_at.append(time.monotonic())
         return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),

@@ -356,3 +356,12 @@ def test_tool_rounds_without_streaming(fake_llm):
     assert texts(run_turn(agent))[1:] == ["Hello.", "How can I help?"]
     assert len(fake_llm.requests) == 4
 
+
+def test_a_malformed_answer_to_a_round_that_is_not_streamed_is_asked_again(fake_llm, caplog):
+    agent = make_agent(fake_llm, stream_tools=False, tool_choice="auto")
+    fake_llm.script(raw('{"choices": [{"message": {"tool_calls": [{"function": 7}]}}]}'))
+    fake_llm.script(text("Hello."))
+    assert texts(run_turn(agent)) == ["One moment.", "Hello."]
+    assert len(fake_llm.requests) == 2
+    assert "round 1 failed" in caplog.text and "malformed answer" in caplog.text
+

@@ -12,10 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
-import requests
 
 from app.agent.base import Agent
-from app.simulator import iter_ndjson, payload, signed_request
+from app.simulator import payload, signed_request
 from app.voice.claims import STALE_SECONDS
 from app.voice.streamer import LATE_TEXT
 from tests.conftest import SECRET
@@ -76,23 +75,6 @@ def test_first_line_arrives_while_the_tool_runs(voice_server, effects):
     first_at, final_at = lines[0][0], lines[-1][0]
     assert first_at < 1.5 <= final_at  # the caller heard something before the tool returned
     assert effects() == [headers["X-Webhook-ID"]]
-
-
-def test_the_agents_wrap_up_runs_after_the_final_line_is_out(gunicorn, effects_agent,
-                                                              tmp_path):
-    heard = tmp_path / "heard"
-    server = gunicorn(**{**effects_agent.env, "AGENT": "tests.agents:wrap_up_agent"},
-                      TEST_HEARD_FILE=heard)
-    raw, headers = signed_request(SECRET, payload("voice", "the order"))
-    with requests.post(server.webhook, data=raw, headers=headers, stream=True,
-                       timeout=30) as response:
-        objects = []
-        for line in iter_ndjson(response):
-            objects.append(json.loads(line))
-            if "interim" not in objects[-1]:
-                heard.touch()  # the agent's wrap-up waits for this
-    assert objects[-1] == {"text": "Noted the order."}
-    assert effects_agent.effects() == [f"wrapped {headers['X-Webhook-ID']} heard=yes"]
 
 
 def test_hung_tool_gets_the_fallback_before_the_platform_timeout(voice_server, effects):

@@ -70,34 +70,6 @@ def test_late_agent_gets_fallback_at_deadline():
     assert time.monotonic() - started < 2
 
 
-class WrappingUp(Agent):
-    """Notes what runs after its final yield, and after anything it yields later."""
-
-    def __init__(self, *before):
-        self.before, self.notes = before, []
-
-    def respond(self, turn):
-        for step in self.before:
-            time.sleep(step)
-        yield Reply("Done.")
-        self.notes.append("wrapped up")
-        yield "never spoken"
-        self.notes.append("went on")
-
-
-def test_the_agent_wraps_up_after_its_reply_and_no_further():
-    agent = WrappingUp()
-    assert [o["text"] for o in run(agent)] == ["One moment, please.", "Done."]
-    assert agent.notes == ["wrapped up"]
-
-
-def test_an_agent_cut_short_at_the_deadline_does_not_wrap_up():
-    agent = WrappingUp(1.0)
-    assert run(agent, deadline=0.3)[-1] == {"text": LATE_TEXT}
-    time.sleep(1.0)
-    assert agent.notes == []
-
-
 @pytest.mark.parametrize(
     "steps", [(RuntimeError("boom"),), ("Partial.", KeyError("x")), ("Only.",)]
 )

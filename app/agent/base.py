@@ -3,8 +3,6 @@
 An agent's ``respond(turn)`` is a generator. Each ``str`` it yields is spoken at once as an
 interim line; the ``Reply`` it yields last ends the turn (text plus optional hangup, transfer
 or DTMF digits). The voice streamer owns the timing: interim-first, deadline, one final line.
-Code after the final ``yield`` runs once the reply is out (``wrap_up``): bookkeeping there
-never delays the caller.
 ``on_call_ended(record)`` and ``on_reaction(reaction)`` run in background jobs.
 """
 
@@ -135,9 +133,6 @@ class Agent:
     def respond(self, turn: Turn) -> Iterator[str | Reply]:
         """Yield ``str`` chunks to speak now, then one ``Reply`` that ends the turn.
 
-        The generator is resumed once more after the ``Reply`` has gone out (the final line
-        written, the text collected), so work placed after the last ``yield`` (saving the
-        call's history, say) does not delay the caller; anything it yields then is ignored.
         Subclasses must implement it; the base raises NotImplementedError.
         """
         raise NotImplementedError
@@ -286,19 +281,6 @@ class Reaction:
         """Store the reaction unless this delivery's is stored already; True if it was new."""
         assert self.store is not None  # from_event is given the app's store
         return self.store.save_reaction(self.delivery_id, _fields(self))
-
-
-def wrap_up(chunks: Iterator[str | Reply], turn: Turn) -> None:
-    """Resume a ``respond`` generator once its ``Reply`` is out, so the work after its last
-    ``yield`` runs, then close it."""
-    try:
-        next(chunks, None)
-    except Exception:
-        log.exception("turn %s: the agent failed after its reply", turn.delivery_id)
-    finally:
-        close = getattr(chunks, "close", None)  # a generator; a plain iterator has nothing to close
-        if close is not None:
-            close()
 
 
 def _fields(record: "CallRecord | Reaction") -> dict[str, Any]:

@@ -81,8 +81,9 @@ CONTROL_DEFAULTS = {"transfer_call": "Let me connect you with our team.",
 
 class LLMAgent(Agent):
     """``tools``: Tools (or plain functions) the model may call. ``store``: where this call's
-    earlier turns are kept (optional). ``client``: an OpenAI-compatible client to use instead
-    of building one from ``base_url``/``api_key``.
+    earlier turns are kept (optional). ``client``: an ``openai.OpenAI`` (or ``AzureOpenAI``)
+    instance to use instead of building one from ``base_url``/``api_key``; requests go
+    through its ``post``, not ``chat.completions.create``.
 
     Server compatibility: ``tool_choice`` (``auto``, ``required``: first round only, ``none``;
     None: not sent), ``max_tokens`` (0 or None: not sent), ``extra_body`` (merged into every
@@ -202,9 +203,9 @@ class LLMAgent(Agent):
             # The deadline or a hang-up stopped the turn: keep what the caller did hear.
             self._remember(key, state, turn, spoken)
             raise
-        yield reply
         if not (reply.failed and turn.channel != "voice"):  # a failed text is never sent
             self._remember(key, state, turn, [*spoken, reply.text])
+        yield reply
 
     def _remember(self, key, state, turn, said):
         """Save this turn (what the caller said, what they heard) for the call's next turn."""
@@ -349,14 +350,20 @@ class LLMAgent(Agent):
         choices = response.get("choices") if isinstance(response, dict) else None
         if not choices:
             raise ModelError("empty body: no choices in the answer")
-        choice = choices[0]
-        _check_finish(choice.get("finish_reason"))
-        message = choice.get("message") or {}
-        calls += [ToolCall(c["function"]["name"], c["function"].get("arguments") or "{}",
-                           c.get("id") or f"call_{i}")
-                  for i, c in enumerate(message.get("tool_calls") or ())]
-        if message.get("content"):
-            yield message["content"]
+        try:
+            choice = choices[0]
+            finish = choice.get("finish_reason")
+            message = choice.get("message") or {}
+            found = [ToolCall(c["function"]["name"], c["function"].get("arguments") or "{}",
+                              c.get("id") or f"call_{i}")
+                     for i, c in enumerate(message.get("tool_calls") or ())]
+            content = message.get("content")
+        except (AttributeError, TypeError, KeyError) as exc:
+            raise ModelError(f"malformed answer: {str(response)[:200]}") from exc
+        _check_finish(finish)
+        calls += found
+        if content:
+            yield content
 
     def _post(self, params, stream):
         """POST the chat completion through the client, its body as it is and the answer as

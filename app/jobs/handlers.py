@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from app.agent.base import Agent, CallRecord, Reaction, Reply, Turn, wrap_up
+from app.agent.base import Agent, CallRecord, Reaction, Reply, Turn
 from app.agentphone import AgentPhoneClient, AgentPhoneError, APIConnectionError
 from app.store import Store
 from app.store.records import RESENDABLE
@@ -61,15 +61,13 @@ def collect_text(agent, turn):
     """The agent's whole answer as one text message; raises AgentFailed when the agent
     gave a stand-in instead (a voice apology is never sent as a text)."""
     parts = []
-    chunks = agent.respond(turn)
-    for chunk in chunks:
+    for chunk in agent.respond(turn):
+        if isinstance(chunk, Reply) and chunk.failed:
+            raise AgentFailed(f"the agent could not answer delivery {turn.delivery_id}")
         text = chunk.text if isinstance(chunk, Reply) else chunk
         if text and text.strip():
             parts.append(text.strip())
         if isinstance(chunk, Reply):
-            wrap_up(chunks, turn)
-            if chunk.failed:
-                raise AgentFailed(f"the agent could not answer delivery {turn.delivery_id}")
             break
     return " ".join(parts)
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from app.agent.base import Agent, Reply, Turn, wrap_up
+from app.agent.base import Agent, Reply, Turn
 from app.metrics import FINAL_LINE, FIRST_LINE, IN_FLIGHT, VOICE_OUTCOMES
 from app.runtime import gevent_active, spawn
 from app.voice.hangup import peer_closed
@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 LATE_TEXT = "Sorry, that is taking longer than it should. Could you say that again in a moment?"
 ERROR_TEXT = "Sorry, something went wrong on my side. Could you say that again?"
 POLL_SECONDS = 0.25
-WRAP_UP_SECONDS = 5.0  # what the dev server's task may take, after the final line, to wrap up
 
 #: ``report(outcome, first_line_seconds, final_line_seconds, final_text)``
 Report = Callable[[str, float | None, float | None, str | None], object]
@@ -78,7 +77,7 @@ def stream_turn(agent: Agent, turn: Turn, deadline: float,
     arrived = started if arrived is None else arrived
     source: Any = None  # an InlineSource or a PumpedSource once the agent runs
     final = first = None
-    outcome, answered = "answered", False  # answered: the final Reply came from the agent
+    outcome = "answered"
     if agent.filler_after is not None:
         filler_after = agent.filler_after
     IN_FLIGHT.inc()
@@ -124,29 +123,26 @@ def stream_turn(agent: Agent, turn: Turn, deadline: float,
                 log.error("voice turn %s: agent ended without a final Reply", turn.delivery_id)
                 final, outcome = Reply(ERROR_TEXT), "agent_error"
             elif isinstance(chunk, Reply):
-                final, answered = chunk, True
+                final = chunk
             elif isinstance(chunk, str) and chunk.strip():
                 yield interim(chunk.strip())
     finally:
+        if source is not None:
+            source.close()
         if final is None:  # the caller hung up, or the connection closed under us
-            if source is not None:
-                source.close()
             # A reply is recorded anyway, so that a retry replays at once.
             _record(on_final, Reply(LATE_TEXT), turn)
             _ended(report, "hangup", first, None, None)
+    # DEBUG: the access line that follows tells the delivery id and (about) the duration.
+    log.debug("voice turn %s answered in %.0f ms", turn.delivery_id,
+              (clock() - started) * 1000)
     done = None
     try:
         yield line(final.to_line())
         done = clock() - arrived
         FINAL_LINE.observe(done)
-        # DEBUG: the access line that follows tells the same (delivery id, duration).
-        log.debug("voice turn %s answered in %.0f ms", turn.delivery_id, done * 1000)
     finally:
-        # Once the line is out: the caller never waits on the store or the agent's wrap-up.
-        if answered:
-            source.finish(turn)
-        elif source is not None:
-            source.close()  # cut short: the agent is not resumed
+        # Recorded once the line is out: the caller never waits on the store for it.
         _record(on_final, final, turn)
         _ended(report, outcome, first, done, final.text)
 
@@ -266,12 +262,6 @@ class InlineSource:
             self._poller.stop()
             self._greenlet.throw(_Interrupt(_GONE))
 
-    def finish(self, turn):
-        """The final line is out: let the agent wrap up (its timers can no longer interrupt
-        it: it is not ``_in_agent``), then close."""
-        wrap_up(self._chunks, turn)
-        self.close()
-
     def close(self):
         self._chunks.close()
         for watcher in (self._timer, self._silence, self._watcher, self._poller):
@@ -307,12 +297,6 @@ class PumpedSource:
         self._spoke = time.monotonic()
         return item
 
-    def finish(self, turn):
-        """The final line is out; the task wraps the agent up by itself (see ``_pump``), and
-        is given a moment for it."""
-        self._task.join(WRAP_UP_SECONDS)
-        self.close()
-
     def close(self):
         self._task.cancel()
 
@@ -344,11 +328,9 @@ def _filler(agent, turn, count):
 
 def _pump(agent, turn, chunks):
     try:
-        replies = agent.respond(turn)
-        for chunk in replies:
+        for chunk in agent.respond(turn):
             chunks.put((None, chunk))
             if isinstance(chunk, Reply):
-                wrap_up(replies, turn)  # in this task, beside the final line's write
                 return
         chunks.put((_ENDED, None))
     except Exception as exc:
