@@ -21,7 +21,8 @@ from app.store import Job, get_store
 from app.webhook import events
 from app.webhook.events import CALL_ENDED, MESSAGE, REACTION, VOICE, Event
 
-Handler = Callable[[Event, Job, JobContext], None]
+# A handler returns a few words on what it did (or None), for the job's "done" log line.
+Handler = Callable[[Event, Job, JobContext], str | None]
 
 
 @dataclass(frozen=True)
@@ -61,19 +62,19 @@ def route_for(event: Event) -> Route | None:
     return ROUTES.get((event.event, event.channel)) or ROUTES.get((event.event, ANY_CHANNEL))
 
 
-def job_handlers(app: Flask) -> dict[str, Callable[[Job], None]]:
+def job_handlers(app: Flask) -> dict[str, Callable[[Job], str | None]]:
     """What the job runner of ``app`` calls for each job kind of the table."""
     return {kind: functools.partial(run_job, app, route.handler)
             for kind, route in job_routes().items()
             if kind is not None and route.handler is not None}  # every job route has both
 
 
-def run_job(app: Flask, handler: Handler, job: Job) -> None:
+def run_job(app: Flask, handler: Handler, job: Job) -> str | None:
     """Run ``handler`` on ``job`` in an app context of ``app``: the stored delivery parsed
-    once, the settings read at each run."""
+    once, the settings read at each run. Returns what the handler says it did."""
     event = parse_job(job)
     config = app.config
-    handler(event, job, JobContext(
+    return handler(event, job, JobContext(
         store=get_store(), agent=get_agent(event.agent_id),
         api=functools.partial(client_from_app, app),
         send_replies=bool(config.get("AGENTPHONE_API_KEY")),

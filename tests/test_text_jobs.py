@@ -3,6 +3,7 @@
 
 import json
 import logging
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -233,6 +234,9 @@ def test_concurrent_copies_through_gunicorn_send_one_text(gunicorn, fake_api):
     server.wait_for_log(f"reply msg_1 sent to {JANE}")
     time.sleep(0.5)
     assert fake_api.count("POST", "/v1/messages") == 1
+    # One line for the job: its outcome rides on the runner's "done" line.
+    assert re.search(rf"job \d+ \(text_message\) done in \d+ ms, attempt 1: reply msg_1 sent "
+                     rf"to \{JANE} on sms", server.log())
     assert fake_api.last("POST", "/v1/messages").body["body"].startswith(
         "You're booked for Saturday at 11 AM, Sam Patel.")
 

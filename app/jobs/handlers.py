@@ -92,10 +92,9 @@ def answer_text(turn, job, context):
 
 def text_message(event, job, context):
     """``agent.message`` on a text channel: the agent's answer to an inbound text, sent at
-    most once (see the module docstring)."""
+    most once (see the module docstring). Returns what it did, for the job's log line."""
     if event.data.get("direction") != "inbound":
-        log.info("job %s: %s message is not inbound, no reply", job.id, event.channel)
-        return
+        return f"{event.channel} message is not inbound, no reply"
     store = context.store
     key = reply_key(event, job)
     earlier = store.outbox_entry(key)
@@ -107,25 +106,20 @@ def text_message(event, job, context):
     if earlier is not None and earlier["status"] == "resend":
         log.warning("job %s: resending the reply for delivery %s to %s, as an operator asked",
                     job.id, key, turn.caller)
-        send_once(context, key, event, turn, earlier["body"], job)
-        return
+        return send_once(context, key, event, turn, earlier["body"], job)
     reply = answer_text(turn, job, context)
     if not reply:
-        log.info("job %s: the agent had nothing to say to %s", job.id, turn.caller)
-        return
+        return f"the agent had nothing to say to {turn.caller}"
     # Message bodies only at DEBUG: INFO lines may reach a shared log pipeline.
     log.debug("job %s: reply %r", job.id, reply)
     if turn.test:
-        log.info("job %s: test delivery, reply not sent to %s", job.id, turn.caller)
-        return
+        return f"test delivery, reply not sent to {turn.caller}"
     if not turn.caller:
         log.warning("job %s: no sender number, reply not sent", job.id)
         return
     if not context.send_replies:
-        log.info("job %s: AGENTPHONE_API_KEY not set, reply to %s on %s not sent", job.id,
-                 turn.caller, event.channel)
-        return
-    send_once(context, key, event, turn, reply, job)
+        return f"AGENTPHONE_API_KEY not set, reply to {turn.caller} on {event.channel} not sent"
+    return send_once(context, key, event, turn, reply, job)
 
 
 def reply_key(event, job):
@@ -173,16 +167,14 @@ def send_once(context, key, event, turn, reply, job):
                   turn.caller, exc)
         return
     store.outbox_finish(key, "sent", message_id=message.id)
-    log.info("job %s: reply %s sent to %s on %s", job.id, message.id, turn.caller,
-             message.channel or event.channel)
+    return f"reply {message.id} sent to {turn.caller} on {message.channel or event.channel}"
 
 
 def reaction(event, job, context):
     """``agent.reaction``: the agent's ``on_reaction`` hook (by default, the reaction is stored)."""
     reaction = Reaction.from_event(event, job.delivery_id or f"job:{job.id}", context.store)
-    log.info("job %s: %s reaction on message %s", job.id, reaction.reaction_type,
-             reaction.message_id)
     context.agent.on_reaction(reaction)
+    return f"{reaction.reaction_type} reaction on message {reaction.message_id}"
 
 
 def call_ended(event, job, context):
@@ -193,6 +185,6 @@ def call_ended(event, job, context):
         log.warning("job %s: call_ended without a callId, not stored", job.id)
         return
     record = CallRecord.from_event(event, job.delivery_id, context.store)
-    log.info("job %s: call %s ended after %ss (%s)", job.id, record.call_id,
-             record.duration_seconds, record.disconnection_reason)
     context.agent.on_call_ended(record)
+    return (f"call {record.call_id} ended after {record.duration_seconds}s "
+            f"({record.disconnection_reason})")

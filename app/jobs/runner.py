@@ -235,14 +235,16 @@ class JobRunner:
         JOB_SECONDS.labels(job.kind).observe(time.monotonic() - started)
         self.store.finish_job(job.id)
         JOB_OUTCOMES.labels(job.kind, "done").inc()
-        log.info("job %s (%s) done in %.0f ms, attempt %d", job.id, job.kind,
-                 (time.monotonic() - started) * 1000, job.attempts)
+        # One line per job, with what the handler did: a line each would cost every text.
+        log.info("job %s (%s) done in %.0f ms, attempt %d%s", job.id, job.kind,
+                 (time.monotonic() - started) * 1000, job.attempts,
+                 f": {task.value}" if task.value else "")
 
     def _handle(self, handler, job):
         # A task of its own: its log lines get the job's ids here, not from the caller.
         logs.bind(job_id=job.id, attempt=job.attempts, delivery_id=job.delivery_id)
         with self.app.app_context():
-            handler(job)
+            return handler(job)
 
     def _failed(self, job, exc):
         error = f"{type(exc).__name__}: {exc}"
