@@ -75,12 +75,18 @@ def dark_copy():
     return tree
 
 
-def run_json(script, args):
-    """Run a sibling benchmark with ``--json``; returns its summary's first row."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        subprocess.run([sys.executable, str(BENCH / script), *args, "--json", out.name],
-                       check=True, stdout=subprocess.DEVNULL)
-        return json.loads(Path(out.name).read_text())["summary"][0]
+def run_json(script, args, tries=2):
+    """Run a sibling benchmark with ``--json``; returns its summary's first row. A run that
+    fails (a server that did not come up, say) is shown and tried once more."""
+    for attempt in range(1, tries + 1):
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            done = subprocess.run([sys.executable, str(BENCH / script), *args, "--json",
+                                   out.name], capture_output=True, text=True, check=False)
+            if done.returncode == 0:
+                return json.loads(Path(out.name).read_text())["summary"][0]
+        print(f"{script} failed (try {attempt} of {tries}):\n{(done.stdout + done.stderr)[-2000:]}",
+              file=sys.stderr)
+    raise RuntimeError(f"{script} failed {tries} times")
 
 
 def measure(side, dark, args):
