@@ -368,7 +368,7 @@ class LLMAgent(Agent):
     def _post(self, params, stream):
         """POST the chat completion through the client, its body as it is and the answer as
         plain JSON: the typed request and chunk models cost ~3 ms per request (with a few
-        tools and messages) and ~0.5 ms per streamed token, time the event loop is not
+        tools and messages) and ~0.4 ms per streamed token, time the event loop is not
         serving other calls."""
         openai = _import_openai()
         body = {**params, **self.extra_body, "stream": stream}
