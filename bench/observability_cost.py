@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _server import ROOT, describe_source, fmt, median
+from _server import ROOT, describe_source, fmt, summarize_by
 
 BENCH = Path(__file__).resolve().parent
 
@@ -126,9 +126,8 @@ def main():
                     flush=True)
     finally:
         shutil.rmtree(dark, ignore_errors=True)
-    summary = {side: {k: median(r[k] for r in rows if r["side"] == side) for k in keys}
-               for side in ("on", "off")}
-    on, off = summary["on"], summary["off"]
+    summary = {s["side"]: s for s in summarize_by(rows, "side", keys)}
+    on, off = ({k: summary[side][k]["median"] for k in keys} for side in ("on", "off"))
     p99_rise = (on["first_p99_ms"] / off["first_p99_ms"] - 1) * 100
     acks_fall = (1 - on["acks_per_s"] / off["acks_per_s"]) * 100
     print(f"medians over {args.rounds} rounds: first-line p99 on {fmt(on['first_p99_ms'])} / "

@@ -47,6 +47,7 @@ NOTHING_SAID = "Sorry, I didn't quite get that. Could you say it again?"
 TOO_MANY_ROUNDS = "Sorry, I couldn't work that out. Could you put it another way?"
 HISTORY_LIMIT = 20  # messages of this call kept for the next turn
 RETRY_MIN_SECONDS = 3.0  # a retry needs at least this much of the voice deadline left
+MALFORMED = (AttributeError, TypeError, KeyError)  # what reading JSON of an unexpected shape raises
 TOOL_CHOICES = ("auto", "required", "none")
 
 
@@ -331,7 +332,7 @@ class LLMAgent(Agent):
                 chunks += 1
                 try:
                     content, finish = _read_chunk(chunk, parts, finish)
-                except (AttributeError, TypeError, KeyError) as exc:
+                except MALFORMED as exc:
                     raise ModelError(f"malformed chunk in the stream: {str(chunk)[:200]}"
                                      ) from exc
                 yield from content
@@ -358,7 +359,7 @@ class LLMAgent(Agent):
                               c.get("id") or f"call_{i}")
                      for i, c in enumerate(message.get("tool_calls") or ())]
             content = message.get("content")
-        except (AttributeError, TypeError, KeyError) as exc:
+        except MALFORMED as exc:
             raise ModelError(f"malformed answer: {str(response)[:200]}") from exc
         _check_finish(finish)
         calls += found
