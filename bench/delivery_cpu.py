@@ -7,17 +7,29 @@ client (no sockets, job runner off, metrics in a multiprocess directory as under
 and reports the process CPU time per delivery: texts (claim + job insert + acknowledgement)
 and voice turns (claim + the streamed turn of the demo agent, no tool latency). Runs of the
 revisions alternate, so both see the same neighbours.
+
+``--server`` measures the same on the real server instead: one gunicorn gevent worker (job
+runner on, access log and INFO lines as deployed), deliveries sent one at a time over one
+kept-alive connection, the worker's CPU time read from /proc. Nothing queues, so the figure
+is the cost of a delivery, gunicorn's parsing, writing and logging included.
 """
 
 import argparse
+import contextlib
+import http.client
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from _server import SECRET, describe_source, median, source_tree
+from _server import SECRET, cpu_seconds, describe_source, gunicorn, median, source_tree
+
+from app.simulator import payload, signed_request
+
+SETTLE_SECONDS = 0.3  # after a batch: the texts' jobs run, the delivery log flushes
 
 CHILD = r"""
 import os
@@ -70,6 +82,67 @@ def one_run(tree, n_text, n_voice, gevent=False):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+class ServedSide:
+    """One revision served by a real gunicorn (one gevent worker), fed over one kept-alive
+    connection, its worker's CPU time read from /proc."""
+
+    def __init__(self, server):
+        self.pid = server.workers[0]
+        self.conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        self.sent = 0
+        self.idle = 0.0  # worker CPU per SETTLE_SECONDS with nothing to do
+
+    def batch(self, kind, n):
+        """Worker CPU seconds for ``n`` deliveries of ``kind`` sent one at a time, and their
+        aftermath (a text's job) until SETTLE_SECONDS of quiet; that pause's idle CPU is
+        left out."""
+        requests = []
+        for _ in range(n):
+            self.sent += 1
+            requests.append(signed_request(SECRET, payload(kind, callId=f"call_{self.sent}")))
+        before = cpu_seconds(self.pid)
+        for raw, headers in requests:
+            self.conn.request("POST", "/webhook", raw, headers)
+            response = self.conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{kind} delivery answered {response.status}")
+        time.sleep(SETTLE_SECONDS)
+        return cpu_seconds(self.pid) - before - self.idle
+
+    def measure_idle(self):
+        before = cpu_seconds(self.pid)
+        time.sleep(SETTLE_SECONDS)
+        self.idle = cpu_seconds(self.pid) - before
+
+
+def server_runs(served, runs, n_text, n_voice):
+    """Per run and side, worker CPU (µs) per text and per voice turn; ``served`` maps each
+    side's name to its ``(tree, env)``. The servers run side by side and their batches
+    alternate in small steps, so a machine whose speed drifts (a shared host) moves all
+    alike."""
+    steps = 10  # batches per run and kind
+    with contextlib.ExitStack() as stack:
+        sides = {name: ServedSide(stack.enter_context(
+            gunicorn(1, {"DEMO_TOOL_LATENCY": "0", **env}, cwd=tree)))
+            for name, (tree, env) in served.items()}
+        for side in sides.values():
+            side.batch("sms", 50)
+            side.batch("voice", 20)
+            side.measure_idle()
+        for run in range(runs):
+            totals = {rev: {"text": 0.0, "voice": 0.0} for rev in sides}
+            for step in range(steps):
+                order = list(sides) if (run * steps + step) % 2 == 0 else list(sides)[::-1]
+                for kind, n in (("text", n_text), ("voice", n_voice)):
+                    for rev in order:
+                        cpu = sides[rev].batch("sms" if kind == "text" else "voice", n // steps)
+                        totals[rev][kind] += cpu
+            yield {rev: {kind: cpu / ((n_text if kind == "text" else n_voice) // steps * steps)
+                         * 1e6 for kind, cpu in figures.items()}
+                   for rev, figures in totals.items()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("revs", nargs=2, help="two git revisions, e.g. e1211bf HEAD")
@@ -79,16 +152,23 @@ def main():
     parser.add_argument("--gevent", action="store_true",
                         help="monkey-patch the child as a gevent worker is (the process CPU "
                         "then includes the store's threads)")
+    parser.add_argument("--server", action="store_true",
+                        help="measure the worker of a real gunicorn instead (see above)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     results = {rev: [] for rev in args.revs}
     with source_tree(args.revs[0]) as first, source_tree(args.revs[1]) as second:
         trees = dict(zip(args.revs, (first, second), strict=True))
-        for run in range(args.runs):
-            for rev in args.revs:
-                figures = one_run(trees[rev], args.texts, args.voice, args.gevent)
+        if args.server:
+            runs = server_runs({rev: (tree, {}) for rev, tree in trees.items()}, args.runs,
+                               args.texts, args.voice)
+        else:
+            runs = ({rev: one_run(trees[rev], args.texts, args.voice, args.gevent)
+                     for rev in args.revs} for _ in range(args.runs))
+        for run, by_rev in enumerate(runs, start=1):
+            for rev, figures in by_rev.items():
                 results[rev].append(figures)
-                print(f"run {run + 1} {rev:>10}: text {figures['text']:.0f} us, "
+                print(f"run {run} {rev:>10}: text {figures['text']:.0f} us, "
                       f"voice {figures['voice']:.0f} us", flush=True)
     print(f"\nCPU per delivery, median of {args.runs} runs [min-max]")
     summary = {}
