@@ -17,6 +17,7 @@ import logging
 import re
 import socket
 import time
+import traceback
 import types
 
 from gunicorn import glogging, util
@@ -146,11 +147,21 @@ class AppLogger(glogging.Logger):
     """gunicorn's logger, writing access lines only when an access log is configured: with a
     ``logconfig_dict`` gunicorn would build and write every line even with none
     (``GUNICORN_ACCESS_LOG=""``). Each line is built from only the headers and environ keys
-    its format names: gunicorn makes an atom of every one of them, for every request."""
+    its format names, and only the values it reads are escaped: gunicorn makes and escapes
+    an atom of every header and environ key, for every request (~80 µs)."""
 
     def access(self, resp, req, environ, request_time):
-        if self.cfg.accesslog:
-            super().access(resp, req, environ, request_time)
+        if not (self.cfg.accesslog and self.access_log_enabled):
+            return
+        try:
+            self.access_log.info("%s", self.access_line(resp, req, environ, request_time))
+        except Exception:
+            self.error(traceback.format_exc())
+
+    def access_line(self, resp, req, environ, request_time) -> str:
+        """The line gunicorn's own ``access`` would write for this request."""
+        return self.cfg.access_log_format % _Escaped(
+            self.atoms(resp, req, environ, request_time))
 
     def atoms(self, resp, req, environ, request_time):
         inbound, outbound, named = _named_atoms(self.cfg.access_log_format)
@@ -158,10 +169,19 @@ class AppLogger(glogging.Logger):
         view = types.SimpleNamespace(
             status=resp.status, sent=getattr(resp, "sent", None),
             headers=[(k, v) for k, v in resp.headers if k.lower() in outbound])
+        wanted = {k: environ[k] for k in _BASE_ENVIRON if k in environ}
+        if named:
+            wanted.update((k, v) for k, v in environ.items() if k.lower() in named)
         return super().atoms(
-            view, [(k, v) for k, v in headers if k.lower() in inbound],
-            {k: v for k, v in environ.items() if k in _BASE_ENVIRON or k.lower() in named},
-            request_time)
+            view, [(k, v) for k, v in headers if k.lower() in inbound], wanted, request_time)
+
+
+class _Escaped(dict):
+    """gunicorn's ``SafeAtoms``, escaping the quotes of only the atoms a format reads."""
+
+    def __getitem__(self, key):
+        value = self.get(key.lower() if key.startswith("{") else key, "-")
+        return value.replace('"', '\\"') if isinstance(value, str) else value
 
 
 # What gunicorn's own atoms read from the environ.

@@ -64,24 +64,23 @@ def test_access_lines_read_the_same_as_gunicorns_own_for_any_format():
     cfg = Config()
     cfg.set("access_log_format", '%(h)s "%(r)s" %(s)s %(b)s %(M)sms %(a)s %(u)s '
                                  "%({x-webhook-id}i)s %({Content-Type}o)s %({wsgi.url_scheme}e)s"
-                                 " %({x-missing}i)s")
+                                 " %({x-missing}i)s %(Z)s")
     resp = types.SimpleNamespace(status="200 OK", sent=12, headers=[
         ("Content-Type", "application/json"), ("X-Other", "y")])
-    req = types.SimpleNamespace(headers=[("X-WEBHOOK-ID", "whd_1"), ("HOST", "x")])
-    environ = {"REMOTE_ADDR": "127.0.0.1", "REQUEST_METHOD": "POST", "RAW_URI": "/webhook",
-               "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_USER_AGENT": "ua/1",
+    req = types.SimpleNamespace(headers=[("X-WEBHOOK-ID", 'whd_"1"'), ("HOST", "x")])
+    environ = {"REMOTE_ADDR": "127.0.0.1", "REQUEST_METHOD": "POST", "RAW_URI": '/webhook?"',
+               "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_USER_AGENT": 'ua/1 "quoted"',
                "HTTP_AUTHORIZATION": "Basic dXNlcjpwdw==", "wsgi.url_scheme": "http",
                "OTHER": "z"}
     took = datetime.timedelta(milliseconds=12)
+    gunicorns, ours = object.__new__(glogging.Logger), object.__new__(AppLogger)
+    gunicorns.cfg = ours.cfg = cfg
 
-    def line(cls):
-        logger = object.__new__(cls)
-        logger.cfg = cfg
-        atoms = logger.atoms(resp, req, environ, took)
-        return cfg.access_log_format % logger.atoms_wrapper_class(atoms), atoms
-
-    ours, our_atoms = line(AppLogger)
-    assert ours == line(glogging.Logger)[0]
-    assert ours == ('127.0.0.1 "POST /webhook HTTP/1.1" 200 12 12ms ua/1 user whd_1 '
-                    "application/json http -")
-    assert "{x-other}o" not in our_atoms and "{other}e" not in our_atoms
+    expected = cfg.access_log_format % glogging.SafeAtoms(
+        gunicorns.atoms(resp, req, environ, took))
+    assert ours.access_line(resp, req, environ, took) == expected
+    assert expected.startswith('127.0.0.1 "POST /webhook?\\" HTTP/1.1" 200 12 12ms '
+                               'ua/1 \\"quoted\\" user ')
+    assert expected.endswith('whd_\\"1\\" application/json http - -')
+    # Only the atoms the format names are made.
+    assert not {"{x-other}o", "{other}e", "{host}i"} & set(ours.atoms(resp, req, environ, took))
