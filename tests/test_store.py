@@ -533,3 +533,27 @@ def test_unsure_replies_are_counted_and_one_is_resent_through_its_job(opened):
     assert store.job(jobs[0]).status == "done"
     assert store.unsure_reply_count() == 1
     assert store.outbox_begin("d1", "+1555", "text 1", job_id=jobs[1]) == ("sending", True)
+
+
+def test_the_delivery_log_writes_a_voice_turn_once_per_flush_in_its_last_version(opened):
+    from app.console.journal import Journal
+
+    store = opened()
+    journal = Journal(store)
+    journal.record("whd_text", "agent.message", "accepted", 200, channel="sms", said="hi")
+    turn = journal.record("whd_voice", "agent.message", "in_flight", 200, channel="voice",
+                          call_id="call_1", said="hours?")
+    journal.voice_finished(turn, "answered", 0.004, 0.9, "We open at 9.")
+    assert journal.flush() == 2  # three rows recorded, the voice turn's twice
+    rows = {row["delivery_id"]: row for row in store.delivery_log()}
+    assert set(rows) == {"whd_text", "whd_voice"}
+    assert rows["whd_voice"]["outcome"] == "answered"
+    assert rows["whd_voice"]["answered"] == "We open at 9."
+    assert rows["whd_voice"]["first_line_ms"] == pytest.approx(4.0)
+    assert rows["whd_text"]["said"] == "hi"
+    # A turn that ends after its start was written is updated in place.
+    late = journal.record("whd_late", "agent.message", "in_flight", 200, channel="voice")
+    assert journal.flush() == 1
+    journal.voice_finished(late, "deadline", 0.003, 15.0, "Sorry.")
+    assert journal.flush() == 1
+    assert [row["outcome"] for row in store.delivery_log(voice=True)] == ["deadline", "answered"]

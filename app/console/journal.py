@@ -60,7 +60,9 @@ class Journal:
     def flush(self) -> int:
         """Write what has gathered; returns how many rows were written."""
         with self._lock:
-            rows, self._pending = list(self._pending), collections.deque(maxlen=MAX_PENDING)
+            pending, self._pending = self._pending, collections.deque(maxlen=MAX_PENDING)
+        # A voice turn that started and ended since the last flush: only its last version.
+        rows = list({row[0]: row for row in pending}.values())
         if not rows:
             return 0
         try:

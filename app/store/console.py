@@ -34,11 +34,7 @@ class DeliveryLogSQL(SQLRepository):
         sql = (f"INSERT INTO delivery_log ({columns}) VALUES ({marks}) "
                f"ON CONFLICT (id) DO UPDATE SET {updates}")
 
-        def write(cur):
-            for row in rows:
-                cur.execute(sql, row)
-
-        self.run(write, bulk=True)
+        self.run(lambda cur: cur.executemany(sql, rows), bulk=True)
 
     def delivery_log(self, limit: int = 100, channel: str | None = None,
                      voice: bool | None = None, call_id: str | None = None,

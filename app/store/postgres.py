@@ -151,6 +151,10 @@ class _Cursor:
         self._cur.execute(translate_placeholders(sql), tuple(params))
         return self
 
+    def executemany(self, sql, seq_of_params):
+        self._cur.executemany(translate_placeholders(sql), [tuple(p) for p in seq_of_params])
+        return self
+
     def fetchone(self):
         return self._cur.fetchone()
 
