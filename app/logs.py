@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+import time
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -63,12 +64,30 @@ class ContextFilter(logging.Filter):
         return True
 
 
-class TextFormatter(logging.Formatter):
+class _SameSecond:
+    """``formatTime`` that formats each second once (``time.strftime`` is most of a line's
+    formatting), for the default date format."""
+
+    _second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second, text = self._second
+        if datefmt is not None or int(record.created) != second:
+            if datefmt is not None:
+                return super().formatTime(record, datefmt)  # type: ignore[misc]
+            second = int(record.created)
+            text = time.strftime(logging.Formatter.default_time_format,
+                                 self.converter(second))  # type: ignore[attr-defined]
+            self._second = (second, text)
+        return f"{text},{int(record.msecs):03d}"
+
+
+class TextFormatter(_SameSecond, logging.Formatter):
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
 
 
-class JSONFormatter(JsonFormatter):
+class JSONFormatter(_SameSecond, JsonFormatter):
     """One JSON object per line; the bound ids are top-level keys when present."""
 
     def __init__(self) -> None:
@@ -98,6 +117,8 @@ class EscapingStreamHandler(logging.StreamHandler):
 
     def format(self, record):
         text = super().format(record)
+        if text.isascii():  # nearly every line: nothing to escape
+            return text
         encoding = getattr(self.stream, "encoding", None) or "utf-8"
         return text.encode(encoding, "backslashreplace").decode(encoding)
 

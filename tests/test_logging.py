@@ -5,6 +5,9 @@ import logging
 import subprocess
 import sys
 
+import pytest
+
+from app import logs
 from app.logs import EscapingStreamHandler
 from tests.servers import ROOT
 
@@ -84,3 +87,13 @@ def test_access_lines_read_the_same_as_gunicorns_own_for_any_format():
     assert expected.endswith('whd_\\"1\\" application/json http - -')
     # Only the atoms the format names are made.
     assert not {"{x-other}o", "{other}e", "{host}i"} & set(ours.atoms(resp, req, environ, took))
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_line_times_read_as_the_standard_formatters_across_seconds(fmt):
+    ours, standard = logs.formatter(fmt), logging.Formatter()
+    for created in (1_736_942_400.25, 1_736_942_400.999, 1_736_942_401.0004, 1_736_942_400.5):
+        record = logging.LogRecord("app.x", logging.INFO, __file__, 1, "hi", (), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.formatTime(record) == standard.formatTime(record)
+        assert ours.formatTime(record, "%H:%M") == standard.formatTime(record, "%H:%M")
