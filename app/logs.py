@@ -32,11 +32,10 @@ class _Bound(NamedTuple):
 
 
 def _bound(fields: Mapping[str, Any]) -> _Bound:
-    return _Bound(MappingProxyType(fields),
-                  "".join(f" {k}={fields[k]}" for k in FIELDS if k in fields))
+    return _Bound(fields, "".join(f" {k}={fields[k]}" for k in FIELDS if k in fields))
 
 
-_NOTHING = _bound({})
+_NOTHING = _bound(MappingProxyType({}))
 _context: contextvars.ContextVar[_Bound] = contextvars.ContextVar("log_context",
                                                                   default=_NOTHING)
 TEXT_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s%(context)s"

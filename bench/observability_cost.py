@@ -12,6 +12,11 @@ Reported: per round, the voice first-line p99 and the text acks/s of each side; 
 medians over the rounds, and how much "on" differs from "off" (the target: first-line p99
 at most 10 % higher, acks/s at most 10 % lower).
 
+Those wall-clock figures swing 2-5x from run to run on a shared machine. Last, the worker
+CPU per text and per voice turn of each side is measured with both served side by side
+(``delivery_cpu.server_runs``: deliveries one at a time, batches alternating), which a
+drifting machine moves alike: ``--cpu-runs`` runs of ``--cpu-deliveries`` of each kind.
+
     .venv/bin/python bench/observability_cost.py --rounds 5 --json bench/results/obs.json
 """
 
@@ -23,7 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _server import ROOT, describe_source, fmt, summarize_by
+from _server import ROOT, describe_source, fmt, median, summarize_by
+from delivery_cpu import server_runs
 
 BENCH = Path(__file__).resolve().parent
 
@@ -89,6 +95,9 @@ def run_json(script, args, tries=2):
     raise RuntimeError(f"{script} failed {tries} times")
 
 
+OFF_ENV = {"LOG_LEVEL": "WARNING", "GUNICORN_ACCESS_LOG": ""}
+
+
 def measure(side, dark, args):
     """One voice run and one SMS run of ``side`` ("on" or "off")."""
     common = ["--log-level", "INFO"] if side == "on" else [
@@ -107,6 +116,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("-n", type=int, default=500, help="held voice calls")
     parser.add_argument("--duration", type=int, default=5, help="seconds of SMS load per run")
+    parser.add_argument("--cpu-runs", type=int, default=4)
+    parser.add_argument("--cpu-deliveries", type=int, default=400,
+                        help="texts and voice turns per side and CPU run")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -124,23 +136,41 @@ def main():
                 print(f"{number:>5} {side:>4} " + " ".join(
                     f"{fmt(row[k]):>{w}}" for k, w in zip(keys, (9, 9, 11, 7, 8), strict=True)),
                     flush=True)
+        cpu = {"on": [], "off": []}
+        if args.cpu_runs:
+            print(f"worker CPU per delivery, {args.cpu_deliveries} of each kind per run:")
+        for run in server_runs({"on": (ROOT, {"LOG_LEVEL": "INFO"}), "off": (dark, OFF_ENV)},
+                               args.cpu_runs, args.cpu_deliveries, args.cpu_deliveries):
+            for side, figures in run.items():
+                cpu[side].append(figures)
+            print("  " + ", ".join(f"{side} text {fmt(f['text'], '.0f')} µs voice "
+                                   f"{fmt(f['voice'], '.0f')} µs" for side, f in run.items()),
+                  flush=True)
     finally:
         shutil.rmtree(dark, ignore_errors=True)
-    summary = {s["side"]: s for s in summarize_by(rows, "side", keys)}
-    on, off = ({k: summary[side][k]["median"] for k in keys} for side in ("on", "off"))
-    p99_rise = (on["first_p99_ms"] / off["first_p99_ms"] - 1) * 100
-    acks_fall = (1 - on["acks_per_s"] / off["acks_per_s"]) * 100
-    print(f"medians over {args.rounds} rounds: first-line p99 on {fmt(on['first_p99_ms'])} / "
-          f"off {fmt(off['first_p99_ms'])} ms ({p99_rise:+.1f} %); acks/s on "
-          f"{fmt(on['acks_per_s'], '.0f')} / off {fmt(off['acks_per_s'], '.0f')} "
-          f"({-acks_fall:+.1f} %)")
+    cpu_rise = {}
+    for kind in ("text", "voice") if args.cpu_runs else ():
+        on_cpu, off_cpu = (median([f[kind] for f in cpu[side]]) for side in ("on", "off"))
+        cpu_rise[kind] = (on_cpu / off_cpu - 1) * 100
+        print(f"CPU per {kind}: on {on_cpu:.0f} / off {off_cpu:.0f} µs "
+              f"({cpu_rise[kind]:+.1f} %), medians of {args.cpu_runs} runs")
+    summary, p99_rise, acks_fall = {}, None, None
+    if rows:
+        summary = {s["side"]: s for s in summarize_by(rows, "side", keys)}
+        on, off = ({k: summary[side][k]["median"] for k in keys} for side in ("on", "off"))
+        p99_rise = (on["first_p99_ms"] / off["first_p99_ms"] - 1) * 100
+        acks_fall = (1 - on["acks_per_s"] / off["acks_per_s"]) * 100
+        print(f"medians over {args.rounds} rounds: first-line p99 on "
+              f"{fmt(on['first_p99_ms'])} / off {fmt(off['first_p99_ms'])} ms "
+              f"({p99_rise:+.1f} %); acks/s on {fmt(on['acks_per_s'], '.0f')} / off "
+              f"{fmt(off['acks_per_s'], '.0f')} ({-acks_fall:+.1f} %)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"config": vars(args) | {"json": str(args.json)},
                                          "rounds": rows, "summary": summary,
                                          "first_p99_rise_pct": p99_rise,
-                                         "acks_fall_pct": acks_fall}, indent=2))
-
+                                         "acks_fall_pct": acks_fall,
+                                         "cpu": cpu, "cpu_rise_pct": cpu_rise}, indent=2))
 
 if __name__ == "__main__":
     main()
