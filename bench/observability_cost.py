@@ -4,9 +4,11 @@ on and with them off, in alternating runs.
 "On" is the working tree as deployed by default: Prometheus metrics, INFO logs, gunicorn's
 access lines, the delivery log. "Off" is a copy of the same files in which every metric is a
 no-op, ``logs.bind`` does nothing and the delivery log keeps no row, served with
-``LOG_LEVEL=WARNING`` and no access log. Each round runs ``voice_streams.py -n N --runs 1``
-and ``sms_acks.py --job-runner on --runs 1`` against both, in turn (the order alternates
-from round to round), so that a machine whose speed drifts penalises neither side.
+``LOG_LEVEL=WARNING`` and no access log; ``--off logs`` (or ``metrics``, ``journal``, a
+comma list) turns off only those parts, to see what each costs. Each round runs
+``voice_streams.py -n N --runs 1`` and ``sms_acks.py --job-runner on --runs 1`` against
+both, in turn (the order alternates from round to round), so that a machine whose speed
+drifts penalises neither side.
 
 Reported: per round, the voice first-line p99 and the text acks/s of each side; then their
 medians over the rounds, and how much "on" differs from "off" (the target: first-line p99
@@ -65,8 +67,12 @@ Journal._add = lambda self, row: None
 }
 
 
-def dark_copy():
-    """A temporary copy of the working tree's tracked files with SWITCHES applied."""
+PARTS = {"metrics": "app/metrics.py", "logs": "app/logs.py", "journal": "app/console/journal.py"}
+
+
+def dark_copy(parts=tuple(PARTS)):
+    """A temporary copy of the working tree's tracked files with the SWITCHES of ``parts``
+    applied."""
     tree = Path(tempfile.mkdtemp(prefix="agentphone-dark-"))
     files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True,
                            check=True).stdout.decode().split("\0")
@@ -75,9 +81,9 @@ def dark_copy():
         if source.is_file():
             (tree / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, tree / name)
-    for name, switch in SWITCHES.items():
-        with (tree / name).open("a") as f:
-            f.write(switch)
+    for part in parts:
+        with (tree / PARTS[part]).open("a") as f:
+            f.write(SWITCHES[PARTS[part]])
     return tree
 
 
@@ -95,13 +101,20 @@ def run_json(script, args, tries=2):
     raise RuntimeError(f"{script} failed {tries} times")
 
 
-OFF_ENV = {"LOG_LEVEL": "WARNING", "GUNICORN_ACCESS_LOG": ""}
+def off_env(parts):
+    """The "off" side's settings: logs off means WARNING and no access lines."""
+    if "logs" in parts:
+        return {"LOG_LEVEL": "WARNING", "GUNICORN_ACCESS_LOG": ""}
+    return {"LOG_LEVEL": "INFO"}
 
 
 def measure(side, dark, args):
     """One voice run and one SMS run of ``side`` ("on" or "off")."""
-    common = ["--log-level", "INFO"] if side == "on" else [
-        "--log-level", "WARNING", "--quiet", "--rev", str(dark)]
+    common = ["--log-level", "INFO"]
+    if side == "off":
+        quiet = "logs" in args.off
+        common = ["--log-level", "WARNING" if quiet else "INFO", *(["--quiet"] if quiet else []),
+                  "--rev", str(dark)]
     voice = run_json("voice_streams.py", ["-n", str(args.n), "--runs", "1", *common])
     texts = run_json("sms_acks.py", ["--job-runner", "on", "--runs", "1", "--duration",
                                      str(args.duration), *common])
@@ -119,14 +132,20 @@ def main():
     parser.add_argument("--cpu-runs", type=int, default=4)
     parser.add_argument("--cpu-deliveries", type=int, default=400,
                         help="texts and voice turns per side and CPU run")
+    parser.add_argument("--off", default=",".join(PARTS),
+                        help="what the off side turns off, of " + ",".join(PARTS))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    args.off = [part.strip() for part in args.off.split(",") if part.strip()]
+    if unknown := set(args.off) - set(PARTS):
+        parser.error(f"--off: unknown {', '.join(sorted(unknown))}")
 
-    dark = dark_copy()
+    dark = dark_copy(args.off)
     rows = []
     keys = ("first_p50_ms", "first_p99_ms", "cpu_us_per_turn", "acks_per_s", "ack_p99_ms")
     try:
-        print(f"serving {describe_source(None)}: on = as deployed, off = {dark}")
+        print(f"serving {describe_source(None)}: on = as deployed, off = {dark} "
+              f"({', '.join(args.off)} off)")
         print(f"{'round':>5} {'side':>4} {'first p50':>9} {'first p99':>9} {'CPU µs/turn':>11} "
               f"{'acks/s':>7} {'ack p99':>8}")
         for number in range(1, args.rounds + 1):
@@ -139,7 +158,8 @@ def main():
         cpu = {"on": [], "off": []}
         if args.cpu_runs:
             print(f"worker CPU per delivery, {args.cpu_deliveries} of each kind per run:")
-        for run in server_runs({"on": (ROOT, {"LOG_LEVEL": "INFO"}), "off": (dark, OFF_ENV)},
+        for run in server_runs({"on": (ROOT, {"LOG_LEVEL": "INFO"}),
+                                "off": (dark, off_env(args.off))},
                                args.cpu_runs, args.cpu_deliveries, args.cpu_deliveries):
             for side, figures in run.items():
                 cpu[side].append(figures)
