@@ -68,17 +68,21 @@ class _SameSecond:
     formatting), for the default date format."""
 
     _second: tuple[int, str] = (-1, "")
+    default_time_format: str
+    default_msec_format: str | None
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)  # type: ignore[misc]
         second, text = self._second
-        if datefmt is not None or int(record.created) != second:
-            if datefmt is not None:
-                return super().formatTime(record, datefmt)  # type: ignore[misc]
+        if int(record.created) != second:
             second = int(record.created)
-            text = time.strftime(logging.Formatter.default_time_format,
+            text = time.strftime(self.default_time_format,
                                  self.converter(second))  # type: ignore[attr-defined]
             self._second = (second, text)
-        return f"{text},{int(record.msecs):03d}"
+        if self.default_msec_format:
+            return self.default_msec_format % (text, record.msecs)
+        return text
 
 
 class TextFormatter(_SameSecond, logging.Formatter):
@@ -111,7 +115,8 @@ class EscapingStreamHandler(logging.StreamHandler):
     def createLock(self):
         # Not gevent's patched RLock, written in Python (~4 µs a line, taken twice): writing
         # to stderr never yields to another greenlet, so a native lock is never held across
-        # a switch.
+        # a switch. The superclass registers the handler for re-initialising it after a fork.
+        super().createLock()
         self.lock = get_original("_thread", "RLock")()
 
     def format(self, record):
@@ -127,12 +132,20 @@ def formatter(fmt: str) -> logging.Formatter:
 
 
 def configure(level: str = "INFO", fmt: str = "text") -> None:
-    """Send the root logger (and so gunicorn's, see gunicorn.conf.py) to stderr, once."""
-    # No format here names the thread or the calling function: under gevent, finding the
-    # thread costs ~30 µs a line, and the caller's frame a few more.
+    """Send the root logger (and so gunicorn's, see gunicorn.conf.py) to stderr, once.
+
+    Records then carry no thread, file, line or function (``%(lineno)d`` reads 0, and
+    ``stack_info`` is dropped): no format here names them, and under gevent finding the
+    thread costs ~30 µs a line, the caller's frame a few more."""
     logging.logThreads = False
     logging.logMultiprocessing = False
     logging._srcfile = None
+    # gevent's patch_all gave the handlers made before it (gunicorn's, in the master) its
+    # Python RLock: back to a native one.
+    for name in ("", "gunicorn.error", "gunicorn.access"):
+        for existing in logging.getLogger(name).handlers:
+            if isinstance(existing, EscapingStreamHandler):
+                existing.createLock()
     root = logging.getLogger()
     handler = next((h for h in root.handlers if getattr(h, "_agentphone", False)), None)
     if handler is None:

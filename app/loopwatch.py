@@ -61,7 +61,8 @@ def _on_event(event):
     _in_block = True
     _blocks += 1  # only the monitor thread writes it
     # This runs in the monitor thread: the log line is written by the loop once it is free
-    # (logging's locks are greenlet locks under gevent), which also ends the block.
+    # (from here it would contend with the loop for the handler's lock and the metrics'
+    # greenlet locks), which also ends the block.
     threshold = event.blocking_time
     event.hub.loop.run_callback_threadsafe(_report, time.monotonic() - threshold, threshold,
                                            event.info)

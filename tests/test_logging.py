@@ -97,3 +97,19 @@ def test_line_times_read_as_the_standard_formatters_across_seconds(fmt):
         record.created, record.msecs = created, (created - int(created)) * 1000
         assert ours.formatTime(record) == standard.formatTime(record)
         assert ours.formatTime(record, "%H:%M") == standard.formatTime(record, "%H:%M")
+
+
+def test_configure_gives_handlers_made_before_gevent_patched_a_native_lock():
+    import _thread
+    import threading
+
+    handler = EscapingStreamHandler(io.StringIO())
+    handler.lock = threading._PyRLock()  # what gevent's patch_all leaves on existing handlers
+    access = logging.getLogger("gunicorn.access")
+    access.addHandler(handler)
+    try:
+        logs.configure()
+        assert isinstance(handler.lock, type(_thread.RLock()))
+        assert handler in logging._at_fork_reinit_lock_weakset  # re-made after a fork
+    finally:
+        access.removeHandler(handler)
