@@ -151,7 +151,8 @@ class AppLogger(glogging.Logger):
     an atom of every header and environ key, for every request (~80 µs)."""
 
     def access(self, resp, req, environ, request_time):
-        if not (self.cfg.accesslog and self.access_log_enabled):
+        if not (self.cfg.accesslog and self.access_log_enabled
+                and self.access_log.isEnabledFor(logging.INFO)):
             return
         try:
             self.access_log.info("%s", self.access_line(resp, req, environ, request_time))
