@@ -156,3 +156,21 @@ def test_text_logs_go_to_stderr_only(gunicorn, secret, tmp_path):
         out, err = process.communicate(timeout=30)
     assert out == ""
     assert "gunicorn.access: access 127.0.0.1" in err and "delivery=whd_s" in err
+
+
+def test_labelled_children_are_made_again_after_remove_and_clear(monkeypatch):
+    from prometheus_client import CollectorRegistry
+
+    from app.metrics import Counter
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)  # removal is single-process
+    counter = Counter("agentphone_test_children", "A test counter.", ["outcome"],
+                      registry=CollectorRegistry())
+    first = counter.labels("ok")
+    assert counter.labels("ok") is first
+    assert counter.labels(outcome="ok") is first
+    counter.remove("ok")
+    second = counter.labels("ok")
+    assert second is not first  # the removed child is never handed out again
+    counter.clear()
+    assert counter.labels("ok") not in (first, second)
