@@ -47,14 +47,10 @@ def rss_kib(pid):
 
 
 def cpu_seconds(pid):
-    """CPU time of ``pid``'s live threads, to the nanosecond (``schedstat``): the clock ticks
-    of ``/proc/<pid>/stat`` (10 ms) are too coarse for a batch of a few deliveries."""
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(FileNotFoundError), \
-                open(f"/proc/{pid}/task/{task}/schedstat") as f:
-            total += int(f.read().split()[0])
-    return total / 1e9
+    """CPU time of process ``pid``, every thread's (ended ones too), to the nanosecond: the
+    kernel's CPU clock of that process. The clock ticks of ``/proc/<pid>/stat`` (10 ms) are
+    too coarse for a batch of a few deliveries."""
+    return time.clock_gettime(((~pid) << 3) | 2)  # CPUCLOCK_SCHED of the process (Linux)
 
 
 def children(pid):

@@ -29,7 +29,10 @@ from _server import SECRET, cpu_seconds, describe_source, gunicorn, median, sour
 
 from app.simulator import payload, signed_request
 
-SETTLE_SECONDS = 0.3  # after a batch: the texts' jobs run, the delivery log flushes
+SETTLE_SECONDS = 0.3  # after a batch: the texts' jobs run
+BETWEEN_KINDS_SECONDS = 1.5  # the delivery log's flush (every second) lands in no batch
+IDLE_SECONDS = 3.0  # idle CPU measured over this (periodic work: job polls, log flushes)
+STEPS = 10  # batches per run and kind
 
 CHILD = r"""
 import os
@@ -112,16 +115,15 @@ class ServedSide:
 
     def measure_idle(self):
         before = cpu_seconds(self.pid)
-        time.sleep(SETTLE_SECONDS)
-        self.idle = cpu_seconds(self.pid) - before
+        time.sleep(IDLE_SECONDS)
+        self.idle = (cpu_seconds(self.pid) - before) * SETTLE_SECONDS / IDLE_SECONDS
 
 
 def server_runs(served, runs, n_text, n_voice):
     """Per run and side, worker CPU (µs) per text and per voice turn; ``served`` maps each
     side's name to its ``(tree, env)``. The servers run side by side and their batches
     alternate in small steps, so a machine whose speed drifts (a shared host) moves all
-    alike."""
-    steps = 10  # batches per run and kind
+    alike. Each kind's batches run together, a pause apart from the other kind's."""
     with contextlib.ExitStack() as stack:
         sides = {name: ServedSide(stack.enter_context(
             gunicorn(1, {"DEMO_TOOL_LATENCY": "0", **env}, cwd=tree)))
@@ -129,18 +131,23 @@ def server_runs(served, runs, n_text, n_voice):
         for side in sides.values():
             side.batch("sms", 50)
             side.batch("voice", 20)
-            side.measure_idle()
         for run in range(runs):
-            totals = {rev: {"text": 0.0, "voice": 0.0} for rev in sides}
-            for step in range(steps):
-                order = list(sides) if (run * steps + step) % 2 == 0 else list(sides)[::-1]
-                for kind, n in (("text", n_text), ("voice", n_voice)):
-                    for rev in order:
-                        cpu = sides[rev].batch("sms" if kind == "text" else "voice", n // steps)
-                        totals[rev][kind] += cpu
-            yield {rev: {kind: cpu / ((n_text if kind == "text" else n_voice) // steps * steps)
-                         * 1e6 for kind, cpu in figures.items()}
-                   for rev, figures in totals.items()}
+            time.sleep(BETWEEN_KINDS_SECONDS)
+            for side in sides.values():
+                side.measure_idle()
+            figures = {name: {} for name in sides}
+            for kind, n in (("text", n_text), ("voice", n_voice)):
+                time.sleep(BETWEEN_KINDS_SECONDS)
+                per_batch = n // STEPS
+                totals = dict.fromkeys(sides, 0.0)
+                for step in range(STEPS):
+                    order = list(sides) if (run + step) % 2 == 0 else list(sides)[::-1]
+                    for name in order:
+                        totals[name] += sides[name].batch("sms" if kind == "text" else "voice",
+                                                          per_batch)
+                for name, cpu in totals.items():
+                    figures[name][kind] = cpu / (per_batch * STEPS) * 1e6
+            yield figures
 
 
 def main():
@@ -156,6 +163,8 @@ def main():
                         help="measure the worker of a real gunicorn instead (see above)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.server and min(args.texts, args.voice) < STEPS:
+        parser.error(f"--server sends each kind in {STEPS} batches: at least {STEPS} of each")
     results = {rev: [] for rev in args.revs}
     with source_tree(args.revs[0]) as first, source_tree(args.revs[1]) as second:
         trees = dict(zip(args.revs, (first, second), strict=True))
