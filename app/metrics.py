@@ -35,7 +35,6 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 
-
 class _Children:
     """``labels`` that first looks in the library's own dict of children, without its checks,
     conversions and lock (~4 µs, several times per delivery); anything else (other label
