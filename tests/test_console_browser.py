@@ -201,6 +201,8 @@ def test_login_is_required(browser, server):
     assert browser.find_elements(By.ID, "now") == []
     browser.find_element(By.ID, "password").send_keys("not it")
     browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+    # The click returns before the answer to the form has loaded.
+    WebDriverWait(browser, 10).until(lambda d: text_of(d, "error") is not None)
     assert text_of(browser, "error") == "That password is not right."
     assert "/console/login" in browser.current_url
     browser.find_element(By.ID, "password").send_keys(PASSWORD)
