@@ -10,8 +10,8 @@ revisions alternate, so both see the same neighbours.
 
 ``--server`` measures the same on the real server instead: one gunicorn gevent worker (job
 runner on, access log and INFO lines as deployed), deliveries sent one at a time over one
-kept-alive connection, the worker's CPU time read from /proc. Nothing queues, so the figure
-is the cost of a delivery, gunicorn's parsing, writing and logging included.
+kept-alive connection, the worker's CPU time read from its process CPU clock. Nothing queues,
+so the figure is the cost of a delivery, gunicorn's parsing, writing and logging included.
 """
 
 import argparse
@@ -87,7 +87,7 @@ def one_run(tree, n_text, n_voice, gevent=False):
 
 class ServedSide:
     """One revision served by a real gunicorn (one gevent worker), fed over one kept-alive
-    connection, its worker's CPU time read from /proc."""
+    connection, its worker's CPU time read with ``cpu_seconds``."""
 
     def __init__(self, server):
         self.pid = server.workers[0]

@@ -110,11 +110,12 @@ def off_env(parts):
 
 def measure(side, dark, args):
     """One voice run and one SMS run of ``side`` ("on" or "off")."""
-    common = ["--log-level", "INFO"]
+    env = off_env(args.off) if side == "off" else {"LOG_LEVEL": "INFO"}
+    common = ["--log-level", env["LOG_LEVEL"]]
+    if "GUNICORN_ACCESS_LOG" in env:
+        common.append("--quiet")
     if side == "off":
-        quiet = "logs" in args.off
-        common = ["--log-level", "WARNING" if quiet else "INFO", *(["--quiet"] if quiet else []),
-                  "--rev", str(dark)]
+        common += ["--rev", str(dark)]
     voice = run_json("voice_streams.py", ["-n", str(args.n), "--runs", "1", *common])
     texts = run_json("sms_acks.py", ["--job-runner", "on", "--runs", "1", "--duration",
                                      str(args.duration), *common])
@@ -156,11 +157,13 @@ def main():
                     f"{fmt(row[k]):>{w}}" for k, w in zip(keys, (9, 9, 11, 7, 8), strict=True)),
                     flush=True)
         cpu = {"on": [], "off": []}
+        runs = ()  # with no CPU runs, no servers are started for them
         if args.cpu_runs:
             print(f"worker CPU per delivery, {args.cpu_deliveries} of each kind per run:")
-        for run in server_runs({"on": (ROOT, {"LOG_LEVEL": "INFO"}),
+            runs = server_runs({"on": (ROOT, {"LOG_LEVEL": "INFO"}),
                                 "off": (dark, off_env(args.off))},
-                               args.cpu_runs, args.cpu_deliveries, args.cpu_deliveries):
+                               args.cpu_runs, args.cpu_deliveries, args.cpu_deliveries)
+        for run in runs:
             for side, figures in run.items():
                 cpu[side].append(figures)
             print("  " + ", ".join(f"{side} text {fmt(f['text'], '.0f')} µs voice "
