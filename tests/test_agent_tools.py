@@ -1,11 +1,15 @@
 """@tool: schemas from type hints and docstrings, argument checks, the concurrent runner."""
 
 import enum
+import inspect
 import threading
 import time
 from typing import Annotated, Literal
 
+import pytest
+
 from app.agent import Agent, Tool, Toolbox, ToolCall, ToolError, Turn, run_tools, tool, tools_of
+from app.agent.tools import observed
 
 
 class Size(enum.Enum):
@@ -182,3 +186,55 @@ def test_bound_tool_is_made_once_per_instance():
     assert first.price("abc") == 3 and first.price.name == "price"
     assert Shop.price.parameters == first.price.parameters
     assert callable(first.price) and first.price.fn.__self__ is first
+
+
+def test_an_observed_tool_keeps_its_signature_and_reports_what_was_passed():
+    """Every kind of parameter: the call behaves as the function's own, and the report names
+    what the caller passed (as ``bind_partial`` would), without the injected turn."""
+
+    def shape(a, b=2, /, c=3, *more, d, e=None, turn=None, **extra):
+        return a, b, c, more, d, e, turn, extra
+
+    seen = []
+    watched = observed(tool(shape), lambda *report: seen.append(report))
+    calls = [((1,), {"d": 4}), ((1, 5, 6, 7, 8), {"d": 4, "e": 0, "turn": "T", "x": 9}),
+             ((1,), {"c": None, "d": None})]
+    for args, kwargs in calls:
+        assert watched(*args, **kwargs) == shape(*args, **kwargs)
+        name, arguments, value, error, seconds = seen.pop()
+        passed = dict(inspect.signature(shape).bind_partial(*args, **kwargs).arguments)
+        passed.pop("turn", None)
+        assert (name, arguments, value, error) == ("shape", passed, shape(*args, **kwargs), None)
+        assert seconds >= 0
+    assert inspect.signature(watched.fn) == inspect.signature(shape)
+    assert watched.fn.__name__ == "shape" and watched.parameters == tool(shape).parameters
+    with pytest.raises(TypeError):
+        watched(a=1, d=4)  # positional-only by name: refused as the function itself would
+
+
+def test_an_observed_tool_reports_errors_and_methods_keep_their_instance():
+    class Shop:
+        @tool
+        def price(self, item: str, value: int = 0) -> int:
+            """The price of an item."""
+            if not item:
+                raise ToolError("which item?")
+            return len(item) + value
+
+    seen = []
+    shop = Shop()
+    watched = observed(shop.price, lambda *report: seen.append(report[:4]))
+    assert watched(item="abc") == 3 and watched("ab", 1) == 3
+    with pytest.raises(ToolError):
+        watched("")
+    assert [s[:2] for s in seen] == [
+        ("price", {"item": "abc"}), ("price", {"item": "ab", "value": 1}), ("price", {"item": ""})]
+    assert isinstance(seen[-1][3], ToolError) and seen[-1][2] is None
+
+
+def test_a_tool_may_not_use_the_observers_own_names():
+    def clash(__fn=None):
+        return __fn
+
+    with pytest.raises(TypeError, match="reserved"):
+        observed(tool(clash), lambda *report: None)

@@ -167,37 +167,74 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
 
 def observed(t: Tool, callback: ToolObserver) -> Tool:
     """A copy of Tool ``t`` that reports each call: ``callback(name, arguments, value,
-    error, seconds)`` after it returns or raises (``arguments`` without the injected
-    ``turn``)."""
-    fn = t.fn
-    signature = inspect.signature(fn)
-
-    def arguments_of(args, kwargs):
-        try:
-            arguments = dict(signature.bind_partial(*args, **kwargs).arguments)
-        except TypeError:
-            arguments = dict(kwargs)
-        for name in INJECTED:
-            arguments.pop(name, None)
-        return arguments
-
-    # The arguments are named after the call: a held voice turn waits inside it, and keeps
-    # nothing more than the call itself does.
-    @functools.wraps(fn)
-    def watched(*args, **kwargs):
-        started = time.monotonic()
-        try:
-            value = fn(*args, **kwargs)
-        except BaseException as exc:
-            callback(t.name, arguments_of(args, kwargs), None, exc, time.monotonic() - started)
-            raise
-        callback(t.name, arguments_of(args, kwargs), value, None, time.monotonic() - started)
-        return value
-
+    error, seconds)`` after it returns or raises (``arguments`` are those passed, without the
+    injected ``turn``)."""
     copy = object.__new__(Tool)
     copy.__dict__.update(t.__dict__)
-    copy.fn = watched
+    copy.fn = functools.wraps(t.fn)(_watching(t.fn, t.name, callback))
     return copy
+
+
+_UNSET = object()  # the default of every optional parameter of a watching wrapper
+# The wrapper's own names: a tool's parameters may not use them.
+_WATCHING = ("__fn", "__name", "__callback", "__unset", "__clock", "__defaults", "__started",
+             "__value", "__error")
+
+
+def _watching(fn: Callable[..., Any], name: str, callback: ToolObserver) -> Callable[..., Any]:
+    """A function with ``fn``'s own parameters that calls ``fn`` and reports the call.
+
+    Generated from the signature rather than ``fn(*args, **kwargs)``: a held voice turn waits
+    inside the call, and that form is one more C-level call on its greenlet's saved stack,
+    plus copies of the arguments.
+    """
+    P = inspect.Parameter
+    params = list(inspect.signature(fn).parameters.values())
+    if any(p.name in _WATCHING for p in params):
+        raise TypeError(f"tool {name}: parameter names {', '.join(_WATCHING)} are reserved")
+    heads, passes, passed, defaults = [], [], [], {}
+    for p in params:
+        head = value = p.name
+        if p.kind is P.VAR_POSITIONAL:
+            head = value = "*" + p.name
+        elif p.kind is P.VAR_KEYWORD:
+            head = value = "**" + p.name
+        elif p.default is not P.empty:
+            head = p.name + "=__unset"
+            value = f"({p.name} if {p.name} is not __unset else __defaults[{p.name!r}])"
+            defaults[p.name] = p.default
+        if p.kind is P.KEYWORD_ONLY:
+            if not any(h.startswith("*") for h in heads):
+                heads.append("*")
+            value = f"{p.name}={value}"
+        heads.append(head)
+        passes.append(value)
+        if p.kind is P.POSITIONAL_ONLY and (p is params[-1] or
+                                            params[params.index(p) + 1].kind is not p.kind):
+            heads.append("/")
+        if p.name not in INJECTED:
+            # As bind_partial names them: only what was passed, *args and **kwargs if not empty.
+            empty = " or __unset" if p.kind in (P.VAR_POSITIONAL, P.VAR_KEYWORD) else ""
+            passed.append(f"({p.name!r}, {p.name}{empty})")
+    arguments = ("{__k: __v for __k, __v in (" + "".join(f"{a}, " for a in passed)
+                 + ") if __v is not __unset}")
+    source = (
+        f"def make({', '.join(_WATCHING[:6])}):\n"
+        f"    def watched({', '.join(heads)}):\n"
+        f"        __started = __clock()\n"
+        f"        try:\n"
+        f"            __value = __fn({', '.join(passes)})\n"
+        f"        except BaseException as __error:\n"
+        f"            __callback(__name, {arguments}, None, __error, __clock() - __started)\n"
+        f"            raise\n"
+        f"        __callback(__name, {arguments}, __value, None, __clock() - __started)\n"
+        f"        return __value\n"
+        f"    return watched\n"
+    )
+    namespace: dict[str, Any] = {}
+    # The source names only the function's own parameters (identifiers) and fixed text.
+    exec(compile(source, f"<watching {name}>", "exec"), namespace)  # noqa: S102
+    return namespace["make"](fn, name, callback, _UNSET, time.monotonic, defaults)
 
 
 def tools_of(obj: object) -> list[Tool]:
