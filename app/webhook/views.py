@@ -12,7 +12,7 @@ from gunicorn.http.errors import ParseException
 from app import logs, registry
 from app.agent import get_agent
 from app.agent.base import Agent, Reply, Turn
-from app.console.journal import Row, get_journal
+from app.console.journal import Journal, Row, get_journal
 from app.errors import BadRequest, PayloadTooLarge, Unauthorized, field_error, render
 from app.jobs.runner import get_job_runner
 from app.metrics import DELIVERIES
@@ -193,14 +193,12 @@ def _voice_turn(event: events.Event, delivery_id: str) -> StreamResponse:
     # silent. Whether the turn is a retry is only known then, so every voice turn is
     # journalled as in flight here and completed when its stream ends.
     g.outcome = COUNTED_IN_STREAM
-    report = functools.partial(get_journal().voice_finished, _journal(IN_FLIGHT, 200))
-    # Partials rather than closures (they live as long as the held stream, and are smaller),
-    # bound here: Flask tears down the request context before the stream runs.
-    claim = functools.partial(_claim_turn, get_voice_claims(), agent,
-                              delivery_id, event.event, g.signed, _labels(event))
+    # Bound here: Flask tears down the request context before the stream runs.
+    held = _HeldTurn(get_voice_claims(), agent, delivery_id, event.event, g.signed,
+                     _labels(event), get_journal(), _journal(IN_FLIGHT, 200))
     lines = stream_turn(agent, turn, deadline, sock=caller_socket(environ),
                         filler_after=current_app.config["VOICE_FILLER_AFTER"], environ=environ,
-                        arrived=g.arrived, report=report, claim=claim)
+                        arrived=g.arrived, report=held.report, claim=held.claim)
     return StreamResponse(lines)
 
 
@@ -214,35 +212,56 @@ class _Nothing(Agent):
 _NOTHING = _Nothing()
 
 
-def _claim_turn(claims: VoiceClaims, agent: Agent, delivery_id: str, event: str,
-                signed: SignedBytes | None, labels: tuple[str, str], until: float
-                ) -> tuple[Agent, Callable[[dict[str, Any]], object] | None] | None:
-    """Claim the delivery id for this turn, after its interim line is out: ``(agent,
-    on_final)`` for the first attempt; for a retry, an agent that replays the first attempt's
-    reply (or takes the turn over if that attempt's worker died); None when the store stayed
-    unavailable (e.g. locked by another process) until too close to ``until`` for another
-    try. The agent never runs unclaimed: it could run twice. The delivery is counted here,
-    once its outcome is known."""
-    while True:
-        try:
-            claim = claims.claim(delivery_id, event, signed)
-            break
-        except Replayed as exc:
-            log.warning("delivery %s: replay of delivery %s, ignored", delivery_id,
-                        exc.first_delivery_id)
-            DELIVERIES.labels(*labels, "replay").inc()
-            return _NOTHING, None
-        except StoreUnavailable as exc:
-            time.sleep(CLAIM_RETRY_SECONDS)
-            if until - time.monotonic() <= claims.store.lock_wait + CLAIM_MARGIN_SECONDS:
-                log.error("delivery %s: voice turn not claimed: %s", delivery_id, exc)
-                DELIVERIES.labels(*labels, "store_unavailable").inc()
-                return None
-            log.warning("delivery %s: store unavailable (%s), claiming again", delivery_id, exc)
-    DELIVERIES.labels(*labels, "accepted" if claim is not None else "duplicate").inc()
-    if claim is not None:
-        return agent, claim
-    log.info("delivery %s: duplicate voice turn, waiting for or replaying the first attempt",
-             delivery_id)
-    retry = ReplayAgent(claims, agent, delivery_id, until - time.monotonic())
-    return retry, retry.finish
+class _HeldTurn:
+    """What a voice turn's stream needs of its delivery: ``claim`` and ``report``.
+
+    One slotted object rather than closures or partials: it lives as long as the held stream.
+    """
+
+    __slots__ = ("agent", "claims", "delivery_id", "event", "journal", "labels", "row",
+                 "signed")
+
+    def __init__(self, claims: VoiceClaims, agent: Agent, delivery_id: str, event: str,
+                 signed: SignedBytes | None, labels: tuple[str, str], journal: Journal,
+                 row: Row) -> None:
+        self.claims, self.agent, self.delivery_id, self.event = claims, agent, delivery_id, event
+        self.signed, self.labels, self.journal, self.row = signed, labels, journal, row
+
+    def claim(self, until: float
+              ) -> tuple[Agent, Callable[[dict[str, Any]], object] | None] | None:
+        """Claim the delivery id for this turn, after its interim line is out: ``(agent,
+        on_final)`` for the first attempt; for a retry, an agent that replays the first
+        attempt's reply (or takes the turn over if that attempt's worker died); None when the
+        store stayed unavailable (e.g. locked by another process) until too close to
+        ``until`` for another try. The agent never runs unclaimed: it could run twice. The
+        delivery is counted here, once its outcome is known."""
+        claims, delivery_id, labels = self.claims, self.delivery_id, self.labels
+        while True:
+            try:
+                claim = claims.claim(delivery_id, self.event, self.signed)
+                break
+            except Replayed as exc:
+                log.warning("delivery %s: replay of delivery %s, ignored", delivery_id,
+                            exc.first_delivery_id)
+                DELIVERIES.labels(*labels, "replay").inc()
+                return _NOTHING, None
+            except StoreUnavailable as exc:
+                time.sleep(CLAIM_RETRY_SECONDS)
+                if until - time.monotonic() <= claims.store.lock_wait + CLAIM_MARGIN_SECONDS:
+                    log.error("delivery %s: voice turn not claimed: %s", delivery_id, exc)
+                    DELIVERIES.labels(*labels, "store_unavailable").inc()
+                    return None
+                log.warning("delivery %s: store unavailable (%s), claiming again",
+                            delivery_id, exc)
+        DELIVERIES.labels(*labels, "accepted" if claim is not None else "duplicate").inc()
+        if claim is not None:
+            return self.agent, claim
+        log.info("delivery %s: duplicate voice turn, waiting for or replaying the first "
+                 "attempt", delivery_id)
+        retry = ReplayAgent(claims, self.agent, delivery_id, until - time.monotonic())
+        return retry, retry.finish
+
+    def report(self, outcome: str, first_line: float | None, final_line: float | None,
+               answered: str | None) -> None:
+        """Complete the turn's row in the delivery log."""
+        self.journal.voice_finished(self.row, outcome, first_line, final_line, answered)
