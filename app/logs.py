@@ -12,8 +12,6 @@ import contextvars
 import logging
 import sys
 import time
-from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from gevent.monkey import get_original
@@ -24,18 +22,20 @@ FIELDS = ("delivery_id", "event", "channel", "call_id", "conversation_id", "agen
 
 
 class _Bound(NamedTuple):
-    """What ``bind`` left for this greenlet or thread; the text is made once per ``bind``,
-    not once per line."""
+    """What ``bind`` left for this greenlet or thread: the values in FIELDS order (None
+    where unbound; a tuple, as a held voice stream keeps it) and their text, made once per
+    ``bind``, not once per line."""
 
-    fields: Mapping[str, Any]
+    values: tuple[Any, ...]
     text: str
 
 
-def _bound(fields: Mapping[str, Any]) -> _Bound:
-    return _Bound(fields, "".join(f" {k}={fields[k]}" for k in FIELDS if k in fields))
+def _bound(values: tuple[Any, ...]) -> _Bound:
+    return _Bound(values, "".join(f" {k}={v}" for k, v in zip(FIELDS, values, strict=True)
+                                  if v is not None))
 
 
-_NOTHING = _bound(MappingProxyType({}))
+_NOTHING = _bound((None,) * len(FIELDS))
 _context: contextvars.ContextVar[_Bound] = contextvars.ContextVar("log_context",
                                                                   default=_NOTHING)
 TEXT_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s%(context)s"
@@ -43,10 +43,11 @@ JSON_FIELDS = "%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"
 
 
 def bind(**fields: Any) -> None:
-    """Add ``fields`` (those that are not None) to every later line of this greenlet or
-    thread."""
-    _context.set(_bound({**_context.get().fields,
-                         **{k: v for k, v in fields.items() if v is not None}}))
+    """Add ``fields`` (those of FIELDS that are not None) to every later line of this
+    greenlet or thread."""
+    bound = _context.get().values
+    _context.set(_bound(tuple(bound[i] if fields.get(name) is None else fields[name]
+                              for i, name in enumerate(FIELDS))))
 
 
 def clear() -> None:
@@ -57,9 +58,9 @@ class ContextFilter(logging.Filter):
     """Copies the bound fields onto each record (``record.context`` is their text form)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        fields, record.context = _context.get()
-        for name in FIELDS:
-            setattr(record, name, fields.get(name))
+        values, record.context = _context.get()
+        for name, value in zip(FIELDS, values, strict=True):
+            setattr(record, name, value)
         return True
 
 
