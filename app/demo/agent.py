@@ -281,10 +281,10 @@ class Receptionist(Agent):
             yield Reply(**done["reply"])
             return
         interim = []
-        answer = self.answer(turn, state)
-        while True:
+        reply = self.answer(turn, state)
+        while not isinstance(reply, Reply):  # a generator: it speaks, then returns the Reply
             try:
-                chunk = next(answer)
+                chunk = next(reply)
             except StopIteration as stop:
                 reply = stop.value
                 break
@@ -303,7 +303,8 @@ class Receptionist(Agent):
         yield reply
 
     def answer(self, turn, state):
-        """Yield interim sentences and return the final Reply; updates ``state``."""
+        """The final Reply, or a generator that yields interim sentences and returns it;
+        updates ``state``. (Not a generator itself: one level fewer on a held call's stack.)"""
         text = turn.text.strip()
         intent = detect_intent(text)
         voice = turn.channel == "voice"
@@ -333,11 +334,11 @@ class Receptionist(Agent):
         if intent is None and state.get("pending"):
             intent = state["pending"]
         if intent in ("book", "availability"):
-            return (yield from self._book(turn, state, text, intent))
+            return self._book(turn, state, text, intent)
         if intent == "cancel":
             return self._cancel(turn, state, text)
         if intent == "order":
-            return (yield from self._order(turn, state, text))
+            return self._order(turn, state, text)
         if intent == "account":
             return self._account(turn, state)
         if not text:
