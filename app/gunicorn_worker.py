@@ -117,7 +117,7 @@ class _DirectServer(StreamServer):
 
 
 # gunicorn's gevent worker makes its server from this name (there is no setting for it).
-ggevent.StreamServer = _DirectServer
+ggevent.StreamServer = _DirectServer  # type: ignore[attr-defined]
 
 
 class HygienicGeventWorker(GeventWorker):

@@ -192,7 +192,10 @@ def _watching(fn: Callable[..., Any], name: str, callback: ToolObserver) -> Call
     params = list(inspect.signature(fn).parameters.values())
     if any(p.name in _WATCHING for p in params):
         raise TypeError(f"tool {name}: parameter names {', '.join(_WATCHING)} are reserved")
-    heads, passes, passed, defaults = [], [], [], {}
+    heads: list[str] = []
+    passes: list[str] = []
+    passed: list[str] = []
+    defaults: dict[str, Any] = {}
     for p in params:
         head = value = p.name
         if p.kind is P.VAR_POSITIONAL:
