@@ -1,6 +1,7 @@
 """@tool: schemas from type hints and docstrings, argument checks, the concurrent runner."""
 
 import enum
+import functools
 import inspect
 import threading
 import time
@@ -230,6 +231,32 @@ def test_an_observed_tool_reports_errors_and_methods_keep_their_instance():
     assert [s[:2] for s in seen] == [
         ("price", {"item": "abc"}), ("price", {"item": "ab", "value": 1}), ("price", {"item": ""})]
     assert isinstance(seen[-1][3], ToolError) and seen[-1][2] is None
+
+
+def test_a_tool_observed_twice_or_behind_a_decorator_reports_what_was_passed():
+    """Observed twice (two test servers on one agent): each observer sees the arguments passed,
+    no defaults added. Behind a decorator: the decorator's own arguments still get through."""
+
+    @tool
+    def pick(a, b=2, turn=None):
+        return a, b
+
+    def retrying(fn):
+        @functools.wraps(fn)
+        def call(*args, retries=0, **kwargs):
+            return fn(*args, **kwargs)
+        return call
+
+    seen = []
+    inner = observed(pick, lambda *report: seen.append(("inner", report[1])))
+    outer = observed(inner, lambda *report: seen.append(("outer", report[1])))
+    assert outer(1) == (1, 2) and outer(1, b=5) == (1, 5)
+    assert seen == [("inner", {"a": 1}), ("outer", {"a": 1}),
+                    ("inner", {"a": 1, "b": 5}), ("outer", {"a": 1, "b": 5})]
+    seen.clear()
+    wrapped = observed(tool(retrying(pick.fn)), lambda *report: seen.append(report[1]))
+    assert wrapped(1, retries=3) == (1, 2) and wrapped(1, b=4) == (1, 4)
+    assert seen == [{"retries": 3}, {"a": 1, "b": 4}]
 
 
 def test_a_tool_may_not_use_the_observers_own_names():

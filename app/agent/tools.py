@@ -26,11 +26,13 @@ import enum
 import functools
 import inspect
 import json
+import linecache
 import logging
 import re
 import time
 import types
 import typing
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, overload
@@ -166,19 +168,29 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
 
 
 def observed(t: Tool, callback: ToolObserver) -> Tool:
-    """A copy of Tool ``t`` that reports each call: ``callback(name, arguments, value,
-    error, seconds)`` after it returns or raises (``arguments`` are those passed, without the
-    injected ``turn``)."""
+    """A copy of Tool ``t`` that reports each call that reaches its function:
+    ``callback(name, arguments, value, error, seconds)`` after it returns or raises
+    (``arguments`` are those passed, without the injected ``turn``). A call whose arguments
+    do not fit the function's signature raises TypeError without a report."""
     copy = object.__new__(Tool)
     copy.__dict__.update(t.__dict__)
-    copy.fn = functools.wraps(t.fn)(_watching(t.fn, t.name, callback))
+    fn = t.fn
+    if hasattr(fn, "__wrapped__") and fn not in _WATCHERS:
+        # A decorator's wrapper: it may take other arguments than the function it wraps.
+        watched = _watching_any(fn, t.name, callback)
+    else:
+        watched = _watching(fn, t.name, callback)
+    copy.fn = functools.wraps(fn)(watched)
+    _WATCHERS.add(copy.fn)
     return copy
 
 
 _UNSET = object()  # the default of every optional parameter of a watching wrapper
+_WATCHERS: "weakref.WeakSet[Callable[..., Any]]" = weakref.WeakSet()  # observed() made them
+_CLOSURE = ("__fn", "__name", "__callback", "__unset", "__clock", "__defaults",
+            "__BaseException")
 # The wrapper's own names: a tool's parameters may not use them.
-_WATCHING = ("__fn", "__name", "__callback", "__unset", "__clock", "__defaults", "__started",
-             "__value", "__error")
+_WATCHING = (*_CLOSURE, "__started", "__value", "__error")
 
 
 def _watching(fn: Callable[..., Any], name: str, callback: ToolObserver) -> Callable[..., Any]:
@@ -186,10 +198,11 @@ def _watching(fn: Callable[..., Any], name: str, callback: ToolObserver) -> Call
 
     Generated from the signature rather than ``fn(*args, **kwargs)``: a held voice turn waits
     inside the call, and that form is one more C-level call on its greenlet's saved stack,
-    plus copies of the arguments.
+    plus copies of the arguments. An optional parameter left out stays left out when ``fn``
+    is itself such a wrapper (its defaults are ``_UNSET``).
     """
     P = inspect.Parameter
-    params = list(inspect.signature(fn).parameters.values())
+    params = list(inspect.signature(fn, follow_wrapped=False).parameters.values())
     if any(p.name in _WATCHING for p in params):
         raise TypeError(f"tool {name}: parameter names {', '.join(_WATCHING)} are reserved")
     heads: list[str] = []
@@ -222,22 +235,53 @@ def _watching(fn: Callable[..., Any], name: str, callback: ToolObserver) -> Call
     arguments = ("{__k: __v for __k, __v in (" + "".join(f"{a}, " for a in passed)
                  + ") if __v is not __unset}")
     source = (
-        f"def make({', '.join(_WATCHING[:6])}):\n"
+        f"def make({', '.join(_CLOSURE)}):\n"
         f"    def watched({', '.join(heads)}):\n"
         f"        __started = __clock()\n"
         f"        try:\n"
         f"            __value = __fn({', '.join(passes)})\n"
-        f"        except BaseException as __error:\n"
+        f"        except __BaseException as __error:\n"
         f"            __callback(__name, {arguments}, None, __error, __clock() - __started)\n"
         f"            raise\n"
         f"        __callback(__name, {arguments}, __value, None, __clock() - __started)\n"
         f"        return __value\n"
         f"    return watched\n"
     )
+    filename = f"<watching {name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace: dict[str, Any] = {}
     # The source names only the function's own parameters (identifiers) and fixed text.
-    exec(compile(source, f"<watching {name}>", "exec"), namespace)  # noqa: S102
-    return namespace["make"](fn, name, callback, _UNSET, time.monotonic, defaults)
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102
+    return namespace["make"](fn, name, callback, _UNSET, time.monotonic, defaults,
+                             BaseException)
+
+
+def _watching_any(fn: Callable[..., Any], name: str,
+                  callback: ToolObserver) -> Callable[..., Any]:
+    """``_watching`` for a wrapped function: any arguments, named as the function names
+    them when they fit its signature."""
+    signature = inspect.signature(fn)
+
+    def arguments_of(args, kwargs):
+        try:
+            arguments = dict(signature.bind_partial(*args, **kwargs).arguments)
+        except TypeError:
+            arguments = dict(kwargs)
+        for injected in INJECTED:
+            arguments.pop(injected, None)
+        return arguments
+
+    def watched(*args, **kwargs):
+        started = time.monotonic()
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:
+            callback(name, arguments_of(args, kwargs), None, exc, time.monotonic() - started)
+            raise
+        callback(name, arguments_of(args, kwargs), value, None, time.monotonic() - started)
+        return value
+
+    return watched
 
 
 def tools_of(obj: object) -> list[Tool]:
