@@ -106,7 +106,8 @@ class _DirectServer(StreamServer):
 
     gevent's own spawns a helper that calls ``handle(*args)``: one more interpreter level on
     every connection's C stack, which a held voice stream's greenlet saves at each switch.
-    ``HygienicGeventWorker.handle`` closes the connection instead."""
+    ``HygienicGeventWorker.handle`` closes the connection instead. gunicorn always gives it a
+    pool to spawn in."""
 
     def do_handle(self, *args):
         try:
@@ -135,18 +136,20 @@ class HygienicGeventWorker(GeventWorker):
         self.read_timeout = self.wsgi.config["REQUEST_READ_TIMEOUT"]
 
     def handle(self, listener, client, addr):
-        if self.open_connections >= self.connection_cap:
-            self.refuse(client)
-            return
-        self.open_connections += 1
-        if self.open_connections == self.connection_cap:
-            self.log.warning("%d connections open: answering 503 to new ones",
-                             self.connection_cap)
         try:
-            super().handle(listener, DeadlineSocket(client, self.read_timeout, addr), addr)
+            if self.open_connections >= self.connection_cap:
+                self.refuse(client)
+                return
+            self.open_connections += 1
+            if self.open_connections == self.connection_cap:
+                self.log.warning("%d connections open: answering 503 to new ones",
+                                 self.connection_cap)
+            try:
+                super().handle(listener, DeadlineSocket(client, self.read_timeout, addr), addr)
+            finally:
+                self.open_connections -= 1
         finally:
-            self.open_connections -= 1
-            client.close()  # gunicorn has closed it, unless something failed before it ran
+            client.close()  # usually closed already; not if something failed first
 
     def handle_request(self, listener_name, req, sock, addr):
         try:
