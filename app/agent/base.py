@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Turn:
     """What the agent needs to answer one caller utterance or one inbound text.
 
@@ -140,7 +140,8 @@ class Agent:
     def observe_tools(self, callback: Callable[..., Any]) -> None:
         """Report every tool call this agent makes to ``callback(name, arguments, value,
         error, seconds)``: how the metrics, scenario runs and the ``phone`` test fixture
-        see tool calls.
+        see tool calls. (A call whose arguments do not fit the tool's signature raises
+        TypeError before the tool runs, and is not reported.)
 
         Covers the agent's ``@tool`` methods and, when it has one, its ``toolbox``. An agent
         that calls tools some other way overrides this.
