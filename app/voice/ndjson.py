@@ -23,13 +23,17 @@ class Body(map):
     Served as is (``direct_passthrough``), with ``map``'s C ``__next__``: Werkzeug's wrapping
     iterators would deepen the stack a held stream's greenlet saves on every switch."""
 
-    __slots__ = ("close",)
+    __slots__ = ("_lines",)
 
     def __new__(cls, lines):
         body = super().__new__(cls, str.encode, lines)
-        if hasattr(lines, "close"):
-            body.close = lines.close
+        body._lines = lines  # not a bound method of it: one lives as long as the stream
         return body
+
+    def close(self):
+        close = getattr(self._lines, "close", None)
+        if close is not None:
+            close()
 
 
 class StreamResponse(Response):
