@@ -166,17 +166,17 @@ class InlineSource:
     silence timer has a short-lived greenlet send it with the server's ``write``; the
     request's greenlet waits for that write to finish before it sends anything itself."""
 
-    __slots__ = ("_agent", "_chunks", "_filler_after", "_greenlet", "_in_agent", "_late",
-                 "_poller", "_silence", "_sock", "_timer", "_turn", "_watcher", "_write",
-                 "_writer", "fillers")
+    __slots__ = ("_agent", "_chunks", "_ends", "_filler_after", "_greenlet", "_in_agent",
+                 "_late", "_poller", "_quiet_until", "_sock", "_timer", "_turn", "_watcher",
+                 "_write", "_writer", "fillers")
 
     def __init__(self, agent, turn, sock, filler_after=0.0, write=None):
         self._agent, self._turn = agent, turn
         self._chunks = agent.respond(turn)
         self._sock = sock
         self._filler_after, self._write = filler_after, write
-        self._greenlet = self._timer = self._watcher = self._silence = self._writer = None
-        self._poller = None
+        self._greenlet = self._timer = self._watcher = self._writer = self._poller = None
+        self._ends = self._quiet_until = 0.0
         self._in_agent = self._late = False
         self.fillers = 0
 
@@ -204,22 +204,35 @@ class InlineSource:
                 self._poller.stop()
             if self._writer is not None:
                 self._writer.join()  # a filler on its way goes out before anything else
-        if self._silence is not None:
-            self._silence.again(self._silent)  # the agent spoke: silence counts from now
+        if self._filler_after > 0:  # the agent spoke: silence counts from now
+            self._quiet_until = time.monotonic() + self._filler_after
+            self._arm()
         return None, chunk
 
     def _start(self, timeout):
         import gevent
 
         self._greenlet = gevent.getcurrent()
-        loop = gevent.get_hub().loop
-        self._timer = loop.timer(timeout)  # what is left of the deadline, for the turn
-        self._timer.start(self._deadline)
-        if self._filler_after > 0:
-            self._silence = loop.timer(self._filler_after, self._filler_after)
-            self._silence.start(self._silent)
+        now = time.monotonic()
+        self._ends = now + timeout  # what is left of the deadline, for the turn
+        self._quiet_until = now + self._filler_after
+        self._arm()
         if self._sock is not None:
-            self._watcher = loop.io(self._sock.fileno(), 1)
+            self._watcher = gevent.get_hub().loop.io(self._sock.fileno(), 1)
+
+    def _arm(self):
+        """(Re)start the turn's one timer: for the deadline, or for the next filler when that
+        comes first (one timer rather than one each: a held call keeps its timers)."""
+        import gevent
+
+        if self._timer is not None:
+            self._timer.close()
+        now = time.monotonic()
+        wait, then = self._ends - now, self._deadline
+        if self._filler_after > 0 and self._quiet_until - now < wait:
+            wait, then = self._quiet_until - now, self._silent
+        self._timer = gevent.get_hub().loop.timer(max(wait, 0.0))
+        self._timer.start(then)
 
     def _deadline(self):
         self._late = True
@@ -227,6 +240,8 @@ class InlineSource:
             self._greenlet.throw(_Interrupt(_LATE))
 
     def _silent(self):
+        self._quiet_until += self._filler_after
+        self._arm()  # the next filler, or the deadline
         # Outside the agent a line is being written: the silence is over anyway.
         if self._in_agent and self._writer is None:
             import gevent
@@ -264,7 +279,7 @@ class InlineSource:
 
     def close(self):
         self._chunks.close()
-        for watcher in (self._timer, self._silence, self._watcher, self._poller):
+        for watcher in (self._timer, self._watcher, self._poller):
             if watcher is not None:
                 watcher.close()
 
