@@ -209,7 +209,7 @@ def _watching(fn: Callable[..., Any], name: str, callback: ToolObserver) -> Call
     passes: list[str] = []
     passed: list[str] = []
     defaults: dict[str, Any] = {}
-    for p in params:
+    for i, p in enumerate(params):
         head = value = p.name
         if p.kind is P.VAR_POSITIONAL:
             head = value = "*" + p.name
@@ -225,8 +225,9 @@ def _watching(fn: Callable[..., Any], name: str, callback: ToolObserver) -> Call
             value = f"{p.name}={value}"
         heads.append(head)
         passes.append(value)
-        if p.kind is P.POSITIONAL_ONLY and (p is params[-1] or
-                                            params[params.index(p) + 1].kind is not p.kind):
+        last_positional_only = p.kind is P.POSITIONAL_ONLY and (
+            i + 1 == len(params) or params[i + 1].kind is not P.POSITIONAL_ONLY)
+        if last_positional_only:
             heads.append("/")
         if p.name not in INJECTED:
             # As bind_partial names them: only what was passed, *args and **kwargs if not empty.
