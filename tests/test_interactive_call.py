@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -14,18 +15,26 @@ AGENTPHONE = Path(sys.executable).with_name("agentphone")
 
 
 class Terminal:
+    """A tmux session on a tmux server of its own (``-L``): a shared default server that is
+    exiting as the previous test's last session closes refuses a new session."""
+
     def __init__(self, name, command, env, cwd):
         self.name = name
         options = [arg for k, v in env.items() for arg in ("-e", f"{k}={v}")]
-        subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "160", "-y", "50",
-                        "-c", str(cwd), *options, command], check=True)
+        self.tmux("new-session", "-d", "-s", name, "-x", "160", "-y", "50", "-c", str(cwd),
+                  *options, command)
+
+    def tmux(self, *args):
+        done = subprocess.run(["tmux", "-L", self.name, *args], capture_output=True, text=True,
+                              check=False)
+        assert done.returncode == 0, f"tmux {args[0]} failed: {done.stderr}"
+        return done.stdout
 
     def type(self, text):
-        subprocess.run(["tmux", "send-keys", "-t", self.name, text, "Enter"], check=True)
+        self.tmux("send-keys", "-t", self.name, text, "Enter")
 
     def screen(self):
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name, "-S", "-200"],
-                              check=True, capture_output=True, text=True).stdout
+        return self.tmux("capture-pane", "-p", "-t", self.name, "-S", "-200")
 
     def wait_for(self, text, timeout=20.0):
         deadline = time.monotonic() + timeout
@@ -37,7 +46,8 @@ class Terminal:
         raise AssertionError(f"{text!r} never appeared; the screen:\n{self.screen()}")
 
     def close(self):
-        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+        subprocess.run(["tmux", "-L", self.name, "kill-server"], capture_output=True,
+                       check=False)
 
 
 @pytest.fixture
@@ -49,7 +59,7 @@ def terminal(tmp_path):
     def open_(command):
         env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "DEMO_TOOL_LATENCY": "0",
                "LANG": "C.UTF-8", "TERM": "xterm"}
-        term = Terminal(f"agentphone-test-{os.getpid()}-{len(opened)}", command, env, tmp_path)
+        term = Terminal(f"call-test-{uuid.uuid4().hex[:8]}", command, env, tmp_path)
         opened.append(term)
         return term
 
