@@ -12,13 +12,10 @@ connection's first request), or the connection is dropped; and a connection arri
 
 import contextlib
 import errno
-import functools
 import logging
-import re
 import socket
 import time
 import traceback
-import types
 
 from gevent.server import StreamServer
 from gunicorn import glogging, util
@@ -171,9 +168,8 @@ class HygienicGeventWorker(GeventWorker):
 class AppLogger(glogging.Logger):
     """gunicorn's logger, writing access lines only when an access log is configured: with a
     ``logconfig_dict`` gunicorn would build and write every line even with none
-    (``GUNICORN_ACCESS_LOG=""``). Each line is built from only the headers and environ keys
-    its format names, and only the values it reads are escaped: gunicorn makes and escapes
-    an atom of every header and environ key, for every request (~80 µs)."""
+    (``GUNICORN_ACCESS_LOG=""``). Each line makes only the atoms its format reads: gunicorn
+    makes and escapes an atom of every header and environ key, for every request (~80 µs)."""
 
     def access(self, resp, req, environ, request_time):
         if not (self.cfg.accesslog and self.access_log_enabled
@@ -186,43 +182,69 @@ class AppLogger(glogging.Logger):
 
     def access_line(self, resp, req, environ, request_time) -> str:
         """The line gunicorn's own ``access`` would write for this request."""
-        return self.cfg.access_log_format % _Escaped(
-            self.atoms(resp, req, environ, request_time))
-
-    def atoms(self, resp, req, environ, request_time):
-        inbound, outbound, named = _named_atoms(self.cfg.access_log_format)
-        headers = req.headers if hasattr(req, "headers") else req
-        view = types.SimpleNamespace(
-            status=resp.status, sent=getattr(resp, "sent", None),
-            headers=[(k, v) for k, v in resp.headers if k.lower() in outbound])
-        wanted = {k: environ[k] for k in _BASE_ENVIRON if k in environ}
-        if named:
-            wanted.update((k, v) for k, v in environ.items() if k.lower() in named)
-        return super().atoms(
-            view, [(k, v) for k, v in headers if k.lower() in inbound], wanted, request_time)
+        return self.cfg.access_log_format % _Atoms(self, resp, req, environ, request_time)
 
 
-class _Escaped(dict):
-    """gunicorn's ``SafeAtoms``, escaping the quotes of only the atoms a format reads."""
+def _status(resp, environ, took):
+    status = resp.status
+    return status.split(None, 1)[0] if isinstance(status, str) else status
 
-    def __getitem__(self, key):
-        value = self.get(key.lower() if key.startswith("{") else key, "-")
+
+def _sent(resp, environ, took):
+    return (getattr(resp, "sent", None) is not None and str(resp.sent)) or "-"
+
+
+# The atoms of gunicorn's ``Logger.atoms`` that need only the response, the environ and the
+# request time, made as it makes them (tests/test_logging.py compares the two).
+_SIMPLE_ATOMS = {
+    "h": lambda resp, environ, took: environ.get("REMOTE_ADDR", "-"),
+    "l": lambda resp, environ, took: "-",
+    "r": lambda resp, environ, took: (
+        f"{environ['REQUEST_METHOD']} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}"),
+    "s": _status,
+    "m": lambda resp, environ, took: environ.get("REQUEST_METHOD"),
+    "U": lambda resp, environ, took: environ.get("PATH_INFO"),
+    "q": lambda resp, environ, took: environ.get("QUERY_STRING"),
+    "H": lambda resp, environ, took: environ.get("SERVER_PROTOCOL"),
+    "b": _sent,
+    "B": lambda resp, environ, took: getattr(resp, "sent", None),
+    "f": lambda resp, environ, took: environ.get("HTTP_REFERER", "-"),
+    "a": lambda resp, environ, took: environ.get("HTTP_USER_AGENT", "-"),
+    "T": lambda resp, environ, took: took.seconds,
+    "D": lambda resp, environ, took: took.seconds * 1000000 + took.microseconds,
+    "M": lambda resp, environ, took: took.seconds * 1000 + int(took.microseconds / 1000),
+    "L": lambda resp, environ, took: f"{took.seconds:d}.{took.microseconds:06d}",
+}
+
+
+class _Atoms(dict):
+    """gunicorn's atoms as its ``SafeAtoms`` presents them (quotes escaped, "-" for unknown
+    names), each made when the format reads it. A request header is looked up on its own;
+    any other atom (``t``, ``u``, ``p``, a response header, an environ key) comes from
+    gunicorn's full set, made once for the line."""
+
+    def __init__(self, logger, resp, req, environ, request_time):
+        super().__init__()
+        self._request = (resp, req, environ, request_time)
+        self._logger = logger
+        self._all = None
+
+    def __missing__(self, key):
+        value = self._atom(key.lower() if key.startswith("{") else key)
         return value.replace('"', '\\"') if isinstance(value, str) else value
 
-
-# What gunicorn's own atoms read from the environ.
-_BASE_ENVIRON = frozenset({"REMOTE_ADDR", "REQUEST_METHOD", "RAW_URI", "SERVER_PROTOCOL",
-                           "PATH_INFO", "QUERY_STRING", "HTTP_REFERER", "HTTP_USER_AGENT",
-                           "HTTP_AUTHORIZATION"})
-_ATOM = re.compile(r"%\(\{([^}]*)\}([ioe])\)")
-
-
-@functools.lru_cache(maxsize=4)
-def _named_atoms(fmt: str) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
-    """The request headers, response headers and environ keys (lower case) ``fmt`` names."""
-    found = _ATOM.findall(fmt)
-
-    def kind(wanted: str) -> frozenset[str]:
-        return frozenset(name.lower() for name, k in found if k == wanted)
-
-    return kind("i"), kind("o"), kind("e")
+    def _atom(self, name):
+        resp, req, environ, took = self._request
+        simple = _SIMPLE_ATOMS.get(name)
+        if simple is not None:
+            return simple(resp, environ, took)
+        if name.startswith("{") and name.endswith("}i"):
+            headers = req.headers if hasattr(req, "headers") else req
+            value = "-"
+            for key, given in headers.items() if hasattr(headers, "items") else headers:
+                if key.lower() == name[1:-2]:
+                    value = given  # the last of repeated headers, as in gunicorn's dict
+            return value
+        if self._all is None:
+            self._all = glogging.Logger.atoms(self._logger, resp, req, environ, took)
+        return self._all.get(name, "-")

@@ -55,7 +55,7 @@ def test_the_app_log_keeps_a_line_with_a_lone_surrogate(tmp_path):
     assert b"Logging error" not in result.stderr
 
 
-def test_access_lines_read_the_same_as_gunicorns_own_for_any_format():
+def test_access_lines_read_the_same_as_gunicorns_own_for_any_format(monkeypatch):
     import datetime
     import types
 
@@ -65,28 +65,40 @@ def test_access_lines_read_the_same_as_gunicorns_own_for_any_format():
     from app.gunicorn_worker import AppLogger
 
     cfg = Config()
-    cfg.set("access_log_format", '%(h)s "%(r)s" %(s)s %(b)s %(M)sms %(a)s %(u)s '
-                                 "%({x-webhook-id}i)s %({Content-Type}o)s %({wsgi.url_scheme}e)s"
-                                 " %({x-missing}i)s %(Z)s")
+    # Every atom gunicorn documents but the time (``t``), and names it does not know.
+    cfg.set("access_log_format", '%(h)s %(l)s "%(r)s" %(s)s %(m)s %(U)s %(q)s %(H)s %(b)s '
+                                 "%(B)s %(f)s %(T)s %(D)s %(M)sms %(L)s %(a)s %(u)s %(p)s "
+                                 "%({x-webhook-id}i)s %({X-Repeated}i)s %({Content-Type}o)s "
+                                 "%({wsgi.url_scheme}e)s %({x-missing}i)s %(Z)s")
     resp = types.SimpleNamespace(status="200 OK", sent=12, headers=[
         ("Content-Type", "application/json"), ("X-Other", "y")])
-    req = types.SimpleNamespace(headers=[("X-WEBHOOK-ID", 'whd_"1"'), ("HOST", "x")])
+    req = types.SimpleNamespace(headers=[("X-WEBHOOK-ID", 'whd_"1"'), ("HOST", "x"),
+                                         ("X-REPEATED", "first"), ("X-REPEATED", "last")])
     environ = {"REMOTE_ADDR": "127.0.0.1", "REQUEST_METHOD": "POST", "RAW_URI": '/webhook?"',
                "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_USER_AGENT": 'ua/1 "quoted"',
                "HTTP_AUTHORIZATION": "Basic dXNlcjpwdw==", "wsgi.url_scheme": "http",
-               "OTHER": "z"}
-    took = datetime.timedelta(milliseconds=12)
+               "PATH_INFO": "/webhook", "QUERY_STRING": '"', "OTHER": "z"}
+    took = datetime.timedelta(seconds=1, microseconds=12_345)
     gunicorns, ours = object.__new__(glogging.Logger), object.__new__(AppLogger)
     gunicorns.cfg = ours.cfg = cfg
 
     expected = cfg.access_log_format % glogging.SafeAtoms(
         gunicorns.atoms(resp, req, environ, took))
     assert ours.access_line(resp, req, environ, took) == expected
-    assert expected.startswith('127.0.0.1 "POST /webhook?\\" HTTP/1.1" 200 12 12ms '
-                               'ua/1 \\"quoted\\" user ')
-    assert expected.endswith('whd_\\"1\\" application/json http - -')
-    # Only the atoms the format names are made.
-    assert not {"{x-other}o", "{other}e", "{host}i"} & set(ours.atoms(resp, req, environ, took))
+    assert expected.startswith('127.0.0.1 - "POST /webhook?\\" HTTP/1.1" 200 POST /webhook \\" '
+                               "HTTP/1.1 12 12 - 1 1012345 1012ms 1.012345 "
+                               'ua/1 \\"quoted\\" user <')
+    assert expected.endswith('whd_\\"1\\" last application/json http - -')
+
+    # The deployed format's atoms are made on their own: gunicorn's full set is never built.
+    def no_full_set(*args):
+        raise AssertionError("every atom made")
+
+    monkeypatch.setattr(glogging.Logger, "atoms", no_full_set)
+    cfg.set("access_log_format", 'access %(h)s "%(r)s" %(s)s %(b)s %(M)sms '
+                                 "delivery=%({x-webhook-id}i)s")
+    assert ours.access_line(resp, req, environ, took) == (
+        'access 127.0.0.1 "POST /webhook?\\" HTTP/1.1" 200 12 1012ms delivery=whd_\\"1\\"')
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
