@@ -18,6 +18,7 @@ from typing import Any
 
 import prometheus_client
 from flask import Blueprint, Flask, Response, current_app, request
+from gevent.monkey import get_original
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -26,13 +27,23 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client import values as _values
 from prometheus_client.core import GaugeMetricFamily
 
+from app.runtime import current_pid
 from app.store import get_store
 
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     # gunicorn makes it at start; another server (`flask run`, the worker) may come first.
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    # The library's file-backed values, made with a native lock (gevent's is Python code, about
+    # a third of each increment; no greenlet switches while holding it) and the pid kept at
+    # fork (the library reads it, a system call, at every increment).
+    _lock, _values.Lock = _values.Lock, get_original("_thread", "allocate_lock")
+    try:
+        _values.ValueClass = _values.MultiProcessValue(current_pid)
+    finally:
+        _values.Lock = _lock
 
 
 class _Children:

@@ -6,6 +6,7 @@ wait inside C, such as a blocking read, finishes first).
 """
 
 import ctypes
+import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -14,6 +15,16 @@ if TYPE_CHECKING:
     from gevent import Greenlet
 
 T = TypeVar("T")
+
+
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+
+
+def current_pid() -> int:
+    """This process's id, as ``os.getpid()``, kept up to date at fork instead of asked of the
+    kernel (a system call) each time: per-process state checks it on every delivery."""
+    return _pid[0]
 
 
 class Cancelled(BaseException):

@@ -32,6 +32,7 @@ import psycopg
 import psycopg_pool
 from psycopg import conninfo, waiting
 
+from app.runtime import current_pid
 from app.store.sql import SQLStore
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ class PostgresStore(SQLStore):
 
     def _get_pool(self):
         pool = self._pool
-        if pool is not None and self._pid == os.getpid():
+        if pool is not None and self._pid == current_pid():
             return pool
         with self._lock:
             if self._pool is None or self._pid != os.getpid():

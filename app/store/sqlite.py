@@ -24,7 +24,7 @@ from pathlib import Path
 from gevent import Timeout
 from gevent.event import AsyncResult
 
-from app.runtime import gevent_active
+from app.runtime import current_pid, gevent_active
 from app.store.base import StoreUnavailable
 from app.store.sql import SQLStore
 
@@ -187,7 +187,7 @@ class SQLiteStore(SQLStore):
             self._checkpointing = False
 
     def _threads(self):
-        if self._pool_pid != os.getpid():  # made in each process: threads do not cross a fork
+        if self._pool_pid != current_pid():  # made in each process: threads do not cross a fork
             from gevent.monkey import get_original
             from gevent.threadpool import ThreadPool
 
@@ -343,7 +343,7 @@ class SQLiteStore(SQLStore):
             self._retire()
 
     def _fork_check(self):
-        if self._pid != os.getpid():
+        if self._pid != current_pid():
             # Connections and locks must not cross a fork: drop the parent's.
             self._idle, self._pid = collections.deque(), os.getpid()
             self._writer = _native_lock()

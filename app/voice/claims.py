@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 from flask import Flask, current_app
 
+from app.runtime import current_pid
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 1.0
@@ -95,7 +97,7 @@ class VoiceClaims:
             self._held.discard(claim)
 
     def _owner(self):
-        if self._pid != os.getpid():
+        if self._pid != current_pid():
             with self._lock:
                 if self._pid != os.getpid():
                     # A new name per process start: a pid can come back after a restart.
