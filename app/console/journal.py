@@ -10,14 +10,17 @@ rows are dropped first.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
+import secrets
 import threading
 import time
-import uuid
 from typing import Any
 
-from app.runtime import gevent_active
+from gevent.monkey import get_original
+
+from app.runtime import current_pid, gevent_active
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,8 @@ class Journal:
         self.store = store
         self._pending: collections.deque[Row] = collections.deque(maxlen=MAX_PENDING)
         self._started_pid: int | None = None
-        self._lock = threading.Lock()
+        # Held for an append or a swap, never across a switch: a native lock is enough.
+        self._lock = get_original("_thread", "allocate_lock")()
 
     def record(self, delivery_id: str, event: str, outcome: str, status: int | None = None,
                channel: str | None = None, agent_id: str | None = None,
@@ -43,7 +47,7 @@ class Journal:
                said: str | None = None, received_at: float | None = None) -> Row:
         """Log one delivery; returns the row, which ``voice_finished`` completes later."""
         # A tuple in LOG_COLUMNS order: a held voice turn keeps its row, and a dict is 3x larger.
-        row = (uuid.uuid4().hex, delivery_id, event, channel, agent_id, call_id,
+        row = (_row_id(), delivery_id, event, channel, agent_id, call_id,
                conversation_id, outcome, status, _cut(said), None,
                received_at or time.time(), None, None)
         self._add(row)
@@ -75,11 +79,11 @@ class Journal:
     def _add(self, row: Row) -> None:
         with self._lock:
             self._pending.append(row)
-        if self._started_pid != os.getpid():
+        if self._started_pid != current_pid():
             self._start()
 
     def _start(self) -> None:
-        self._started_pid = os.getpid()
+        self._started_pid = current_pid()
         if gevent_active():
             import gevent
 
@@ -93,6 +97,17 @@ class Journal:
             if self.store.closed:  # the app is gone (tests, a scenario's server)
                 return
             self.flush()
+
+
+_sequence = itertools.count()
+_token = [secrets.token_hex(6)]  # this process's: a new one in each forked child
+os.register_at_fork(after_in_child=lambda: _token.__setitem__(0, secrets.token_hex(6)))
+
+
+def _row_id() -> str:
+    """A log row's id: unique across processes and machines, and in time order, so that the
+    store appends to its index rather than writing at a random place in it."""
+    return f"{time.time_ns():016x}{_token[0]}{next(_sequence) % 0x1000000:06x}"
 
 
 def _cut(text: str | None) -> str | None:
