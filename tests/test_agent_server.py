@@ -33,6 +33,7 @@ def speak(server, text, call_id, caller=JANE, delivery_id=None):
 
 
 def tool_runs(server, delivery_id):
+    """The demo tools run for ``delivery_id``, from their DEBUG lines."""
     return [line.split("demo tool ")[1].split(" ")[0] for line in server.log().splitlines()
             if "demo tool " in line and f" ran for {delivery_id} " in line + " "]
 
@@ -45,7 +46,7 @@ def appointments(tmp_path, day):
 
 
 def test_each_intent_end_to_end(gunicorn, tmp_path):
-    server = gunicorn(workers=2, DEMO_TOOL_LATENCY=LATENCY)
+    server = gunicorn(workers=2, DEMO_TOOL_LATENCY=LATENCY, LOG_LEVEL="DEBUG")
 
     # Order status: acknowledgement at once, the tool's answer after it.
     lines, delivery = speak(server, "Where is my order?", "call_a")
@@ -94,7 +95,7 @@ def test_each_intent_end_to_end(gunicorn, tmp_path):
 
 
 def test_a_retried_booking_turn_books_once(gunicorn, tmp_path):
-    server = gunicorn(workers=2, DEMO_TOOL_LATENCY=LATENCY)
+    server = gunicorn(workers=2, DEMO_TOOL_LATENCY=LATENCY, LOG_LEVEL="DEBUG")
     speak(server, "book wednesday", "call_r")
     delivery = "whd_retried_booking"
     body = payload("voice", "at 3pm please", callId="call_r", **{"from": JANE})

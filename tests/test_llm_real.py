@@ -31,7 +31,7 @@ def agent_env(model, **extra):
     gets the same answers."""
     return {"LLM_BASE_URL": model.url, "LLM_API_KEY": "none", "LLM_MODEL": "smollm2",
             "LLM_EXTRA_BODY": json.dumps({"temperature": 0, "seed": 7}),
-            "VOICE_TIMEOUT": 60, "DEMO_TOOL_LATENCY": 0, **extra}
+            "VOICE_TIMEOUT": 60, "DEMO_TOOL_LATENCY": 0, "LOG_LEVEL": "DEBUG", **extra}
 
 
 class Call:

@@ -20,8 +20,9 @@ LATENCY = 0.6
 
 
 def test_llm_turn_on_the_wire(gunicorn, fake_llm):
-    server = gunicorn(workers=1, DEMO_TOOL_LATENCY=LATENCY, LLM_BASE_URL=fake_llm.url,
-                      LLM_API_KEY="sk-test", LLM_MODEL="fake-model")
+    # DEBUG: the demo tools' lines show each run.
+    server = gunicorn(workers=1, DEMO_TOOL_LATENCY=LATENCY, LOG_LEVEL="DEBUG",
+                      LLM_BASE_URL=fake_llm.url, LLM_API_KEY="sk-test", LLM_MODEL="fake-model")
     fake_llm.script(
         pause(0.8), text("Let me check"), text(" both for you."),
         tool_call(0, "check_availability", {"day": "monday"}),

@@ -100,7 +100,8 @@ def test_api_requests_retries_and_retry_after_waits_are_counted(fake_api):
 
 
 def test_json_logs_on_one_stream_with_ids_and_no_bodies(gunicorn, secret, tmp_path):
-    server = gunicorn(workers=1, LOG_FORMAT="json", DEMO_TOOL_LATENCY=0)
+    # DEBUG: the demo tool's line is one the agent writes during the turn.
+    server = gunicorn(workers=1, LOG_FORMAT="json", DEMO_TOOL_LATENCY=0, LOG_LEVEL="DEBUG")
     raw, headers = signed_request(secret, payload("voice", "where is order 4521?"),
                                   delivery_id="whd_voice_1")
     post_stream(server.webhook, raw, headers)

@@ -161,7 +161,8 @@ class Receptionist(Agent):
     def _upstream(self, name, turn=None):
         """Stand-in for a slow upstream system."""
         time.sleep(self.tool_latency)
-        log.info("demo tool %s ran for %s", name, getattr(turn, "delivery_id", None))
+        # DEBUG: a line per tool would cost every text and turn; the job's line tells the rest.
+        log.debug("demo tool %s ran for %s", name, getattr(turn, "delivery_id", None))
 
     # -- tools (also offered to the LLM agent) ----------------------------------------------
 
