@@ -40,6 +40,7 @@ class _Bound:
         return self._text
 
 
+_POSITION = {name: i for i, name in enumerate(FIELDS)}
 _NOTHING = _Bound((None,) * len(FIELDS))
 _context: contextvars.ContextVar[_Bound] = contextvars.ContextVar("log_context",
                                                                   default=_NOTHING)
@@ -48,11 +49,13 @@ JSON_FIELDS = "%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"
 
 
 def bind(**fields: Any) -> None:
-    """Add ``fields`` (those of FIELDS that are not None) to every later line of this
-    greenlet or thread."""
-    bound = _context.get().values
-    _context.set(_Bound(tuple(value if (value := fields.get(name)) is not None else old
-                              for name, old in zip(FIELDS, bound, strict=True))))
+    """Add ``fields`` (names of FIELDS; a None value leaves that field as it was) to every
+    later line of this greenlet or thread."""
+    values = list(_context.get().values)
+    for name, value in fields.items():
+        if value is not None:
+            values[_POSITION[name]] = value
+    _context.set(_Bound(tuple(values)))
 
 
 def clear() -> None:

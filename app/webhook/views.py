@@ -58,12 +58,16 @@ def verify_signature() -> None:
         log.warning("rejected delivery from %s: %s", request.remote_addr, exc.code)
         raise
     g.delivery_id = events.delivery_id(request.headers.get("X-Webhook-ID"), body)
-    logs.bind(delivery_id=g.delivery_id)
     g.signed = SignedBytes(*signing.signed_digest(request.headers["X-Webhook-Timestamp"], body))
-    g.event = events.parse(body)
+    try:
+        g.event = events.parse(body)
+    except Exception:
+        logs.bind(delivery_id=g.delivery_id)  # for the refusal's lines
+        raise
     data = g.event.data
-    logs.bind(event=g.event.event, channel=g.event.channel, agent_id=g.event.agent_id,
-              call_id=_text(data.get("callId")), conversation_id=_text(data.get("conversationId")))
+    logs.bind(delivery_id=g.delivery_id, event=g.event.event, channel=g.event.channel,
+              agent_id=g.event.agent_id, call_id=_text(data.get("callId")),
+              conversation_id=_text(data.get("conversationId")))
 
 
 def _text(value: object) -> str | None:
