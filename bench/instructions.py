@@ -1,0 +1,200 @@
+"""Instructions the app executes per delivery, counted by valgrind's callgrind: the same count
+on every run, whatever else the machine is doing, so that a change of a few per cent can be
+seen where CPU time swings by more than that.
+
+For each revision (``git archive``; the working tree when none is given) and each side, "on"
+as deployed and "off" with metrics, logs and the delivery log switched off as
+``observability_cost.py`` does, one child process under callgrind builds the app on a fresh
+SQLite file (job runner on, INFO lines to /dev/null) and sends pre-signed deliveries through
+Flask's test client. Counters are zeroed and read around each batch from inside the process
+(callgrind's client requests, through a small C helper compiled here with gcc):
+
+- ``text``: a text delivery and its job, until the job is done;
+- ``voice``: a voice turn of the demo agent (no tool latency);
+- ``access``: one gunicorn access line (gunicorn's own HTTP work is not included: the test
+  client has none, and it is the same on both sides).
+
+Needs valgrind, gcc and valgrind's headers (Debian's valgrind package). About a minute per
+revision and side.
+
+    .venv/bin/python bench/instructions.py 7400d87 HEAD
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _server import describe_source, source_tree
+from observability_cost import SWITCHES
+
+HELPER = r"""
+#include <valgrind/callgrind.h>
+void zero(void) { CALLGRIND_ZERO_STATS; }
+void dump(const char *name) { CALLGRIND_DUMP_STATS_AT(name); }
+"""
+
+CHILD = r"""
+import os, sys
+from gevent import monkey
+monkey.patch_all()
+sys.path.insert(0, os.environ["TREE"])
+import ctypes, datetime, importlib.util, logging, tempfile, types
+import gevent
+from gunicorn.config import Config
+from app import create_app, logs
+from app.gunicorn_worker import AppLogger
+from app.simulator import payload, signed_request
+from app.store import get_store
+
+SECRET, N, WARM = "whsec_bench_secret_0123456789abcdef", int(os.environ["N"]), 30
+level = os.environ["LOG_LEVEL"]
+helper = ctypes.CDLL(os.environ["HELPER"])
+app = create_app({"TESTING": True, "WEBHOOK_SECRETS": (SECRET,),
+                  "DATABASE_URL": "sqlite:///" + os.path.join(tempfile.mkdtemp(), "db.sqlite"),
+                  "JOB_RUNNER": True, "DEMO_TOOL_LATENCY": 0.0, "AGENTPHONE_API_KEY": None})
+
+# gunicorn's access logger as gunicorn.conf.py sets it up, then the app's handler again.
+spec = importlib.util.spec_from_file_location("conf", os.path.join(os.environ["TREE"],
+                                                                   "gunicorn.conf.py"))
+conf = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(conf)
+cfg = Config()
+cfg.set("access_log_format", conf.access_log_format)
+cfg.set("logconfig_dict", conf.logconfig_dict)
+cfg.set("accesslog", "-" if os.environ["ACCESS"] else None)
+access = AppLogger(cfg)
+logs.configure(level, "text")
+for name in ("", "gunicorn.access", "gunicorn.error"):
+    for handler in logging.getLogger(name).handlers:
+        handler.setStream(open(os.devnull, "w"))
+
+
+def settle():
+    with app.app_context():
+        while get_store().open_job_counts():
+            gevent.sleep(0.05)
+
+
+client = app.test_client()
+for kind, name in (("sms", "text"), ("voice", "voice")):
+    batch = [signed_request(SECRET, payload(kind, callId=f"call_{kind}_{i}"))
+             for i in range(N + WARM)]
+    for raw, headers in batch[:WARM]:
+        client.post("/webhook", data=raw, headers=headers).get_data()
+    settle()
+    helper.zero()
+    for raw, headers in batch[WARM:]:
+        response = client.post("/webhook", data=raw, headers=headers)
+        response.get_data()
+        assert response.status_code == 200, response.status_code
+    settle()
+    helper.dump(name.encode())
+
+resp = types.SimpleNamespace(status="200 OK", sent=12, headers=[
+    ("Content-Type", "application/json"), ("Content-Length", "12")])
+req = types.SimpleNamespace(headers=[
+    ("HOST", "127.0.0.1:8000"), ("CONTENT-TYPE", "application/json"), ("CONTENT-LENGTH", "400"),
+    ("X-WEBHOOK-ID", "whd_83d092e41f4d434799863bda288c5f86"), ("USER-AGENT", "python"),
+    ("X-WEBHOOK-SIGNATURE", "sha256=" + "a" * 64), ("X-WEBHOOK-TIMESTAMP", "1764690000")])
+environ = {"REMOTE_ADDR": "127.0.0.1", "REQUEST_METHOD": "POST", "RAW_URI": "/webhook",
+           "SERVER_PROTOCOL": "HTTP/1.1", "PATH_INFO": "/webhook", "QUERY_STRING": "",
+           "HTTP_USER_AGENT": "python", "wsgi.url_scheme": "http", "HTTP_HOST": "127.0.0.1:8000",
+           "HTTP_X_WEBHOOK_ID": "whd_83d092e41f4d434799863bda288c5f86"}
+took = datetime.timedelta(microseconds=9000)
+for _ in range(WARM):
+    access.access(resp, req, environ, took)
+helper.zero()
+for _ in range(N):
+    access.access(resp, req, environ, took)
+helper.dump(b"access")
+"""
+
+KINDS = ("text", "voice", "access")
+
+
+def helper_library(work):
+    source = work / "helper.c"
+    source.write_text(HELPER)
+    library = work / "helper.so"
+    subprocess.run(["gcc", "-O1", "-shared", "-fPIC", "-o", str(library), str(source)],
+                   check=True)
+    return library
+
+
+def switched_off(tree, work):
+    """A copy of ``tree`` with metrics, logs and the delivery log switched off."""
+    dark = Path(tempfile.mkdtemp(prefix="dark-", dir=work))
+    shutil.copytree(tree, dark, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(".venv", ".git", "instance", "__pycache__"))
+    for name, switch in SWITCHES.items():
+        with (dark / name).open("a") as f:
+            f.write(switch)
+    return dark
+
+
+def count(tree, side, n, helper, work):
+    """Instructions per delivery (and per access line) of one run under callgrind."""
+    out = Path(tempfile.mkdtemp(prefix="cg-", dir=work))
+    env = {**os.environ, "TREE": str(tree), "N": str(n), "HELPER": str(helper),
+           "LOG_LEVEL": "INFO" if side == "on" else "WARNING",
+           "ACCESS": "1" if side == "on" else "", "PYTHONHASHSEED": "0",
+           "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="prom-", dir=work)}
+    child = out / "child.py"
+    child.write_text(CHILD)
+    done = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg",
+                           sys.executable, str(child)], env=env, capture_output=True, text=True,
+                          check=False, cwd=str(tree))
+    if done.returncode != 0:
+        raise RuntimeError(f"the {side} run failed:\n{done.stderr[-3000:]}")
+    figures = {}
+    for dump in out.glob("cg.*"):
+        text = dump.read_text(errors="replace")
+        name = re.search(r"^desc: Trigger: Client Request: (\w+)", text, re.M)
+        if name and name.group(1) in KINDS:
+            total = int(re.search(r"^(?:summary|totals): (\d+)", text, re.M).group(1))
+            figures[name.group(1)] = total / n
+    return figures
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("revs", nargs="*", help="git revisions (default: the working tree)")
+    parser.add_argument("-n", type=int, default=200, help="deliveries of each kind")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    for tool in ("valgrind", "gcc"):
+        if shutil.which(tool) is None:
+            parser.error(f"{tool} is not installed")
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="agentphone-instructions-") as name:
+        work = Path(name)
+        helper = helper_library(work)
+        for rev in args.revs or [None]:
+            with source_tree(rev) as tree:
+                source = describe_source(rev)
+                sides = {"on": count(tree, "on", args.n, helper, work),
+                         "off": count(switched_off(tree, work), "off", args.n, helper, work)}
+            row = {"source": source, **{f"{side}_{kind}": figures.get(kind)
+                                        for side, figures in sides.items() for kind in KINDS}}
+            rows.append(row)
+            print(f"{source}: instructions per delivery, on / off (+ observability)")
+            for kind in ("text", "voice"):
+                on, off = row[f"on_{kind}"], row[f"off_{kind}"]
+                with_access = (on + row["on_access"] - off) / off * 100
+                print(f"  {kind:<6} {on / 1e3:8.0f}k / {off / 1e3:8.0f}k  "
+                      f"(+{(on - off) / 1e3:.0f}k, {(on - off) / off * 100:+.1f} %; "
+                      f"with the access line {with_access:+.1f} %)")
+            print(f"  access line {row['on_access'] / 1e3:.0f}k", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "n": args.n}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
