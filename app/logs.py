@@ -132,7 +132,8 @@ class EscapingStreamHandler(logging.StreamHandler):
         # StreamHandler's, less its flush(), which takes the lock that handle() already holds.
         try:
             self.stream.write(self.format(record) + self.terminator)
-            self.stream.flush()
+            if flush := getattr(self.stream, "flush", None):
+                flush()
         except RecursionError:
             raise
         except Exception:

@@ -9,7 +9,8 @@ SQLite file (job runner on, INFO lines to /dev/null) and sends pre-signed delive
 Flask's test client. Counters are zeroed and read around each batch from inside the process
 (callgrind's client requests, through a small C helper compiled here with gcc):
 
-- ``text``: a text delivery and its job, until the job is done;
+- ``text``: a text delivery and its job, until the job is done, and its delivery-log row
+  written;
 - ``voice``: a voice turn of the demo agent (no tool latency);
 - ``access``: one gunicorn access line (gunicorn's own HTTP work is not included: the test
   client has none, and it is the same on both sides).
@@ -48,6 +49,7 @@ import ctypes, datetime, importlib.util, logging, tempfile, types
 import gevent
 from gunicorn.config import Config
 from app import create_app, logs
+from app.console import journal
 from app.gunicorn_worker import AppLogger
 from app.simulator import payload, signed_request
 from app.store import get_store
@@ -75,10 +77,14 @@ for name in ("", "gunicorn.access", "gunicorn.error"):
         handler.setStream(open(os.devnull, "w"))
 
 
-def settle():
+journal.FLUSH_SECONDS = 3600  # the delivery log is written by settle(), in the batch's count
+
+
+def settle():  # the batch's jobs done, then its delivery-log rows written
     with app.app_context():
         while get_store().open_job_counts():
             gevent.sleep(0.05)
+    app.extensions[journal.EXTENSION].flush()
 
 
 client = app.test_client()
@@ -159,6 +165,8 @@ def count(tree, side, n, helper, work):
         if name and name.group(1) in KINDS:
             total = int(re.search(r"^(?:summary|totals): (\d+)", text, re.M).group(1))
             figures[name.group(1)] = total / n
+    if missing := set(KINDS) - set(figures):
+        raise RuntimeError(f"the {side} run left no count for {', '.join(sorted(missing))}")
     return figures
 
 

@@ -61,7 +61,7 @@ def verify_signature() -> None:
     g.signed = SignedBytes(*signing.signed_digest(request.headers["X-Webhook-Timestamp"], body))
     try:
         g.event = events.parse(body)
-    except Exception:
+    except BaseException:
         logs.bind(delivery_id=g.delivery_id)  # for the refusal's lines
         raise
     data = g.event.data
