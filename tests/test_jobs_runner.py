@@ -9,7 +9,7 @@ import pytest
 from app.jobs import get_job_runner
 from app.jobs.runner import retry_delay
 from app.runtime import Cancelled
-from app.store import get_store
+from app.store import StoreUnavailable, get_store
 
 
 @pytest.fixture
@@ -104,6 +104,48 @@ def test_an_attempt_past_the_limit_is_cancelled_failed_and_dead_lettered(runner,
         clock[0] = job.run_at
     assert runner.store.job(hung).status == "dead"
     assert runner.store.job(ok).status == "done"
+
+
+@pytest.mark.parametrize("payload", ["ok", "fail"])
+def test_an_outcome_the_store_could_not_take_is_recorded_when_it_is_back(
+        runner, clock, monkeypatch, caplog, payload):
+    monkeypatch.setattr("app.jobs.runner.RECORD_RETRY_SECONDS", 0.01)
+    store = runner.store
+    refusals = []
+    for name in ("finish_job", "fail_job"):
+        real = getattr(store, name)
+
+        def down_twice(*args, real=real, **kwargs):
+            if len(refusals) < 2:
+                refusals.append(args[0])
+                raise StoreUnavailable("connection refused")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(store, name, down_twice)
+    job_id = store.enqueue("flaky", payload)
+    assert runner.run_pending() == 1
+    job = store.job(job_id)
+    assert job.status == ("done" if payload == "ok" else "pending")
+    assert refusals == [job_id, job_id]
+    assert runner.calls == [1]  # recorded, not run again
+    assert caplog.text.count("not recorded yet, store unavailable") == 2
+
+
+def test_an_outcome_is_given_up_on_after_half_a_lease(runner, clock, monkeypatch):
+    monkeypatch.setattr("app.jobs.runner.RECORD_RETRY_SECONDS", 0.01)
+    runner.lease = 0.2
+    attempts = []
+
+    def down(job_id):
+        attempts.append(job_id)
+        raise StoreUnavailable("connection refused")
+
+    monkeypatch.setattr(runner.store, "finish_job", down)
+    job_id = runner.store.enqueue("flaky", "ok")
+    with pytest.raises(StoreUnavailable):
+        runner.run_pending()
+    assert len(attempts) >= 2  # tried again, then gave up instead of waiting on
+    assert runner.store.job(job_id).status == "running"  # its lease runs out, it runs again
 
 
 @pytest.mark.parametrize(("attempt", "low", "high"), [(1, 1.5, 2.5), (2, 3, 5), (5, 24, 40),

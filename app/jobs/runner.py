@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 1.0
 PRUNE_EVERY_SECONDS = 3600.0
+RECORD_RETRY_SECONDS = 0.25  # the first pause before recording an outcome again, doubling
+RECORD_RETRY_CAP_SECONDS = 4.0
 EXTENSION = "job_runner"  # the key of an app's JobRunner in app.extensions
 
 
@@ -161,8 +163,8 @@ class JobRunner:
         try:
             self.execute(job)
         except Exception as exc:
-            # The outcome could not be recorded (store down): the job stays leased and runs
-            # again once the lease runs out.
+            # The outcome could not be recorded (the store down for half a lease): the job
+            # runs again once the lease runs out.
             log.error("job %s (%s): outcome not recorded, it will run again: %s", job.id,
                       job.kind, exc)
         finally:
@@ -213,12 +215,12 @@ class JobRunner:
         if job.attempts > self.max_attempts:
             log.error("job %s (%s) dead: its worker was lost %d times", job.id, job.kind,
                       job.attempts - 1)
-            self.store.fail_job(job.id, "worker lost while running the job")
+            self._record(job, "dead", "worker lost while running the job")
             return
         handler = self.handlers.get(job.kind)
         if handler is None:
             log.error("job %s: no handler for kind %r, dead-lettered", job.id, job.kind)
-            self.store.fail_job(job.id, f"no handler for {job.kind!r}")
+            self._record(job, "dead", f"no handler for {job.kind!r}")
             return
         logs.bind(job_id=job.id, attempt=job.attempts, delivery_id=job.delivery_id)
         started = time.monotonic()
@@ -233,7 +235,7 @@ class JobRunner:
             self._failed(job, task.error)
             return
         JOB_SECONDS.labels(job.kind).observe(time.monotonic() - started)
-        self.store.finish_job(job.id)
+        self._record(job, "done")
         JOB_OUTCOMES.labels(job.kind, "done").inc()
         # One line per job, with what the handler did: a line each would cost every text.
         log.info("job %s (%s) done in %.0f ms, attempt %d%s", job.id, job.kind,
@@ -251,19 +253,41 @@ class JobRunner:
         if isinstance(exc, Unretryable):
             log.error("job %s (%s) dead at attempt %d, retrying cannot help: %s", job.id,
                       job.kind, job.attempts, error)
-            self.store.fail_job(job.id, error)
+            self._record(job, "dead", error)
             return
         if job.attempts >= self.max_attempts:
             log.error("job %s (%s) dead after %d attempts: %s", job.id, job.kind,
                       job.attempts, error)
-            self.store.fail_job(job.id, error)
+            self._record(job, "dead", error)
             JOB_OUTCOMES.labels(job.kind, "dead").inc()
             return
         JOB_OUTCOMES.labels(job.kind, "retry").inc()
         delay = retry_delay(job.attempts)
         log.warning("job %s (%s) attempt %d failed, retrying in %.0fs: %s", job.id, job.kind,
                     job.attempts, delay, error)
-        self.store.fail_job(job.id, error, retry_at=self.store.clock() + delay)
+        self._record(job, "retry", error, delay)
+
+    def _record(self, job, outcome, error=None, delay=None):
+        """Record a job's outcome ("done", "dead", or "retry" in ``delay`` seconds), waiting
+        out a store outage for up to half a lease (the heartbeat keeps the lease longer): the
+        attempt has run, and running it again would repeat what it did."""
+        give_up = time.monotonic() + self.lease / 2
+        pause = RECORD_RETRY_SECONDS
+        while True:
+            try:
+                if outcome == "done":
+                    self.store.finish_job(job.id)
+                else:
+                    retry_at = None if delay is None else self.store.clock() + delay
+                    self.store.fail_job(job.id, error, retry_at=retry_at)
+                return
+            except StoreUnavailable as exc:
+                if time.monotonic() + pause > give_up or self.stop_requests > 1:
+                    raise
+                log.warning("job %s (%s): outcome %r not recorded yet, store unavailable "
+                            "(%s); trying again in %.1fs", job.id, job.kind, outcome, exc, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, RECORD_RETRY_CAP_SECONDS)
 
     def _prune(self):
         try:
