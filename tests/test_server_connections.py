@@ -1,15 +1,19 @@
 """Connection hygiene through the real gunicorn gevent worker: slow and partial requests are
-dropped after REQUEST_READ_TIMEOUT, and connections past WORKER_CONNECTIONS get 503 at once."""
+dropped after REQUEST_READ_TIMEOUT, connections past WORKER_CONNECTIONS get 503 at once, and
+the descriptor table has room for them all from the start."""
 
 import contextlib
+import re
 import socket
 import threading
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 
+from app.gunicorn_worker import OTHER_DESCRIPTORS, REFUSAL_SLOTS
 from app.simulator import payload, signed_request
 from tests.conftest import SECRET
 from tests.servers import post_stream
@@ -115,3 +119,27 @@ def test_a_voice_stream_outlasting_the_read_deadline_is_not_cut(gunicorn, effect
     assert response.status_code == 200
     assert lines[-1][1] == {"text": "Tool said done for where is it."}
     assert lines[-1][0] > 2.5
+
+
+def worker_fd_table(pid):
+    """(descriptor table size, soft open-files limit) of a process, from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    size = int(re.search(r"^FDSize:\s+(\d+)", status, re.M).group(1))
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    soft = re.search(r"^Max open files\s+(\S+)", limits, re.M).group(1)
+    return size, (float("inf") if soft == "unlimited" else int(soft))
+
+
+def test_a_worker_sizes_its_descriptor_table_at_boot(gunicorn):
+    # Growing it under load stops the worker for an RCU grace period at each power of two.
+    server = gunicorn(workers=1, WORKER_CONNECTIONS=3000)
+    (pid,) = server.worker_pids()
+    size, soft = worker_fd_table(pid)
+    assert size >= min(3000 + REFUSAL_SLOTS + OTHER_DESCRIPTORS, soft)
+    held = [connect(server) for _ in range(300)]
+    try:
+        assert deliver(server)[0] == 200
+        assert worker_fd_table(pid)[0] == size  # 300 more connections: never grown again
+    finally:
+        for sock in held:
+            sock.close()
