@@ -5,9 +5,11 @@ is a daemon thread, stopped by raising Cancelled in it (at its next Python instr
 wait inside C, such as a blocking read, finishes first).
 """
 
+import collections
 import ctypes
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -108,3 +110,65 @@ class Task(Generic[T]):
 def spawn(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Task[T]:
     """Run ``fn(*args, **kwargs)`` concurrently; the Task holds its outcome."""
     return Task(fn, *args, **kwargs)
+
+
+def yield_to_waiting(limit: float) -> None:
+    """Under gevent, let the worker first serve what is waiting (a connection to accept, a
+    request to read, a line to write), and go on when nothing is, or after about ``limit``
+    seconds at most; return at once otherwise.
+
+    Callers resume one per pass of the event loop, so that many released together never run
+    back to back ahead of a request that has just arrived."""
+    if not gevent_active():
+        return
+    waiting = _queue[0]
+    if waiting is None or waiting.pid != current_pid():
+        waiting = _queue[0] = _Waiting()
+    waiting.wait(limit)
+
+
+class _Waiting:
+    """The greenlets in ``yield_to_waiting``, oldest first, and the two watchers that resume
+    them: libev's idle watcher (nothing else pending) and a timer for those past their limit."""
+
+    def __init__(self) -> None:
+        from gevent import get_hub
+
+        loop = get_hub().loop
+        self.pid = current_pid()
+        self.waiting: collections.deque = collections.deque()  # (resume by, Waiter)
+        self.loop = loop
+        self.idle = loop.idle()
+        self.timer: Any = None
+        self.check = 0.0
+
+    def wait(self, limit: float) -> None:
+        from gevent.hub import Waiter
+
+        waiter: Waiter[None] = Waiter()
+        if not self.waiting:
+            self.idle.start(self._resume_one)
+            # Overdue waiters are looked for four times per limit: none waits 1.25 x longer.
+            if self.timer is None or self.check != limit / 4:
+                self.check = limit / 4
+                self.timer = self.loop.timer(self.check, self.check)
+            self.timer.start(self._resume_overdue)
+        self.waiting.append((time.monotonic() + limit, waiter))
+        waiter.get()
+
+    def _resume_overdue(self) -> None:
+        now = time.monotonic()
+        while self.waiting and self.waiting[0][0] <= now:
+            self._resume_one()
+
+    def _resume_one(self) -> None:
+        if not self.waiting:  # resumed by the timer in the same pass of the loop
+            return
+        _, waiter = self.waiting.popleft()
+        if not self.waiting:
+            self.idle.stop()
+            self.timer.stop()
+        waiter.switch(None)
+
+
+_queue: list[_Waiting | None] = [None]  # this process's; made again after a fork

@@ -14,7 +14,7 @@ from typing import Any
 
 from app.agent.base import Agent, Reply, Turn
 from app.metrics import FINAL_LINE, FIRST_LINE, IN_FLIGHT, VOICE_OUTCOMES
-from app.runtime import gevent_active, spawn
+from app.runtime import gevent_active, spawn, yield_to_waiting
 from app.voice.hangup import peer_closed
 from app.voice.ndjson import WRITE_KEY, interim, line
 
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 LATE_TEXT = "Sorry, that is taking longer than it should. Could you say that again in a moment?"
 ERROR_TEXT = "Sorry, something went wrong on my side. Could you say that again?"
 POLL_SECONDS = 0.25
+YIELD_LIMIT_SECONDS = 0.05  # the longest a turn lets newer callers' interim lines go first
 
 #: ``report(outcome, first_line_seconds, final_line_seconds, final_text)``
 Report = Callable[[str, float | None, float | None, str | None], object]
@@ -86,6 +87,8 @@ def stream_turn(agent: Agent, turn: Turn, deadline: float,
         # The generator resumes once the server has handed that line to the socket.
         first = clock() - arrived
         FIRST_LINE.observe(first)
+        # The rest waits while other callers' interim lines go out: theirs are the silence.
+        yield_to_waiting(YIELD_LIMIT_SECONDS)
         if claim is not None:
             claimed = claim(started + deadline)
             if claimed is None:
