@@ -3,6 +3,7 @@ dropped after REQUEST_READ_TIMEOUT, connections past WORKER_CONNECTIONS get 503 
 the descriptor table has room for them all from the start."""
 
 import contextlib
+import io
 import re
 import socket
 import threading
@@ -13,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from app.gunicorn_worker import OTHER_DESCRIPTORS, REFUSAL_SLOTS
+from app.gunicorn_worker import OTHER_DESCRIPTORS, REFUSAL_SLOTS, DeadlineSocket
 from app.simulator import payload, signed_request
 from tests.conftest import SECRET
 from tests.servers import post_stream
@@ -143,3 +144,43 @@ def test_a_worker_sizes_its_descriptor_table_at_boot(gunicorn):
     finally:
         for sock in held:
             sock.close()
+
+
+class Recording:
+    """A socket that records what is sent."""
+
+    def __init__(self):
+        self.sent = []
+
+    def gettimeout(self):
+        return None
+
+    def sendall(self, data):
+        self.sent.append(bytes(data))
+
+    def sendfile(self, file, offset=0, count=None):
+        self.sent.append(file.read())
+
+
+def test_a_response_head_goes_out_with_the_first_body_bytes():
+    conn = Recording()
+    sock = DeadlineSocket(conn, 10, ("127.0.0.1", 1))
+    sock.hold_head()
+    sock.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert conn.sent == []
+    sock.sendall(memoryview(b'{"text": "one"}\n'))
+    sock.sendall(b'{"text": "two"}\n')
+    sock.request_done()
+    assert conn.sent == [b'HTTP/1.1 200 OK\r\n\r\n{"text": "one"}\n', b'{"text": "two"}\n']
+    # A response with no body: the head goes out when the request is done.
+    sock.hold_head()
+    sock.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+    sock.request_done()
+    assert conn.sent[-1] == b"HTTP/1.1 204 No Content\r\n\r\n"
+    sock.request_done()  # nothing held: nothing sent
+    assert len(conn.sent) == 3
+    # A file sent by the kernel (gunicorn's sendfile) goes after the head, not before it.
+    sock.hold_head()
+    sock.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
+    sock.sendfile(io.BytesIO(b"static bytes"))
+    assert conn.sent[-2:] == [b"HTTP/1.1 200 OK\r\n\r\n", b"static bytes"]
