@@ -73,9 +73,11 @@ class DeadlineSocket:
     def sendall(self, data, *flags):
         held = self._held
         if held is not None:
-            if held is _HOLD:
+            if held is _HOLD and data[9:10] != b"1":  # an informational 1xx goes at once
                 self._held = data
                 return None
+            if held is _HOLD:
+                return self._conn.sendall(data, *flags)
             self._held = None
             data = held + data
         return self._conn.sendall(data, *flags)
@@ -119,7 +121,13 @@ class DeadlineSocket:
     def _release(self):
         held, self._held = self._held, None
         if held is not None and held is not _HOLD:
-            self._conn.sendall(held)
+            # gunicorn may have closed the connection already (an error after the head).
+            with contextlib.suppress(OSError):
+                self._conn.sendall(held)
+
+    def drop_head(self):
+        """Forget a held head: the response failed before any of its body was sent."""
+        self._held = None
 
     def request_done(self):
         """The request has been handled: what is held is sent, and the next request gets a
@@ -199,6 +207,11 @@ class HygienicGeventWorker(GeventWorker):
         sock.hold_head()
         try:
             return super().handle_request(listener_name, req, sock, addr)
+        except StopIteration:  # gunicorn's "close the connection", after a response too
+            raise
+        except BaseException:
+            sock.drop_head()  # gunicorn's error handling answers, or closes, as it sees fit
+            raise
         finally:
             sock.request_done()
 

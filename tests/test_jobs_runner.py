@@ -136,7 +136,7 @@ def test_an_outcome_is_given_up_on_after_half_a_lease(runner, clock, monkeypatch
     runner.lease = 0.2
     attempts = []
 
-    def down(job_id):
+    def down(job_id, owner=None):
         attempts.append(job_id)
         raise StoreUnavailable("connection refused")
 

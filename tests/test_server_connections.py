@@ -184,3 +184,11 @@ def test_a_response_head_goes_out_with_the_first_body_bytes():
     sock.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
     sock.sendfile(io.BytesIO(b"static bytes"))
     assert conn.sent[-2:] == [b"HTTP/1.1 200 OK\r\n\r\n", b"static bytes"]
+    # An informational head goes at once; a failed response's held head is dropped.
+    sock.hold_head()
+    sock.sendall(b"HTTP/1.1 103 Early Hints\r\n\r\n")
+    assert conn.sent[-1] == b"HTTP/1.1 103 Early Hints\r\n\r\n"
+    sock.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
+    sock.drop_head()
+    sock.request_done()
+    assert conn.sent[-1] == b"HTTP/1.1 103 Early Hints\r\n\r\n"

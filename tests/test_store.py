@@ -324,6 +324,22 @@ def test_extend_lease_and_release(store):
     assert (job.id, job.attempts) == (job_id, 1)  # the released attempt did not count
 
 
+def test_an_outcome_from_a_lost_lease_is_not_recorded(store):
+    job_id = store.enqueue("reaction", "{}")
+    first = store.claim_job("w1", lease=10)
+    store.clock.advance(11)  # w1's lease ran out: w2 runs the job again
+    second = store.claim_job("w2", lease=10)
+    store.finish_job(job_id, owner=("w1", first.attempts))
+    store.fail_job(job_id, "late", retry_at=NOW, owner=("w1", first.attempts))
+    assert (store.job(job_id).status, store.job(job_id).last_error) == ("running", None)
+    store.clock.advance(11)  # and w2 lost it to w2's own next claim (the same worker name)
+    assert store.claim_job("w2", lease=10).attempts == 3
+    store.finish_job(job_id, owner=("w2", second.attempts))
+    assert store.job(job_id).status == "running"
+    store.finish_job(job_id, owner=("w2", 3))
+    assert store.job(job_id).status == "done"
+
+
 def test_finish_fail_dead_retry(store):
     done_id = store.enqueue("reaction", "{}")
     dead_id = store.enqueue("reaction", "{}")

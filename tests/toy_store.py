@@ -194,20 +194,23 @@ class ToyStore:
             return None
         return held
 
-    def finish_job(self, job_id: int) -> None:
-        """Mark a running job done."""
-        self._outcome(job_id, "done", None, None)
+    def finish_job(self, job_id: int, owner: tuple[str, int] | None = None) -> None:
+        """Mark a running job done (only if ``owner``'s attempt, when given)."""
+        self._outcome(job_id, "done", None, None, owner)
 
-    def fail_job(self, job_id: int, error: str, retry_at: float | None = None) -> None:
+    def fail_job(self, job_id: int, error: str, retry_at: float | None = None,
+                 owner: tuple[str, int] | None = None) -> None:
         """Retry a running job at ``retry_at``, or dead-letter it when that is None."""
         status = "pending" if retry_at is not None else "dead"
-        self._outcome(job_id, status, str(error)[:2000], retry_at)
+        self._outcome(job_id, status, str(error)[:2000], retry_at, owner)
 
     def _outcome(self, job_id: int, status: str, error: str | None,
-                 run_at: float | None) -> None:
+                 run_at: float | None, owner: tuple[str, int] | None) -> None:
         with self._lock:
             held = self._jobs.get(job_id)
             if held is None or held.job.status != "running":
+                return
+            if owner is not None and owner != (held.worker, held.job.attempts):
                 return
             job = held.job
             held.job = replace(job, status=status,

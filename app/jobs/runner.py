@@ -61,6 +61,7 @@ class JobRunner:
         self.prune_every = prune_every
         self.worker = _worker_name()
         self.running = {}  # job id -> Job
+        self._recording = set()  # ids of jobs whose outcome waits for the store to come back
         self.stop_requests = 0  # a plain counter: safe to bump from a signal handler
         self._changed = threading.Condition()
         self._wake = threading.Event()
@@ -169,7 +170,8 @@ class JobRunner:
                       job.kind, exc)
         finally:
             with self._changed:
-                self.running.pop(job.id, None)
+                if self.running.get(job.id) is job:  # not a later claim of the same job
+                    del self.running[job.id]
                 self._changed.notify_all()
 
     def _shutdown(self):
@@ -183,6 +185,11 @@ class JobRunner:
                 self._changed.wait(0.2)
             left = list(self.running.values())
         for job in left:
+            if job.id in self._recording:
+                log.warning("job %s (%s) still recording its outcome at shutdown: not handed "
+                            "back (if the outcome is lost, it runs again after its lease)",
+                            job.id, job.kind)
+                continue
             try:
                 released = self.store.release_job(job.id, self.worker)
             except StoreUnavailable as exc:
@@ -269,25 +276,33 @@ class JobRunner:
 
     def _record(self, job, outcome, error=None, delay=None):
         """Record a job's outcome ("done", "dead", or "retry" in ``delay`` seconds), waiting
-        out a store outage for up to half a lease (the heartbeat keeps the lease longer): the
-        attempt has run, and running it again would repeat what it did."""
+        out a store outage for up to half a lease: the attempt has run, and running it again
+        would repeat what it did."""
         give_up = time.monotonic() + self.lease / 2
         pause = RECORD_RETRY_SECONDS
-        while True:
-            try:
-                if outcome == "done":
-                    self.store.finish_job(job.id)
-                else:
-                    retry_at = None if delay is None else self.store.clock() + delay
-                    self.store.fail_job(job.id, error, retry_at=retry_at)
-                return
-            except StoreUnavailable as exc:
-                if time.monotonic() + pause > give_up or self.stop_requests > 1:
-                    raise
-                log.warning("job %s (%s): outcome %r not recorded yet, store unavailable "
-                            "(%s); trying again in %.1fs", job.id, job.kind, outcome, exc, pause)
-                time.sleep(pause)
-                pause = min(pause * 2, RECORD_RETRY_CAP_SECONDS)
+        # Recorded only while this worker still runs this attempt: had the lease run out and
+        # the job been claimed again, the outcome would be another attempt's.
+        owner = (self.worker, job.attempts)
+        try:
+            while True:
+                try:
+                    if outcome == "done":
+                        self.store.finish_job(job.id, owner=owner)
+                    else:
+                        retry_at = None if delay is None else self.store.clock() + delay
+                        self.store.fail_job(job.id, error, retry_at=retry_at, owner=owner)
+                    return
+                except StoreUnavailable as exc:
+                    if time.monotonic() + pause > give_up or self.stop_requests > 1:
+                        raise
+                    self._recording.add(job.id)
+                    log.warning("job %s (%s): outcome %r not recorded yet, store unavailable "
+                                "(%s); trying again in %.1fs", job.id, job.kind, outcome, exc,
+                                pause)
+                    time.sleep(pause)
+                    pause = min(pause * 2, RECORD_RETRY_CAP_SECONDS)
+        finally:
+            self._recording.discard(job.id)
 
     def _prune(self):
         try:

@@ -217,16 +217,21 @@ class EventStore(Protocol):
         """
         ...
 
-    def finish_job(self, job_id: int) -> None:
-        """Mark a running job done; a job that is not running is left as it is."""
+    def finish_job(self, job_id: int, owner: tuple[str, int] | None = None) -> None:
+        """Mark a running job done; a job that is not running is left as it is.
+
+        With ``owner`` (worker, attempts), only while that worker still runs that attempt:
+        one whose lease ran out and was taken by another claim is left to it.
+        """
         ...
 
-    def fail_job(self, job_id: int, error: str,
-                 retry_at: float | None = None) -> None:
+    def fail_job(self, job_id: int, error: str, retry_at: float | None = None,
+                 owner: tuple[str, int] | None = None) -> None:
         """Record a running job's failed attempt (``error``, its first 2000 characters).
 
         The job becomes due again at ``retry_at``, or is dead-lettered when that is None.
-        A job that is not running (released meanwhile) is left as it is.
+        A job that is not running (released meanwhile) is left as it is, and so is one no
+        longer run by ``owner`` when it is given (see ``finish_job``).
         """
         ...
 

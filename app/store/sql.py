@@ -378,25 +378,28 @@ class SQLStore(SessionsSQL, OutboxSQL, CallRecordsSQL, ReactionsSQL, DeliveryLog
         )
         return changed == 1
 
-    def finish_job(self, job_id: int) -> None:
+    def finish_job(self, job_id: int, owner: tuple[str, int] | None = None) -> None:
         """Mark a running job done (one handed back to the queue meanwhile stays queued)."""
-        self._set_job(job_id, "done", None, None)
+        self._set_job(job_id, "done", None, None, owner)
 
-    def fail_job(self, job_id: int, error: str, retry_at: float | None = None) -> None:
+    def fail_job(self, job_id: int, error: str, retry_at: float | None = None,
+                 owner: tuple[str, int] | None = None) -> None:
         """Schedule another attempt at ``retry_at``, or dead-letter the job when it is None."""
         status = "pending" if retry_at is not None else "dead"
-        self._set_job(job_id, status, str(error)[:2000], retry_at)
+        self._set_job(job_id, status, str(error)[:2000], retry_at, owner)
 
-    def _set_job(self, job_id, status, error, run_at):
+    def _set_job(self, job_id, status, error, run_at, owner):
         # Only a running job has an outcome to record: one handed back to the queue by a
         # worker shutting down (its thread finishing late) stays queued.
         now = self.clock()
-        self._exec(
-            "UPDATE jobs SET status = ?, last_error = COALESCE(?, last_error), "
-            "run_at = COALESCE(?, run_at), lease_until = NULL, updated_at = ? "
-            "WHERE id = ? AND status = 'running'",
-            (status, error, run_at, now, job_id),
-        )
+        sql = ("UPDATE jobs SET status = ?, last_error = COALESCE(?, last_error), "
+               "run_at = COALESCE(?, run_at), lease_until = NULL, updated_at = ? "
+               "WHERE id = ? AND status = 'running'")
+        params: tuple[Any, ...] = (status, error, run_at, now, job_id)
+        if owner is not None:
+            sql += " AND worker = ? AND attempts = ?"
+            params += owner
+        self._exec(sql, params)
 
     def retry_job(self, job_id: int) -> bool:
         """Put a dead (or any) job back in the queue with a fresh set of attempts."""
