@@ -72,12 +72,11 @@ class DeadlineSocket:
 
     def sendall(self, data, *flags):
         held = self._held
-        if held is not None:
-            if held is _HOLD and data[9:10] != b"1":  # an informational 1xx goes at once
+        if held is _HOLD:
+            if data[9:10] != b"1":  # an informational 1xx goes at once
                 self._held = data
                 return None
-            if held is _HOLD:
-                return self._conn.sendall(data, *flags)
+        elif held is not None:
             self._held = None
             data = held + data
         return self._conn.sendall(data, *flags)
@@ -226,9 +225,9 @@ class HygienicGeventWorker(GeventWorker):
         util.close_graceful(client, timeout=REFUSAL_SECONDS)
 
 
-def reserve_descriptors(count: int) -> int:
+def reserve_descriptors(count: int) -> None:
     """Grow this process's descriptor table to ``count`` entries (at most the open-files
-    limit) while it has a single thread; returns the size asked for.
+    limit); call it while the process has a single thread.
 
     Linux grows the table to the next power of two when a new descriptor does not fit, and
     in a process with threads it first waits out an RCU grace period, inside the ``accept``
@@ -246,7 +245,6 @@ def reserve_descriptors(count: int) -> int:
         log.warning("could not reserve %d file descriptors: %s", count, exc)
     finally:
         os.close(base)
-    return count
 
 
 class AppLogger(glogging.Logger):
