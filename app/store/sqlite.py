@@ -10,12 +10,14 @@ group (one ``BEGIN IMMEDIATE`` ... ``COMMIT``, a savepoint per operation: one fa
 does not undo the others), single statements to a small pool of native threads
 (``STORE_THREADS``). Each operation waits for a lock at most ``LOCK_WAIT_SECONDS`` from the
 moment it was submitted, queueing included, and then fails with StoreUnavailable (503).
-Checkpoints run in a pool thread every ``CHECKPOINT_EVERY`` commits.
+Checkpoints run in a thread of their own every ``CHECKPOINT_EVERY`` commits, beside the writes;
+only their last step, which starts the WAL over, holds writes up (a few ms).
 """
 
 import collections
 import contextlib
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -36,6 +38,8 @@ GROUP_MAX = 256  # operations committed together at most
 WRITER_SLACK_SECONDS = 30.0
 WAL_PAGES = 256  # checkpoint the WAL at this many pages (1 MiB of 4 KiB pages)
 CHECKPOINT_EVERY = 64  # commits between two checkpoints under gevent (a few pages each)
+RESTART_WAIT_SECONDS = 0.1  # longest a checkpoint holds this process's writes to end the WAL
+CHECKPOINT_TRIES = 5  # of a checkpoint that met another process's
 # Errors after which no pooled connection is trusted: each may have been opened read-only
 # (the file was not writable then) or hold a WAL that could not be written.
 _STALE_ERRORS = {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR,
@@ -74,11 +78,12 @@ class SQLiteStore(SQLStore):
         self._idle = collections.deque()
         self._pid = os.getpid()
         self._generation = 0  # bumped to retire every connection made before a stale error
-        self._pool = self._pool_pid = self._queue = None
+        self._pool = self._pool_pid = self._queue = self._checkpoints = None
         self._loop_conn = None  # the event loop's connection (gevent only), opened in a thread
         self._loop_conn_state = _CLOSED
         self._loop_thread = None
         self._commits = 0  # since the last checkpoint (gevent only)
+        self._checkpoint_due = False  # a checkpoint was asked for and has not ended
         self._checkpointing = False  # until it ends, every operation runs in a thread
         # One write transaction at a time per process without gevent (threads): more would only
         # take turns at the file lock through SQLite's sleeping busy handler.
@@ -101,8 +106,8 @@ class SQLiteStore(SQLStore):
                 self._loop_conn_state = _IDLE if self._loop_conn is conn else _CLOSED
                 if transaction:
                     self._writer.release()
-        # While a checkpoint runs, single statements queue behind it too: a write of theirs
-        # between the checkpoint and the WAL's restart would stop the restart.
+        # While a checkpoint runs, single statements queue too: the writer thread holds them
+        # back while the last frames are copied (a write then would stop the WAL's restart).
         if transaction or self._checkpointing:
             result = AsyncResult()  # set by the writer thread
             self._writes().put((fn, give_up, result))
@@ -160,31 +165,55 @@ class SQLiteStore(SQLStore):
             return
         self._loop_conn, self._loop_conn_state = conn, _IDLE
 
-    def _committed(self, in_writer=False):
-        """Count a commit; every CHECKPOINT_EVERY, have the writer thread checkpoint."""
+    def _committed(self):
+        """Count a commit; every CHECKPOINT_EVERY, have the checkpoint thread checkpoint."""
         self._commits += 1
-        if self._commits >= CHECKPOINT_EVERY and not self._checkpointing:
-            self._commits, self._checkpointing = 0, True
-            if in_writer:
-                self._checkpoint()
-            else:
-                self._queue.put(_CHECKPOINT)
+        if self._commits >= CHECKPOINT_EVERY and not self._checkpoint_due:
+            self._commits, self._checkpoint_due = 0, True
+            self._checkpoints.put(None)
 
-    def _checkpoint(self):
-        """In the writer thread: copy the WAL into the database (PASSIVE: waiting for no one).
-        When all of it was copied, write once more at once, so that this thread, not the
-        loop's next write, starts the WAL over (and syncs its header). Meanwhile no operation
-        runs on the loop's connection: a write between the two would stop the restart."""
+    def _checkpoint_forever(self, requests):
+        """The checkpoint thread: its fsyncs (~10 ms each) hold up no write of this process."""
+        while True:
+            requests.get()
+            try:
+                # Another process's checkpoint makes ours fail at once: try again a moment
+                # later, at a random one, so that two processes do not keep meeting.
+                for _ in range(CHECKPOINT_TRIES):
+                    if self._checkpoint():
+                        break
+                    self._checkpointing = False
+                    _native_sleep(random.uniform(0.002, 0.02))
+            finally:
+                self._checkpoint_due = self._checkpointing = False
+
+    def _checkpoint(self) -> bool:
+        """Copy the WAL into the database and start it over, holding writes up only while the
+        last frames are copied. A PASSIVE copy (waiting for no one; its fsyncs take ~10 ms
+        each) runs beside them. Then a RESTART copies what came meanwhile, holding off this
+        process's writes and, while it runs, every process's: under a steady load from
+        several processes PASSIVE copies alone never end the WAL. Then one write at once has
+        this thread, not a loop's next write, start the WAL over (and sync its header); no
+        operation runs on the loop's connection until then. True when the WAL was ended."""
+        give_up = time.monotonic() + self.lock_wait
         try:
-            with self._cursor(False, time.monotonic() + self.lock_wait) as cur:
-                busy, frames, copied = cur.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                if not busy and frames == copied:
+            with self._cursor(False, give_up) as cur:
+                cur.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self._checkpointing = True
+                if not self._writer.acquire(timeout=RESTART_WAIT_SECONDS):
+                    return False
+                try:
+                    cur.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_SECONDS * 1000:.0f}")
+                    busy, _, _ = cur.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                    if busy:
+                        return False
                     version = cur.execute("PRAGMA user_version").fetchone()[0]
                     cur.execute(f"PRAGMA user_version = {(version + 1) % 1000}")
+                    return True
+                finally:
+                    self._writer.release()
         except sqlite3.Error:
-            pass  # the next one tries again; the WAL only grows meanwhile
-        finally:
-            self._checkpointing = False
+            return False  # the next one tries again; the WAL only grows meanwhile
 
     def _threads(self):
         if self._pool_pid != current_pid():  # made in each process: threads do not cross a fork
@@ -194,7 +223,10 @@ class SQLiteStore(SQLStore):
             self._pool, self._pool_pid = ThreadPool(STORE_THREADS), os.getpid()
             self._loop_thread = _native_thread_id()
             self._queue = get_original("queue", "SimpleQueue")()
-            get_original("_thread", "start_new_thread")(self._write_groups, (self._queue,))
+            self._checkpoints = get_original("queue", "SimpleQueue")()
+            start = get_original("_thread", "start_new_thread")
+            start(self._write_groups, (self._queue,))
+            start(self._checkpoint_forever, (self._checkpoints,))
         return self._pool
 
     def _writes(self):
@@ -211,9 +243,6 @@ class SQLiteStore(SQLStore):
                 pending.append(queue.get())
             while len(pending) < GROUP_MAX and not queue.empty():
                 pending.append(queue.get())
-            if _CHECKPOINT in pending:
-                pending = [item for item in pending if item is not _CHECKPOINT]
-                self._checkpoint()
             now = time.monotonic()
             for _, give_up, result in pending:
                 if give_up <= now:
@@ -223,7 +252,7 @@ class SQLiteStore(SQLStore):
                 continue
             try:
                 outcomes = self._commit_group(pending)
-                self._committed(in_writer=True)
+                self._committed()
             except sqlite3.OperationalError as exc:
                 if _locked(exc):
                     continue  # the earliest budget ran out: fail that one, try the rest again
@@ -378,7 +407,6 @@ class SQLiteStore(SQLStore):
 
 
 _CLOSED, _OPENING, _IDLE, _IN_USE = (object() for _ in range(4))  # the loop connection's states
-_CHECKPOINT = object()  # queued for the writer thread: checkpoint now
 
 
 class _Connection(sqlite3.Connection):
