@@ -573,3 +573,24 @@ def test_the_delivery_log_writes_a_voice_turn_once_per_flush_in_its_last_version
     journal.voice_finished(late, "deadline", 0.003, 15.0, "Sorry.")
     assert journal.flush() == 1
     assert [row["outcome"] for row in store.delivery_log(voice=True)] == ["deadline", "answered"]
+
+
+def test_the_delivery_log_writes_many_rows_at_once_and_updates_them(opened):
+    from app.console.journal import Journal
+    from app.store.console import ROWS_PER_STATEMENT
+
+    store = opened()
+    journal = Journal(store)
+    count = 2 * ROWS_PER_STATEMENT + 5  # more than one statement's worth, and a part one
+    turns = [journal.record(f"whd_{i}", "agent.message", "in_flight", 200, channel="voice",
+                            call_id=f"call_{i}", received_at=1000.0 + i) for i in range(count)]
+    assert journal.flush() == count
+    for i, turn in enumerate(turns[::2]):
+        journal.voice_finished(turn, "answered", 0.002, 1.0, f"answer {i}")
+    assert journal.flush() == len(turns[::2])
+    rows = {row["delivery_id"]: row for row in store.delivery_log(limit=count + 10)}
+    assert len(rows) == count
+    assert [rows[f"whd_{i}"]["outcome"] for i in range(4)] == [
+        "answered", "in_flight", "answered", "in_flight"]
+    assert rows[f"whd_{count - 1}"]["answered"] == f"answer {(count - 1) // 2}"
+    assert rows[f"whd_{count - 1}"]["call_id"] == f"call_{count - 1}"

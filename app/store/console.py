@@ -16,6 +16,7 @@ LOG_COLUMNS = ("id", "delivery_id", "event", "channel", "agent_id", "call_id",
                "conversation_id", "outcome", "status", "said", "answered", "received_at",
                "first_line_ms", "final_ms")
 IN_FLIGHT = "in-flight"
+ROWS_PER_STATEMENT = 64  # 896 parameters: under SQLite's oldest limit (999)
 # A failed delivery, written as the partial index delivery_log_failures is, so that it is used.
 FAILED = "(status >= 400 OR outcome IN ('deadline', 'agent_error'))"
 
@@ -25,16 +26,25 @@ class DeliveryLogSQL(SQLRepository):
 
     def write_delivery_log(self, rows: Sequence[Sequence[Any]]) -> None:
         """Insert or update log rows, their values in LOG_COLUMNS order (a voice turn is
-        written when it starts and again when it ends), in one transaction."""
+        written when it starts and again when it ends; one id at most once per call), in one
+        transaction."""
         if not rows:
             return
         columns = ", ".join(LOG_COLUMNS)
-        marks = ", ".join("?" for _ in LOG_COLUMNS)
         updates = ", ".join(f"{c} = excluded.{c}" for c in LOG_COLUMNS[7:])
-        sql = (f"INSERT INTO delivery_log ({columns}) VALUES ({marks}) "
-               f"ON CONFLICT (id) DO UPDATE SET {updates}")
+        row_marks = "(" + ", ".join("?" for _ in LOG_COLUMNS) + ")"
 
-        self.run(lambda cur: cur.executemany(sql, rows), bulk=True)
+        def insert(cur):
+            # Many rows per statement: each statement lets go of the GIL and takes it back,
+            # which a thread waits for behind a busy event loop while it holds the file lock.
+            for start in range(0, len(rows), ROWS_PER_STATEMENT):
+                chunk = rows[start:start + ROWS_PER_STATEMENT]
+                cur.execute(f"INSERT INTO delivery_log ({columns}) VALUES "
+                            f"{', '.join([row_marks] * len(chunk))} "
+                            f"ON CONFLICT (id) DO UPDATE SET {updates}",
+                            [value for row in chunk for value in row])
+
+        self.run(insert, bulk=True)
 
     def delivery_log(self, limit: int = 100, channel: str | None = None,
                      voice: bool | None = None, call_id: str | None = None,
