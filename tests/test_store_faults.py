@@ -3,12 +3,14 @@ database file, each fixed while the process runs; with threads, and under gevent
 operations run on the event loop's connection first."""
 
 import json
+import queue
 import subprocess
 import sys
+import threading
 
 import pytest
 
-from app.store.sqlite import RESTART_PAGES, WAL_PAGES
+from app.store.sqlite import RESTART_PAGES, WAL_PAGES, SQLiteStore
 from tests.servers import ROOT
 
 # A private mount namespace for the tmpfs; file modes that bind root for the read-only file.
@@ -54,3 +56,25 @@ def test_bulk_operations_never_hold_the_event_loop(tmp_path):
     # The delivery log's flush and the prune: many rows, run by the writer thread.
     assert run_fault("bulk", tmp_path, "gevent") == {
         "quick_on_loop": True, "bulk_on_loop": False, "quick_again_on_loop": True}
+
+
+def test_the_checkpoint_thread_outlives_a_failed_checkpoint(tmp_path, caplog):
+    store = SQLiteStore(f"sqlite:///{tmp_path}/events.db")
+    done, outcomes = threading.Event(), iter([RuntimeError("unexpected"), True])
+
+    def checkpoint():
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        done.set()
+        return outcome
+
+    store._checkpoint = checkpoint
+    requests = queue.SimpleQueue()
+    threading.Thread(target=store._checkpoint_forever, args=(requests,), daemon=True).start()
+    requests.put(None)
+    requests.put(None)
+    assert done.wait(10)  # the second checkpoint ran
+    assert "checkpoint failed" in caplog.text
+    assert not store._checkpointing and not store._checkpoint_due
+    store.close()

@@ -16,6 +16,7 @@ only their last step, which starts the WAL over, holds writes up (a few ms).
 
 import collections
 import contextlib
+import logging
 import os
 import random
 import sqlite3
@@ -29,6 +30,8 @@ from gevent.event import AsyncResult
 from app.runtime import current_pid, gevent_active
 from app.store.base import StoreUnavailable
 from app.store.sql import SQLStore
+
+log = logging.getLogger(__name__)
 
 # Longest wait of one operation for the write lock (another process's transaction, a backup);
 # a text delivery is stored or refused with 503 within about this.
@@ -187,6 +190,8 @@ class SQLiteStore(SQLStore):
                         break
                     self._checkpointing = False
                     _native_sleep(random.uniform(0.002, 0.02))
+            except Exception:  # the thread goes on: without it the WAL would grow unseen
+                log.exception("sqlite store: checkpoint failed")
             finally:
                 self._checkpoint_due = self._checkpointing = False
 
