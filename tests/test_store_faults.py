@@ -7,6 +7,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -64,6 +65,7 @@ def test_the_checkpoint_thread_outlives_a_failed_checkpoint(tmp_path, caplog):
 
     def checkpoint():
         outcome = next(outcomes)
+        store._checkpointing = True  # as a checkpoint that reached its RESTART
         if isinstance(outcome, Exception):
             raise outcome
         done.set()
@@ -76,5 +78,8 @@ def test_the_checkpoint_thread_outlives_a_failed_checkpoint(tmp_path, caplog):
     requests.put(None)
     assert done.wait(10)  # the second checkpoint ran
     assert "checkpoint failed" in caplog.text
+    deadline = time.monotonic() + 10
+    while store._checkpointing and time.monotonic() < deadline:  # the thread's finally runs
+        time.sleep(0.01)
     assert not store._checkpointing and not store._checkpoint_due
     store.close()

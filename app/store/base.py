@@ -429,7 +429,7 @@ class DeliveryLog(Protocol):
     def write_delivery_log(self, rows: Sequence[Sequence[Any]]) -> None:
         """Insert rows, each its values in ``LOG_COLUMNS`` order, or update the outcome of
         those written before (a voice turn is written when it starts and again when it ends),
-        all in one transaction."""
+        all in one transaction. An id comes at most once per call."""
         ...
 
     def delivery_log(self, limit: int = 100, channel: str | None = None,

@@ -89,6 +89,7 @@ class SQLiteStore(SQLStore):
         self._loop_conn_state = _CLOSED
         self._loop_thread = None
         self._commits = 0  # since the last checkpoint (gevent only)
+        self._restarts = 0  # WAL starts this process made (the value its starting write sets)
         self._checkpoint_due = False  # a checkpoint was asked for and has not ended
         self._checkpointing = False  # until it ends, every operation runs in a thread
         # One write transaction at a time per process without gevent (threads): more would only
@@ -112,9 +113,7 @@ class SQLiteStore(SQLStore):
                 self._loop_conn_state = _IDLE if self._loop_conn is conn else _CLOSED
                 if transaction:
                     self._writer.release()
-        # While a checkpoint runs, single statements queue too: the writer thread holds them
-        # back while the last frames are copied (a write then would stop the WAL's restart).
-        if transaction or self._checkpointing:
+        if transaction:
             result = AsyncResult()  # set by the writer thread
             self._writes().put((fn, give_up, result))
             # With a timeout: its timer keeps the loop alive while only another thread can
@@ -160,6 +159,11 @@ class SQLiteStore(SQLStore):
                             or not self._writer.acquire(blocking=False)):
             return None  # queued operations go first; the writer thread holds the lock
         self._loop_conn_state = _IN_USE
+        if self._checkpointing:  # set by the checkpoint thread since the check above
+            self._loop_conn_state = _IDLE
+            if transaction:
+                self._writer.release()
+            return None
         return conn
 
     def _open_loop_connection(self):
@@ -201,30 +205,43 @@ class SQLiteStore(SQLStore):
         fsyncs take ~10 ms each) runs beside them. Past RESTART_PAGES, or when that copied it
         whole, a RESTART copies what came meanwhile, holding off this process's writes and,
         while it runs, every process's (under a steady load from several processes PASSIVE
-        copies alone never end the WAL); then one write at once has this thread, not a loop's
-        next write, start the WAL over and sync its header. No operation runs on the loop's
-        connection meanwhile. False when it should be tried again."""
+        copies alone never end the WAL); then one write at once has this thread start the
+        WAL over and sync its header. No operation runs on this process's loop connection
+        meanwhile; another process's loop may still be the first to write after the RESTART
+        and pay that sync (a few ms). False when it should be tried again."""
         give_up = time.monotonic() + self.lock_wait
         try:
             with self._cursor(False, give_up) as cur:
                 busy, frames, copied = cur.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                if not busy and copied < frames < RESTART_PAGES:
-                    return True  # not yet worth a start; one copied whole is started here
+                if frames <= 0 or (not busy and copied < frames < RESTART_PAGES):
+                    # Empty, another process's checkpoint at work, or not yet worth a start.
+                    return True
                 self._checkpointing = True
                 if not self._writer.acquire(timeout=RESTART_WAIT_SECONDS):
                     return False
                 try:
+                    if not self._loop_connection_idle(time.monotonic() + RESTART_WAIT_SECONDS):
+                        return False
                     cur.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_SECONDS * 1000:.0f}")
                     busy, _, _ = cur.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
                     if busy:
                         return False
-                    version = cur.execute("PRAGMA user_version").fetchone()[0]
-                    cur.execute(f"PRAGMA user_version = {(version + 1) % 1000}")
+                    # One statement, no read first: another process's loop may write first.
+                    self._restarts += 1
+                    cur.execute(f"PRAGMA user_version = {self._restarts % 1000}")
                     return True
                 finally:
                     self._writer.release()
         except sqlite3.Error:
             return False  # the next one tries again; the WAL only grows meanwhile
+
+    def _loop_connection_idle(self, until):
+        """Wait (this thread only) for a single statement on the loop's connection to end."""
+        while self._loop_conn_state is _IN_USE:
+            if time.monotonic() > until:
+                return False
+            _native_sleep(0.0005)
+        return True
 
     def _threads(self):
         if self._pool_pid != current_pid():  # made in each process: threads do not cross a fork
@@ -232,6 +249,8 @@ class SQLiteStore(SQLStore):
             from gevent.threadpool import ThreadPool
 
             self._pool, self._pool_pid = ThreadPool(STORE_THREADS), os.getpid()
+            # A parent's checkpoint, due or running, is not this process's.
+            self._commits, self._checkpoint_due, self._checkpointing = 0, False, False
             self._loop_thread = _native_thread_id()
             self._queue = get_original("queue", "SimpleQueue")()
             self._checkpoints = get_original("queue", "SimpleQueue")()
