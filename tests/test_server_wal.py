@@ -43,13 +43,12 @@ def test_the_wal_is_started_over_while_two_workers_write(gunicorn, tmp_path):
     wal = tmp_path / "events.db-wal"
     requests = [signed_request(SECRET, payload("sms", f"text {i}", messageId=f"msg_{i}"))
                 for i in range(TEXTS)]
-    statuses, largest, sending = [], [0], [True]
+    statuses, largest, sent = [], [0], threading.Event()
 
     def watch():
-        while sending[0]:
+        while not sent.wait(0.01):
             if wal.exists():
                 largest[0] = max(largest[0], os.path.getsize(wal))
-            time.sleep(0.01)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -61,7 +60,7 @@ def test_the_wal_is_started_over_while_two_workers_write(gunicorn, tmp_path):
         for sender in senders:
             sender.join()
     finally:
-        sending[0] = False
+        sent.set()
         watcher.join()
     assert len(statuses) >= TEXTS // 2
     assert set(statuses) == {200}

@@ -187,8 +187,8 @@ class SQLiteStore(SQLStore):
         while True:
             requests.get()
             try:
-                # Another process's checkpoint makes ours fail at once: try again a moment
-                # later, at a random one, so that two processes do not keep meeting.
+                # A RESTART that met another process's checkpoint, or its readers, fails at
+                # once: try again a moment later, at a random one, so that two do not keep meeting.
                 for _ in range(CHECKPOINT_TRIES):
                     if self._checkpoint():
                         break
