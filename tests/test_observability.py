@@ -8,7 +8,14 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.agentphone import AgentPhoneClient
-from app.metrics import API_REQUESTS, API_RETRIES, API_RETRY_AFTER, endpoint
+from app.metrics import (
+    API_REQUESTS,
+    API_RETRIES,
+    API_RETRY_AFTER,
+    FLUSH_SECONDS,
+    endpoint,
+    flush,
+)
 from app.simulator import payload, signed_request
 from tests.fake_agentphone import API_KEY, fake_api_fixture, json_reply  # noqa: F401
 from tests.servers import post_stream
@@ -32,6 +39,19 @@ def value(values, name, **labels):
     return values.get((name, tuple(sorted(labels.items()))), 0)
 
 
+def scrape_once_written(server, deliveries, token=None):
+    """A scrape taken once every process has written its counts of ``deliveries`` deliveries
+    (each process writes its counts within FLUSH_SECONDS)."""
+    deadline = time.monotonic() + 10 * FLUSH_SECONDS
+    while True:
+        values = scrape(server, token)
+        counted = sum(v for (name, _), v in values.items()
+                      if name == "agentphone_deliveries_total")
+        if counted >= deliveries or time.monotonic() > deadline:
+            return values
+        time.sleep(FLUSH_SECONDS / 5)
+
+
 def test_metrics_add_up_every_worker(gunicorn, secret, effects_agent):
     server = gunicorn(workers=2, METRICS_TOKEN="scrape-me", JOB_RUNNER="off",
                       VOICE_TIMEOUT=5, TEST_TOOL_SECONDS=0.2, **effects_agent.env)
@@ -46,7 +66,7 @@ def test_metrics_add_up_every_worker(gunicorn, secret, effects_agent):
         assert requests.post(server.webhook, data=raw, headers=headers).status_code == 200
     raw, headers = signed_request("whsec_forged", payload("sms", "x"))
     assert requests.post(server.webhook, data=raw, headers=headers).status_code == 401
-    values = scrape(server, "scrape-me")
+    values = scrape_once_written(server, 12, "scrape-me")
     assert value(values, "agentphone_deliveries_total", event="agent.message",
                  channel="voice", outcome="accepted") == 6
     assert value(values, "agentphone_deliveries_total", event="agent.message",
@@ -89,10 +109,12 @@ def test_api_requests_retries_and_retry_after_waits_are_counted(fake_api):
                 {"id": "call_1", "status": "completed"})
     where = endpoint("/v1/calls/call_1")
     assert where == "/v1/calls/{id}"
+    flush()
     before = (API_REQUESTS.labels("GET", where, "200")._value.get(),
               API_RETRIES.labels("GET", where)._value.get(), API_RETRY_AFTER._value.get())
     with AgentPhoneClient(API_KEY, base_url=fake_api.url, backoff_factor=0.01) as client:
         assert client.get_call("call_1").status == "completed"
+    flush()
     after = (API_REQUESTS.labels("GET", where, "200")._value.get(),
              API_RETRIES.labels("GET", where)._value.get(), API_RETRY_AFTER._value.get())
     assert after[0] - before[0] == 1 and after[1] - before[1] == 1

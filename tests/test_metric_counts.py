@@ -1,0 +1,92 @@
+"""Counters and histograms that hold their counts in memory until a flush: the same samples as
+the library's own metrics, written by a flush, by the flusher thread, never twice."""
+
+import math
+import os
+import time
+
+import prometheus_client
+import pytest
+from prometheus_client import CollectorRegistry
+
+from app import metrics
+from app.metrics import Counter, Histogram
+
+BUCKETS = (0.001, 0.01, 0.1, 1)
+# On a bound, between bounds, past the last one, zero, negative, and an int.
+AMOUNTS = (0.001, 0.0005, 0.01, 0.05, 0.1, 1, 7.5, 0, -2.0, 3, 0.1, 1e-9)
+
+
+def samples(metric):
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in metric.collect() for s in family.samples
+            if not s.name.endswith("_created")}
+
+
+def test_a_histogram_flushed_has_the_librarys_samples():
+    ours = Histogram("agentphone_test_h", "A test histogram.", ["kind"], buckets=BUCKETS,
+                     registry=CollectorRegistry())
+    theirs = prometheus_client.Histogram("agentphone_test_h", "A test histogram.", ["kind"],
+                                         buckets=BUCKETS, registry=CollectorRegistry())
+    for amount in AMOUNTS:
+        ours.labels("a").observe(amount)
+        theirs.labels("a").observe(amount)
+    ours.labels("b").observe(float("nan"))  # written at once, as the library does
+    theirs.labels("b").observe(float("nan"))
+    assert samples(ours)[("agentphone_test_h_count", (("kind", "a"),))] == 0  # not yet
+    metrics.flush()
+    mine, expected = samples(ours), samples(theirs)
+    nan_sum = ("agentphone_test_h_sum", (("kind", "b"),))
+    assert math.isnan(mine.pop(nan_sum)) and math.isnan(expected.pop(nan_sum))
+    assert mine == expected
+    assert expected[("agentphone_test_h_count", (("kind", "a"),))] == len(AMOUNTS)
+
+
+def test_a_counter_flushed_has_the_librarys_samples():
+    ours = Counter("agentphone_test_c", "A test counter.", ["outcome"],
+                   registry=CollectorRegistry())
+    for amount in (1, 2.5, 0, 1):
+        ours.labels("ok").inc(amount)
+    ours.labels("error").inc()
+    with pytest.raises(ValueError):
+        ours.labels("ok").inc(-1)  # the library's refusal
+    with pytest.raises(ValueError):
+        ours.inc()  # a labelled parent counts nothing itself
+    metrics.flush()
+    metrics.flush()  # nothing pending: nothing written twice
+    assert samples(ours) == {("agentphone_test_c_total", (("outcome", "ok"),)): 4.5,
+                             ("agentphone_test_c_total", (("outcome", "error"),)): 1.0}
+    ours.labels("ok").inc(3)
+    ours.labels("ok").reset()  # pending counts go with the reset
+    metrics.flush()
+    assert samples(ours)[("agentphone_test_c_total", (("outcome", "ok"),))] == 0
+
+
+def test_the_flusher_thread_writes_counts_without_a_scrape():
+    counter = Counter("agentphone_test_flusher", "A test counter.", registry=CollectorRegistry())
+    counter.inc(2)
+    deadline = time.monotonic() + 20 * metrics.FLUSH_SECONDS
+    while counter._value.get() == 0 and time.monotonic() < deadline:
+        time.sleep(metrics.FLUSH_SECONDS / 10)
+    assert counter._value.get() == 2
+
+
+def test_a_forked_child_never_writes_its_parents_counts():
+    counter = Counter("agentphone_test_fork", "A test counter.", registry=CollectorRegistry())
+    counter.inc(5)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own counts only
+        try:
+            counter.inc(1)
+            metrics.flush()
+            os.write(write, str(counter._value.get()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert float(child) == 1
+    metrics.flush()
+    assert counter._value.get() == 5
