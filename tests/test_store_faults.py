@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from app.store.sqlite import RESTART_PAGES, WAL_PAGES, SQLiteStore
+from app.store import SignedBytes, StoreUnavailable
+from app.store.sqlite import LOCK_WAIT_SECONDS, RESTART_PAGES, WAL_PAGES, SQLiteStore
 from tests.servers import ROOT
 
 # A private mount namespace for the tmpfs; file modes that bind root for the read-only file.
@@ -83,3 +84,49 @@ def test_the_checkpoint_thread_outlives_a_failed_checkpoint(tmp_path, caplog):
         time.sleep(0.01)
     assert not store._checkpointing and not store._checkpoint_due
     store.close()
+
+
+# Another process that holds the write lock 10 ms at a time, lets it go for 0.2 ms, and takes
+# it back the moment it is free, as a worker's writer thread committing group after group at
+# saturation does.
+HOG = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=0)
+conn.execute("CREATE TABLE IF NOT EXISTS hog (n INTEGER)")
+print("ready", flush=True)
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError:
+        continue
+    conn.execute("INSERT INTO hog VALUES (1)")
+    time.sleep(0.01)
+    conn.execute("COMMIT")
+    time.sleep(0.0002)
+"""
+
+
+def test_a_transaction_gets_the_lock_from_a_process_that_takes_it_back_at_once(tmp_path):
+    # SQLite's own wait tries every 100 ms at most and finds the lock free about one try in
+    # fifty: claims gave up after the whole budget.
+    store = SQLiteStore(f"sqlite:///{tmp_path}/events.db")
+    store.migrate()
+    hog = subprocess.Popen([sys.executable, "-c", HOG, str(tmp_path / "events.db"), "60"],
+                           stdout=subprocess.PIPE, text=True)
+    failed, started = 0, time.monotonic()
+    try:
+        assert hog.stdout.readline().strip() == "ready"
+        for i in range(8):  # a text's claim and job: one transaction, as every ack takes
+            signed = SignedBytes(f"digest-{i}", time.time() + 600)
+            try:
+                store.claim_with_job(f"hogged-{i}", "agent.message", "text_message", "{}", signed)
+            except StoreUnavailable:
+                failed += 1
+        assert hog.poll() is None  # the other process wrote all along
+    finally:
+        hog.kill()
+        hog.wait()
+        hog.stdout.close()
+    assert failed == 0
+    assert time.monotonic() - started < 8 * LOCK_WAIT_SECONDS
