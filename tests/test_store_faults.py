@@ -107,7 +107,18 @@ while time.monotonic() < deadline:
 """
 
 
-def test_a_transaction_gets_the_lock_from_a_process_that_takes_it_back_at_once(tmp_path):
+CLAIMS = {
+    # A text's claim and job: one transaction, as every ack takes.
+    "transaction": lambda store, i: store.claim_with_job(
+        f"hogged-{i}", "agent.message", "text_message", "{}",
+        SignedBytes(f"digest-{i}", time.time() + 600)),
+    # One statement on its own, as the job runner's updates are.
+    "statement": lambda store, i: store.claim_voice(f"hogged-{i}", "agent.message", "test"),
+}
+
+
+@pytest.mark.parametrize("kind", CLAIMS)
+def test_a_write_gets_the_lock_from_a_process_that_takes_it_back_at_once(tmp_path, kind):
     # SQLite's own wait tries every 100 ms at most and finds the lock free about one try in
     # fifty: claims gave up after the whole budget.
     store = SQLiteStore(f"sqlite:///{tmp_path}/events.db")
@@ -117,10 +128,9 @@ def test_a_transaction_gets_the_lock_from_a_process_that_takes_it_back_at_once(t
     failed, started = 0, time.monotonic()
     try:
         assert hog.stdout.readline().strip() == "ready"
-        for i in range(8):  # a text's claim and job: one transaction, as every ack takes
-            signed = SignedBytes(f"digest-{i}", time.time() + 600)
+        for i in range(8):
             try:
-                store.claim_with_job(f"hogged-{i}", "agent.message", "text_message", "{}", signed)
+                CLAIMS[kind](store, i)
             except StoreUnavailable:
                 failed += 1
         assert hog.poll() is None  # the other process wrote all along
@@ -128,5 +138,6 @@ def test_a_transaction_gets_the_lock_from_a_process_that_takes_it_back_at_once(t
         hog.kill()
         hog.wait()
         hog.stdout.close()
+        store.close()
     assert failed == 0
     assert time.monotonic() - started < 8 * LOCK_WAIT_SECONDS

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 # a text delivery is stored or refused with 503 within about this.
 LOCK_WAIT_SECONDS = 2.5
 STORE_THREADS = 4
-WRITE_LOCK_POLL_MS = 1  # how often a transaction waiting for another process's lock tries
+WRITE_LOCK_POLL_MS = 1  # how often a statement waiting for another process's lock tries
 GROUP_MAX = 256  # operations committed together at most
 WRITER_SLACK_SECONDS = 30.0
 WAL_PAGES = 256  # checkpoint the WAL at this many pages (1 MiB of 4 KiB pages)
@@ -217,6 +217,7 @@ class SQLiteStore(SQLStore):
                 if frames <= 0 or (not busy and copied < frames < RESTART_PAGES):
                     # Empty, another process's checkpoint at work, or not yet worth a start.
                     return True
+                cur.give_up = 0.0  # tried once from here on: this process's writes wait
                 self._checkpointing = True
                 if not self._writer.acquire(timeout=RESTART_WAIT_SECONDS):
                     return False
@@ -338,15 +339,14 @@ class SQLiteStore(SQLStore):
             return
         conn = self._checkout()
         try:
-            cur = conn.cursor()
+            cur = _waiting_cursor(conn, give_up)
             if not transaction:
-                _set_busy_timeout(conn, give_up)
                 yield cur
             elif not self._writer.acquire(timeout=max(0.0, give_up - time.monotonic())):
                 raise LockWaitExceeded("gave up waiting for this process's writer")
             else:
                 try:
-                    yield from _transaction(conn, cur, give_up)
+                    yield from _transaction(cur)
                 finally:
                     self._writer.release()
         except LockWaitExceeded:
@@ -453,8 +453,9 @@ def _locked(exc):
     return isinstance(exc, LockWaitExceeded) or "locked" in str(exc) or "busy" in str(exc)
 
 
-def _transaction(conn, cur, give_up):
-    _take_write_lock(conn, cur, give_up)
+def _transaction(cur):
+    # IMMEDIATE takes the write lock up front, so two claims never deadlock.
+    cur.execute("BEGIN IMMEDIATE")
     try:
         yield cur
     except BaseException:
@@ -463,28 +464,32 @@ def _transaction(conn, cur, give_up):
     cur.execute("COMMIT")
 
 
-def _take_write_lock(conn, cur, give_up):
-    """Begin a transaction holding the write lock, trying again every millisecond until
-    ``give_up``. SQLite's own wait backs off to 100 ms between tries: a process whose writer
-    thread commits group after group takes the lock back at once, and the other process's
-    writes starved for the whole lock budget (503s at saturation)."""
-    conn.execute(f"PRAGMA busy_timeout = {WRITE_LOCK_POLL_MS}")
-    while True:
-        try:
-            # IMMEDIATE takes the write lock up front, so two claims never deadlock.
-            cur.execute("BEGIN IMMEDIATE")
-            return
-        except sqlite3.OperationalError as exc:
-            if not _locked(exc) or time.monotonic() >= give_up:
-                raise
+class _WaitingCursor(sqlite3.Cursor):
+    """A cursor whose statements, while another process holds the write lock, are tried again
+    every WRITE_LOCK_POLL_MS until ``give_up`` (a statement refused for the lock changed
+    nothing). SQLite's own wait backs off to a try every 100 ms, which seldom meets the moments
+    a worker committing group after group leaves the lock free: the other worker's writes
+    starved for the whole budget (503s at saturation)."""
+
+    give_up = 0.0  # no second try
+
+    def execute(self, sql, parameters=(), /):
+        while True:
+            try:
+                return super().execute(sql, parameters)
+            except sqlite3.OperationalError as exc:
+                if not _locked(exc) or time.monotonic() >= self.give_up:
+                    raise
 
 
-def _set_busy_timeout(conn, give_up):
-    """Wait for the file lock for what is left of the operation's budget, no longer."""
-    wait_ms = int((give_up - time.monotonic()) * 1000)
-    if wait_ms <= 0:
+def _waiting_cursor(conn, give_up):
+    """A cursor of ``conn`` that waits for the file lock until ``give_up``, no longer."""
+    if give_up <= time.monotonic():
         raise LockWaitExceeded("gave up waiting for the database lock")
-    conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
+    conn.execute(f"PRAGMA busy_timeout = {WRITE_LOCK_POLL_MS}")
+    cur = conn.cursor(_WaitingCursor)
+    cur.give_up = give_up
+    return cur
 
 
 def _native_lock():
