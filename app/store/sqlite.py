@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 # a text delivery is stored or refused with 503 within about this.
 LOCK_WAIT_SECONDS = 2.5
 STORE_THREADS = 4
-WRITE_LOCK_POLL_MS = 1  # how often a statement waiting for another process's lock tries
+# SQLite's own wait for a lock, in rounds: it tries at 0, 1, 3 and 5 ms, then the statement is
+# tried again (the Python between rounds takes the GIL from the event loop: not every ms).
+BUSY_ROUND_MS = 5
 GROUP_MAX = 256  # operations committed together at most
 WRITER_SLACK_SECONDS = 30.0
 WAL_PAGES = 256  # checkpoint the WAL at this many pages (1 MiB of 4 KiB pages)
@@ -466,10 +468,10 @@ def _transaction(cur):
 
 class _WaitingCursor(sqlite3.Cursor):
     """A cursor whose statements, while another process holds the write lock, are tried again
-    every WRITE_LOCK_POLL_MS until ``give_up`` (a statement refused for the lock changed
-    nothing). SQLite's own wait backs off to a try every 100 ms, which seldom meets the moments
-    a worker committing group after group leaves the lock free: the other worker's writes
-    starved for the whole budget (503s at saturation)."""
+    after each BUSY_ROUND_MS round of SQLite's wait until ``give_up`` (a statement refused for
+    the lock changed nothing). Left to itself, SQLite's wait backs off to a try every 100 ms,
+    which seldom meets the moments a worker committing group after group leaves the lock free:
+    the other worker's writes starved for the whole budget (503s at saturation)."""
 
     give_up = 0.0  # no second try
 
@@ -486,7 +488,7 @@ def _waiting_cursor(conn, give_up):
     """A cursor of ``conn`` that waits for the file lock until ``give_up``, no longer."""
     if give_up <= time.monotonic():
         raise LockWaitExceeded("gave up waiting for the database lock")
-    conn.execute(f"PRAGMA busy_timeout = {WRITE_LOCK_POLL_MS}")
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_ROUND_MS}")
     cur = conn.cursor(_WaitingCursor)
     cur.give_up = give_up
     return cur
