@@ -4,10 +4,11 @@ seen where CPU time swings by more than that.
 
 For each revision (``git archive``; the working tree when none is given) and each side, "on"
 as deployed and "off" with metrics, logs and the delivery log switched off as
-``observability_cost.py`` does, one child process under callgrind builds the app on a fresh
-SQLite file (job runner on, INFO lines to /dev/null) and sends pre-signed deliveries through
-Flask's test client. Counters are zeroed and read around each batch from inside the process
-(callgrind's client requests, through a small C helper compiled here with gcc):
+``observability_cost.py`` does (``--off`` names fewer of them), one child process under
+callgrind builds the app on a fresh SQLite file (job runner on, INFO lines to /dev/null) and
+sends pre-signed deliveries through Flask's test client. Counters are zeroed and read around
+each batch from inside the process (callgrind's client requests, through a small C helper
+compiled here with gcc):
 
 - ``text``: a text delivery and its job, until the job is done, and its delivery-log row
   written;
@@ -32,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 from _server import describe_source, source_tree
-from observability_cost import SWITCHES
+from observability_cost import PARTS, SWITCHES
 
 HELPER = r"""
 #include <valgrind/callgrind.h>
@@ -136,23 +137,23 @@ def helper_library(work):
     return library
 
 
-def switched_off(tree, work):
-    """A copy of ``tree`` with metrics, logs and the delivery log switched off."""
+def switched_off(tree, work, parts):
+    """A copy of ``tree`` with ``parts`` (of metrics, logs and the delivery log) switched off."""
     dark = Path(tempfile.mkdtemp(prefix="dark-", dir=work))
     shutil.copytree(tree, dark, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns(".venv", ".git", "instance", "__pycache__"))
-    for name, switch in SWITCHES.items():
-        with (dark / name).open("a") as f:
-            f.write(switch)
+    for part in parts:
+        with (dark / PARTS[part]).open("a") as f:
+            f.write(SWITCHES[PARTS[part]])
     return dark
 
 
-def count(tree, side, n, helper, work):
+def count(tree, logs_on, n, helper, work):
     """Instructions per delivery (and per access line) of one run under callgrind."""
     out = Path(tempfile.mkdtemp(prefix="cg-", dir=work))
     env = {**os.environ, "TREE": str(tree), "N": str(n), "HELPER": str(helper),
-           "LOG_LEVEL": "INFO" if side == "on" else "WARNING",
-           "ACCESS": "1" if side == "on" else "", "PYTHONHASHSEED": "0",
+           "LOG_LEVEL": "INFO" if logs_on else "WARNING",
+           "ACCESS": "1" if logs_on else "", "PYTHONHASHSEED": "0",
            "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="prom-", dir=work)}
     child = out / "child.py"
     child.write_text(CHILD)
@@ -160,7 +161,7 @@ def count(tree, side, n, helper, work):
                            sys.executable, str(child)], env=env, capture_output=True, text=True,
                           check=False, cwd=str(tree))
     if done.returncode != 0:
-        raise RuntimeError(f"the {side} run failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"the run in {tree} failed:\n{done.stderr[-3000:]}")
     figures = {}
     for dump in out.glob("cg.*"):
         text = dump.read_text(errors="replace")
@@ -169,7 +170,7 @@ def count(tree, side, n, helper, work):
             total = int(re.search(r"^(?:summary|totals): (\d+)", text, re.M).group(1))
             figures[name.group(1)] = total / n
     if missing := set(KINDS) - set(figures):
-        raise RuntimeError(f"the {side} run left no count for {', '.join(sorted(missing))}")
+        raise RuntimeError(f"the run in {tree} left no count for {', '.join(sorted(missing))}")
     return figures
 
 
@@ -177,8 +178,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("revs", nargs="*", help="git revisions (default: the working tree)")
     parser.add_argument("-n", type=int, default=200, help="deliveries of each kind")
+    parser.add_argument("--off", default=",".join(PARTS),
+                        help="what the off side turns off, of " + ",".join(PARTS))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    args.off = [part.strip() for part in args.off.split(",") if part.strip()]
+    if unknown := set(args.off) - set(PARTS):
+        parser.error(f"--off: unknown {', '.join(sorted(unknown))}")
     for tool in ("valgrind", "gcc"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} is not installed")
@@ -190,21 +196,24 @@ def main():
         for rev in args.revs or [None]:
             with source_tree(rev) as tree:
                 source = describe_source(rev)
-                sides = {"on": count(tree, "on", args.n, helper, work),
-                         "off": count(switched_off(tree, work), "off", args.n, helper, work)}
+                sides = {"on": count(tree, True, args.n, helper, work),
+                         "off": count(switched_off(tree, work, args.off), "logs" not in args.off,
+                                      args.n, helper, work)}
             row = {"source": source, **{f"{side}_{kind}": figures.get(kind)
                                         for side, figures in sides.items() for kind in KINDS}}
             rows.append(row)
-            print(f"{source}: instructions per delivery, on / off (+ observability)")
+            print(f"{source}: instructions per delivery, on / off ({', '.join(args.off)} off)")
             for kind in ("text", "voice"):
                 on, off = row[f"on_{kind}"], row[f"off_{kind}"]
+                # Access lines are counted on their own: with logs off, "on" has one more.
                 with_access = (on + row["on_access"] - off) / off * 100
+                access = f"; with the access line {with_access:+.1f} %" if "logs" in args.off \
+                    else ""
                 print(f"  {kind:<6} {on / 1e3:8.0f}k / {off / 1e3:8.0f}k  "
-                      f"(+{(on - off) / 1e3:.0f}k, {(on - off) / off * 100:+.1f} %; "
-                      f"with the access line {with_access:+.1f} %)")
+                      f"(+{(on - off) / 1e3:.0f}k, {(on - off) / off * 100:+.1f} %{access})")
             print(f"  access line {row['on_access'] / 1e3:.0f}k", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "n": args.n}, indent=2))
+        args.json.write_text(json.dumps({"rows": rows, "n": args.n, "off": args.off}, indent=2))
 
 
 if __name__ == "__main__":
