@@ -60,9 +60,8 @@ def _on_event(event):
         return
     _in_block = True
     _blocks += 1  # only the monitor thread writes it
-    # This runs in the monitor thread: the log line is written by the loop once it is free
-    # (from here it would contend with the loop for the handler's lock and the metrics'
-    # greenlet locks), which also ends the block.
+    # This runs in the monitor thread: the loop writes the line and counts the block once it
+    # is free, which also ends the block.
     threshold = event.blocking_time
     event.hub.loop.run_callback_threadsafe(_report, time.monotonic() - threshold, threshold,
                                            event.info)
@@ -71,7 +70,7 @@ def _on_event(event):
 def _report(started, threshold, info):
     global _in_block, _ended
     _in_block, _ended = False, time.monotonic()
-    LOOP_BLOCKS.inc()  # here, in the loop's thread: the metrics' locks are greenlet locks
+    LOOP_BLOCKS.inc()
     log.warning("event loop blocked for at least %.3fs (threshold %.3fs), block #%d in this "
                 "process; blocking stack:\n%s", time.monotonic() - started, threshold, _blocks,
                 "\n".join(info))

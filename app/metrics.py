@@ -75,18 +75,25 @@ FLUSH_SECONDS = 0.5  # how long another process's latest counts may stay out of 
 # Counts and observations wait here, in memory, and reach the library's values (in
 # multiprocess mode, a memory-mapped file) at most FLUSH_SECONDS later, many at once: writing
 # each one costs ~15 µs, a dozen times per delivery.
-_pending_lock = get_original("_thread", "allocate_lock")()  # never held across a switch
+# Reentrant: a finalizer run by the garbage collector while it is held may count too.
+_pending_lock = get_original("_thread", "RLock")()
+_write_lock = get_original("_thread", "allocate_lock")()  # one batch written at a time
 _pending: list[Any] = []  # the metrics holding counts not written yet
 _flusher_pid = [0]  # the process whose flusher thread runs
 
 
 def flush() -> None:
     """Write every count and observation made so far in this process into the metrics'
-    values, where a scrape reads them."""
-    with _pending_lock:
-        for metric in _pending:
-            metric._write_pending()
-        _pending.clear()
+    values, where a scrape reads them. A metric whose write fails is logged and skipped."""
+    with _write_lock:
+        with _pending_lock:  # only taken from the metrics here: counting never waits on a write
+            batch = [(metric, metric._take_pending()) for metric in _pending]
+            _pending.clear()
+        for metric, counts in batch:
+            try:
+                metric._write(counts)
+            except Exception:  # a full disk, say: these counts are lost, not written twice
+                log.exception("metrics: could not write the counts of %s", metric._name)
 
 
 def _mark_pending(metric: Any) -> None:
@@ -94,30 +101,43 @@ def _mark_pending(metric: Any) -> None:
     metric._queued = True
     _pending.append(metric)
     if _flusher_pid[0] != current_pid():  # one flusher per process: threads do not cross a fork
-        _flusher_pid[0] = current_pid()
-        get_original("_thread", "start_new_thread")(_flush_forever, ())
+        try:
+            get_original("_thread", "start_new_thread")(_flush_forever, ())
+        except RuntimeError:  # no thread to be had: scrapes still write this process's counts
+            log.exception("metrics: could not start the thread that writes counts")
+        else:
+            _flusher_pid[0] = current_pid()
 
 
 def _flush_forever() -> None:
     sleep = get_original("time", "sleep")  # a native thread: gevent's sleep needs a hub
     while True:
         sleep(FLUSH_SECONDS)
-        try:
-            flush()
-        except Exception:  # a full disk, say: the counts wait for the next try
-            log.exception("metrics: could not write counts")
+        flush()
+
+
+def _before_fork() -> None:
+    _write_lock.acquire()  # no batch half written, nor a count half made, in the child
+    _pending_lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _pending_lock.release()
+    _write_lock.release()
 
 
 def _forget_pending() -> None:
     """In a forked child: the parent's unwritten counts are the parent's to write."""
-    global _pending_lock
-    _pending_lock = get_original("_thread", "allocate_lock")()
+    global _pending_lock, _write_lock
+    _pending_lock = get_original("_thread", "RLock")()
+    _write_lock = get_original("_thread", "allocate_lock")()
     for metric in _pending:
-        metric._drop_pending()
+        metric._take_pending()
     _pending.clear()
 
 
-os.register_at_fork(after_in_child=_forget_pending)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_forget_pending)
 atexit.register(flush)
 
 
@@ -140,16 +160,21 @@ class Counter(_Children, prometheus_client.Counter):
                 _mark_pending(self)
 
     def reset(self) -> None:
+        if self._count is None:
+            return super().reset()  # the library's error
         with _pending_lock:
-            self._drop_pending()
+            self._take_pending()
             super().reset()
 
-    def _write_pending(self) -> None:
-        self._value.inc(self._count)
-        self._drop_pending()
-
-    def _drop_pending(self) -> None:
+    def _take_pending(self) -> float:
+        """The count not written yet, now taken (``_pending_lock`` held)."""
+        count = self._count
+        assert count is not None  # queued by inc(): not a labelled parent
         self._count, self._queued = 0.0, False
+        return count
+
+    def _write(self, count: float) -> None:
+        self._value.inc(count)
 
 
 class Histogram(_Children, prometheus_client.Histogram):
@@ -173,17 +198,21 @@ class Histogram(_Children, prometheus_client.Histogram):
             if not self._queued:
                 _mark_pending(self)
 
-    def _write_pending(self) -> None:
-        assert self._counts is not None  # queued by observe(): not a labelled parent
-        self._sum.inc(self._total)
-        for bucket, count in enumerate(self._counts):
+    def _take_pending(self) -> tuple[list[int], float]:
+        """The bucket counts and sum not written yet, now taken (``_pending_lock`` held)."""
+        counts = self._counts
+        assert counts is not None  # queued by observe(): not a labelled parent
+        # A count made by a finalizer while the new list is made lands in the one taken.
+        self._counts = [0] * len(self._upper_bounds)
+        total, self._total, self._queued = self._total, 0.0, False
+        return counts, total
+
+    def _write(self, pending: tuple[list[int], float]) -> None:
+        counts, total = pending
+        self._sum.inc(total)
+        for bucket, count in enumerate(counts):
             if count:
                 self._buckets[bucket].inc(count)
-        self._drop_pending()
-
-    def _drop_pending(self) -> None:
-        self._counts = [0] * len(self._upper_bounds)
-        self._total, self._queued = 0.0, False
 
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)

@@ -3,6 +3,7 @@ the library's own metrics, written by a flush, by the flusher thread, never twic
 
 import math
 import os
+import select
 import time
 
 import prometheus_client
@@ -28,12 +29,13 @@ def test_a_histogram_flushed_has_the_librarys_samples():
                      registry=CollectorRegistry())
     theirs = prometheus_client.Histogram("agentphone_test_h", "A test histogram.", ["kind"],
                                          buckets=BUCKETS, registry=CollectorRegistry())
-    for amount in AMOUNTS:
-        ours.labels("a").observe(amount)
-        theirs.labels("a").observe(amount)
-    ours.labels("b").observe(float("nan"))  # written at once, as the library does
-    theirs.labels("b").observe(float("nan"))
-    assert samples(ours)[("agentphone_test_h_count", (("kind", "a"),))] == 0  # not yet
+    with metrics._write_lock:  # the flusher thread waits meanwhile
+        for amount in AMOUNTS:
+            ours.labels("a").observe(amount)
+            theirs.labels("a").observe(amount)
+        ours.labels("b").observe(float("nan"))  # written at once, as the library does
+        theirs.labels("b").observe(float("nan"))
+        assert samples(ours)[("agentphone_test_h_count", (("kind", "a"),))] == 0  # not yet
     metrics.flush()
     mine, expected = samples(ours), samples(theirs)
     nan_sum = ("agentphone_test_h_sum", (("kind", "b"),))
@@ -52,6 +54,10 @@ def test_a_counter_flushed_has_the_librarys_samples():
         ours.labels("ok").inc(-1)  # the library's refusal
     with pytest.raises(ValueError):
         ours.inc()  # a labelled parent counts nothing itself
+    with pytest.raises(AttributeError):
+        ours.reset()  # nor resets: the library's error, and nothing queued
+    with pytest.raises(ValueError):
+        ours.inc()
     metrics.flush()
     metrics.flush()  # nothing pending: nothing written twice
     assert samples(ours) == {("agentphone_test_c_total", (("outcome", "ok"),)): 4.5,
@@ -73,20 +79,44 @@ def test_the_flusher_thread_writes_counts_without_a_scrape():
 
 def test_a_forked_child_never_writes_its_parents_counts():
     counter = Counter("agentphone_test_fork", "A test counter.", registry=CollectorRegistry())
-    counter.inc(5)
+    counter.inc(5)  # written by the parent, before or after the fork
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its own counts only
         try:
+            before = counter._value.get()
             counter.inc(1)
             metrics.flush()
-            os.write(write, str(counter._value.get()).encode())
+            os.write(write, f"{before} {counter._value.get()}".encode())
         finally:
             os._exit(0)
     os.close(write)
-    child = os.read(read, 64).decode()
-    os.close(read)
-    os.waitpid(pid, 0)
-    assert float(child) == 1
+    try:
+        assert select.select([read], [], [], 30)[0], "the child did not answer"
+        before, after = map(float, os.read(read, 64).decode().split())
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert after - before == 1
     metrics.flush()
     assert counter._value.get() == 5
+
+
+def test_a_failed_write_is_logged_and_the_other_counts_written(monkeypatch, caplog):
+    registry = CollectorRegistry()
+    broken = Counter("agentphone_test_broken", "A test counter.", registry=registry)
+    fine = Counter("agentphone_test_fine", "A test counter.", registry=registry)
+
+    def full_disk(amount):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(broken._value, "inc", full_disk)
+    broken.inc(3)
+    fine.inc(2)
+    metrics.flush()
+    assert "could not write the counts of agentphone_test_broken" in caplog.text
+    assert fine._value.get() == 2
+    monkeypatch.undo()
+    broken.inc(1)
+    metrics.flush()
+    assert broken._value.get() == 1  # the failed batch's counts are not written twice

@@ -348,6 +348,8 @@ class SQLiteStore(SQLStore):
                 raise LockWaitExceeded("gave up waiting for this process's writer")
             else:
                 try:
+                    if time.monotonic() >= give_up:  # the writer came too late
+                        raise LockWaitExceeded("gave up waiting for this process's writer")
                     yield from _transaction(cur)
                 finally:
                     self._writer.release()
@@ -402,6 +404,8 @@ class SQLiteStore(SQLStore):
         code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
         if code == sqlite3.SQLITE_FULL:
             with contextlib.suppress(sqlite3.Error):
+                # It waits for readers and writers: longer than a statement's round.
+                conn.execute(f"PRAGMA busy_timeout = {LOCK_WAIT_SECONDS * 1000:.0f}")
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
         if code in _STALE_ERRORS:
@@ -477,11 +481,36 @@ class _WaitingCursor(sqlite3.Cursor):
 
     def execute(self, sql, parameters=(), /):
         while True:
+            in_transaction, tried = self.connection.in_transaction, time.monotonic()
             try:
                 return super().execute(sql, parameters)
             except sqlite3.OperationalError as exc:
-                if not _locked(exc) or time.monotonic() >= self.give_up:
+                # Only SQLITE_BUSY itself passes: a stale snapshot or a lock held by this
+                # connection stays as it is, and a transaction rolled back is not run again.
+                if (getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY
+                        or (in_transaction and not self.connection.in_transaction)
+                        or time.monotonic() >= self.give_up):
                     raise
+                if time.monotonic() - tried < BUSY_ROUND_MS / 2000:  # refused without a wait
+                    _native_sleep(BUSY_ROUND_MS / 5000)
+
+    def executemany(self, sql, seq_of_parameters, /):
+        # Never tried again (rows before a refusal may be written): SQLite waits out the budget.
+        with self._waiting_whole_budget():
+            return super().executemany(sql, seq_of_parameters)
+
+    def executescript(self, sql_script, /):
+        with self._waiting_whole_budget():
+            return super().executescript(sql_script)
+
+    @contextlib.contextmanager
+    def _waiting_whole_budget(self):
+        wait_ms = max(0, int((self.give_up - time.monotonic()) * 1000))
+        self.connection.execute(f"PRAGMA busy_timeout = {wait_ms}")
+        try:
+            yield
+        finally:
+            self.connection.execute(f"PRAGMA busy_timeout = {BUSY_ROUND_MS}")
 
 
 def _waiting_cursor(conn, give_up):
