@@ -113,7 +113,10 @@ def _flush_forever() -> None:
     sleep = get_original("time", "sleep")  # a native thread: gevent's sleep needs a hub
     while True:
         sleep(FLUSH_SECONDS)
-        flush()
+        try:
+            flush()
+        except Exception:  # the thread goes on: without it only scrapes would write counts
+            log.exception("metrics: could not write counts")
 
 
 def _before_fork() -> None:

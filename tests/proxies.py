@@ -5,11 +5,12 @@ in their ports and paths."""
 import contextlib
 import shlex
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import requests
 
 from tests.servers import GUNICORN, ROOT, free_port, stop_process
 
@@ -120,7 +121,10 @@ def _start(name, tmp_path, port, argv, env=None):
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited:\n{proxy.log()[-3000:]}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        # An answer through the proxy, not only a listening port: Caddy once cut the first
+        # request's upstream stream a few milliseconds after it began to listen.
+        with contextlib.suppress(requests.RequestException):
+            requests.get(f"{proxy.url}/healthz", timeout=2)
             return proxy
         time.sleep(0.05)
     proxy.stop()
