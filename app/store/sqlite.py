@@ -226,14 +226,14 @@ class SQLiteStore(SQLStore):
                 try:
                     if not self._loop_connection_idle(time.monotonic() + RESTART_WAIT_SECONDS):
                         return False
-                    cur.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_SECONDS * 1000:.0f}")
-                    busy, _, _ = cur.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-                    if busy:
-                        return False
-                    # One statement, no read first: another process's loop may write first.
-                    self._restarts += 1
-                    cur.execute(f"PRAGMA user_version = {self._restarts % 1000}")
-                    return True
+                    with cur.waiting(RESTART_WAIT_SECONDS * 1000):
+                        busy, _, _ = cur.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                        if busy:
+                            return False
+                        # One statement, no read first: another process's loop may write first.
+                        self._restarts += 1
+                        cur.execute(f"PRAGMA user_version = {self._restarts % 1000}")
+                        return True
                 finally:
                     self._writer.release()
         except sqlite3.Error:
@@ -332,6 +332,7 @@ class SQLiteStore(SQLStore):
         else:
             conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_PAGES}")
             conn.execute(f"PRAGMA journal_size_limit = {WAL_PAGES * 4096}")
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_ROUND_MS}")  # see _WaitingCursor
         return conn
 
     @contextlib.contextmanager
@@ -496,17 +497,20 @@ class _WaitingCursor(sqlite3.Cursor):
 
     def executemany(self, sql, seq_of_parameters, /):
         # Never tried again (rows before a refusal may be written): SQLite waits out the budget.
-        with self._waiting_whole_budget():
+        with self.waiting(self._budget_ms()):
             return super().executemany(sql, seq_of_parameters)
 
     def executescript(self, sql_script, /):
-        with self._waiting_whole_budget():
+        with self.waiting(self._budget_ms()):
             return super().executescript(sql_script)
 
+    def _budget_ms(self):
+        return max(0, int((self.give_up - time.monotonic()) * 1000))
+
     @contextlib.contextmanager
-    def _waiting_whole_budget(self):
-        wait_ms = max(0, int((self.give_up - time.monotonic()) * 1000))
-        self.connection.execute(f"PRAGMA busy_timeout = {wait_ms}")
+    def waiting(self, ms):
+        """SQLite's own wait for a lock set to ``ms`` in the block, then back to a round."""
+        self.connection.execute(f"PRAGMA busy_timeout = {ms:.0f}")
         try:
             yield
         finally:
@@ -517,8 +521,7 @@ def _waiting_cursor(conn, give_up):
     """A cursor of ``conn`` that waits for the file lock until ``give_up``, no longer."""
     if give_up <= time.monotonic():
         raise LockWaitExceeded("gave up waiting for the database lock")
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_ROUND_MS}")
-    cur = conn.cursor(_WaitingCursor)
+    cur = conn.cursor(_WaitingCursor)  # the connection waits in rounds since _connect
     cur.give_up = give_up
     return cur
 
