@@ -28,6 +28,8 @@ errorlog = "-"
 loglevel = app_settings.read("LOG_LEVEL").lower()
 # gunicorn's error and access lines go through the app's handler: one stream, one format.
 logconfig_dict = logs.logconfig(app_settings.read("LOG_FORMAT"), loglevel.upper())
+# Each process writes its lines from a thread: a log reader that stalls never stops a worker.
+logs.write_in_background()
 # One fixed control-socket path per user would collide between instances on one machine.
 control_socket_disable = True
 access_log_format = ('access %(h)s "%(r)s" %(s)s %(b)s %(M)sms '
@@ -75,7 +77,6 @@ def post_worker_init(worker):
             address = listener.getsockname()
             if isinstance(address, tuple):  # TCP, not a unix socket
                 log_dev_banner(app, *address[:2])
-
 
 
 def worker_exit(server, worker):

@@ -4,18 +4,29 @@ every line of a delivery or a job carrying its ids.
 ``bind(delivery_id=..., event=...)`` puts fields on every line logged afterwards in the same
 greenlet or thread (a voice turn's stream runs in its request's greenlet, a job in its own),
 until ``clear()``; they are context variables, so concurrent calls never mix them up.
+
+In the server (``write_in_background()``, called by gunicorn.conf.py and the ``worker``
+command) each process writes its lines from a thread of its own, a batch at most
+WRITE_SECONDS after they were logged: a log reader that stops reading (a full pipe, a stuck
+collector) then blocks that thread, never the event loop. Up to MAX_WAITING_LINES wait; later
+lines are dropped and counted, and a warning says how many once the reader is back.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import sys
 import time
+import traceback
+from collections.abc import Iterator
 from typing import Any
 
 from gevent.monkey import get_original
 from pythonjsonlogger.json import JsonFormatter
+
+from app.runtime import current_pid
 
 FIELDS = ("delivery_id", "event", "channel", "call_id", "conversation_id", "agent_id",
           "job_id", "attempt")
@@ -115,9 +126,121 @@ class JSONFormatter(_SameSecond, JsonFormatter):
         log_record.pop("context", None)
 
 
+WRITE_SECONDS = 0.05  # how long a line may wait, in the server, before it is written
+MAX_WAITING_LINES = 10_000  # lines kept while the log reader stalls; later ones are dropped
+ATOMIC_WRITE = 4096  # PIPE_BUF: a write this small reaches a pipe whole, never interleaved
+
+_background = [False]
+# The lines waiting for the writer thread, of every handler, in the order they were logged.
+_waiting: list[tuple[Any, str]] = []
+_waiting_lock = get_original("_thread", "allocate_lock")()
+_write_lock = get_original("_thread", "allocate_lock")()  # batches written in order
+_wake = get_original("_thread", "allocate_lock")()  # released when a first line waits
+_wake.acquire()
+_state: dict[str, Any] = {"signalled": False, "dropped": 0, "dropped_by": None, "writer_pid": 0}
+
+
+def write_in_background() -> None:
+    """From now on, in this process and the processes it forks, log lines are written by a
+    thread of each process (see the module's docstring)."""
+    _background[0] = True
+
+
+def write_waiting() -> None:
+    """Write every line waiting for the writer thread, now, in this thread."""
+    with _write_lock:
+        with _waiting_lock:
+            batch = _waiting[:]
+            _waiting.clear()
+            dropped, dropper = _state["dropped"], _state["dropped_by"]
+            _state["dropped"], _state["dropped_by"] = 0, None
+        if dropped:
+            batch.append((dropper.stream, dropper.format(_dropped_record(dropper, dropped))
+                          + dropper.terminator))
+        for stream, chunk in _chunks(batch):
+            try:
+                stream.write(chunk)
+                if flush := getattr(stream, "flush", None):
+                    flush()
+            except Exception:  # as Handler.handleError: say so where possible, and go on
+                if logging.raiseExceptions and sys.stderr:
+                    traceback.print_exc(file=sys.stderr)
+
+
+def _dropped_record(handler: logging.Handler, count: int) -> logging.LogRecord:
+    record = logging.LogRecord(__name__, logging.WARNING, __file__, 0,
+                               "%d log lines dropped: the log output was not being read",
+                               (count,), None)
+    handler.filter(record)  # the bound fields (none, in this thread) a format may name
+    return record
+
+
+def _chunks(batch: list[tuple[Any, str]]) -> Iterator[tuple[Any, str]]:
+    """``batch``'s lines joined into writes of at most ATOMIC_WRITE bytes, each to one stream;
+    a longer line is a write of its own."""
+    stream: Any = None
+    parts: list[str] = []
+    size = 0
+    for target, line in batch:
+        length = len(line) if line.isascii() else len(
+            line.encode(getattr(target, "encoding", None) or "utf-8", "backslashreplace"))
+        if parts and (target is not stream or size + length > ATOMIC_WRITE):
+            yield stream, "".join(parts)
+            parts, size = [], 0
+        stream = target
+        parts.append(line)
+        size += length
+    if parts:
+        yield stream, "".join(parts)
+
+
+def _write_forever() -> None:
+    sleep = get_original("time", "sleep")  # a native thread: gevent's sleep needs a hub
+    while True:
+        _wake.acquire()  # until a line waits
+        sleep(WRITE_SECONDS)  # the lines logged meanwhile go in the same writes
+        with _waiting_lock:
+            _state["signalled"] = False  # the next line wakes this thread again
+        write_waiting()
+
+
+def _start_writer() -> bool:
+    """Start this process's writer thread (``_waiting_lock`` held); False if none can be."""
+    try:
+        get_original("_thread", "start_new_thread")(_write_forever, ())
+    except RuntimeError:
+        return False
+    _state["writer_pid"] = current_pid()
+    return True
+
+
+def _before_fork() -> None:
+    _waiting_lock.acquire()  # not the write lock: a stalled reader must not stop a fork
+
+
+def _after_fork_in_parent() -> None:
+    _waiting_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    """The parent's waiting lines are the parent's to write; this process starts afresh."""
+    global _waiting_lock, _write_lock, _wake
+    _waiting_lock = get_original("_thread", "allocate_lock")()
+    _write_lock = get_original("_thread", "allocate_lock")()
+    _wake = get_original("_thread", "allocate_lock")()
+    _wake.acquire()
+    _waiting.clear()
+    _state.update(signalled=False, dropped=0, dropped_by=None, writer_pid=0)
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
+
+
 class EscapingStreamHandler(logging.StreamHandler):
-    """A stream handler that never drops a line: characters the stream cannot encode (a lone
-    surrogate from a delivery, say) are written as backslash escapes."""
+    """A stream handler that never drops a line to encoding: characters the stream cannot
+    encode (a lone surrogate from a delivery, say) are written as backslash escapes. In the
+    server its lines go to the writer thread."""
 
     _agentphone: bool  # set on the handler `configure` installs, so that it installs one
 
@@ -129,15 +252,36 @@ class EscapingStreamHandler(logging.StreamHandler):
         self.lock = get_original("_thread", "RLock")()
 
     def emit(self, record):
-        # StreamHandler's, less its flush(), which takes the lock that handle() already holds.
         try:
-            self.stream.write(self.format(record) + self.terminator)
-            if flush := getattr(self.stream, "flush", None):
-                flush()
+            line = self.format(record) + self.terminator
+            if not (_background[0] and self._wait(line)):
+                # StreamHandler's, less its flush(), which takes the lock handle() holds.
+                self.stream.write(line)
+                if flush := getattr(self.stream, "flush", None):
+                    flush()
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+
+    def _wait(self, line: str) -> bool:
+        """Queue ``line`` for the writer thread; False if this process has none."""
+        with _waiting_lock:
+            if _state["writer_pid"] != current_pid() and not _start_writer():
+                return False
+            if len(_waiting) >= MAX_WAITING_LINES:
+                _state["dropped"] += 1
+                _state["dropped_by"] = self
+                return True
+            _waiting.append((self.stream, line))
+            if not _state["signalled"]:
+                _state["signalled"] = True
+                _wake.release()
+        return True
+
+    def flush(self):
+        write_waiting()
+        super().flush()
 
     def format(self, record):
         text = super().format(record)

@@ -15,10 +15,13 @@ from pathlib import Path
 
 import requests
 
+from app import logs
 from app.simulator import iter_ndjson
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).with_name("gunicorn")
+# A server's processes write their log lines from a thread, WRITE_SECONDS after logging them.
+LOG_SETTLE_SECONDS = 4 * logs.WRITE_SECONDS
 
 
 def free_port():
@@ -57,6 +60,8 @@ class Server:
         return self.url + "/webhook"
 
     def log(self):
+        """The server's output so far, once the lines logged before this call are written."""
+        time.sleep(LOG_SETTLE_SECONDS)
         return self.log_path.read_text(errors="replace")
 
     def worker_pids(self):
@@ -67,7 +72,7 @@ class Server:
     def wait_for_log(self, text, timeout=15.0):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if text in self.log():
+            if text in self.log_path.read_text(errors="replace"):
                 return True
             time.sleep(0.05)
         raise AssertionError(f"{text!r} not in server log:\n{self.log()[-3000:]}")

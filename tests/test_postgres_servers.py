@@ -22,7 +22,7 @@ import requests
 
 from app.simulator import payload, signed_request
 from tests.conftest import SECRET
-from tests.servers import ROOT, stop_process
+from tests.servers import LOG_SETTLE_SECONDS, ROOT, stop_process
 
 pytest_plugins = ["tests.postgres"]  # pg_server, pg_url, pg_own_server
 pytestmark = pytest.mark.slow
@@ -57,6 +57,7 @@ class JobProcess:
     log_path: Path
 
     def log(self):
+        time.sleep(LOG_SETTLE_SECONDS)  # the lines logged so far are written
         return self.log_path.read_text(errors="replace")
 
     def done_jobs(self):

@@ -7,6 +7,7 @@ import time
 
 import click
 
+from app import logs
 from app.cli.api import echo_json
 from app.cli.base import uses
 from app.cli.output import echo
@@ -93,6 +94,7 @@ def worker(grace):
     """Run background jobs only (the Procfile's worker process; set JOB_RUNNER=off on the web
     processes). SIGTERM or Ctrl-C: stop claiming, finish or hand back running jobs, exit."""
     runner = get_job_runner(uses().app())
+    logs.write_in_background()  # a log reader that stalls never stops the jobs
     if grace is not None:
         runner.grace = grace
     previous = {sig: signal.signal(sig, runner.request_stop)
