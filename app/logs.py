@@ -14,6 +14,7 @@ lines are dropped and counted, and a warning says how many once the reader is ba
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import os
@@ -133,7 +134,8 @@ ATOMIC_WRITE = 4096  # PIPE_BUF: a write this small reaches a pipe whole, never 
 _background = [False]
 # The lines waiting for the writer thread, of every handler, in the order they were logged.
 _waiting: list[tuple[Any, str]] = []
-_waiting_lock = get_original("_thread", "allocate_lock")()
+# Reentrant: a signal handler may log while this thread holds it.
+_waiting_lock = get_original("_thread", "RLock")()
 _write_lock = get_original("_thread", "allocate_lock")()  # batches written in order
 _wake = get_original("_thread", "allocate_lock")()  # released when a first line waits
 _wake.acquire()
@@ -159,19 +161,38 @@ def write_waiting() -> None:
                           + dropper.terminator))
         for stream, chunk in _chunks(batch):
             try:
-                stream.write(chunk)
-                if flush := getattr(stream, "flush", None):
-                    flush()
+                _write(stream, chunk)
             except Exception:  # as Handler.handleError: say so where possible, and go on
-                if logging.raiseExceptions and sys.stderr:
-                    traceback.print_exc(file=sys.stderr)
+                if logging.raiseExceptions:
+                    with contextlib.suppress(Exception):
+                        traceback.print_exc(file=sys.stderr)
+
+
+def _write(stream: Any, text: str) -> None:
+    """Write ``text`` to the descriptor under ``stream``, not through the stream: its buffer's
+    lock, held by this thread while a stalled reader blocks it, would stay held for good in a
+    process forked meanwhile. A stream with no descriptor gets the text its own way."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        stream.write(text)
+        if flush := getattr(stream, "flush", None):
+            flush()
+        return
+    data = memoryview(text.encode(getattr(stream, "encoding", None) or "utf-8",
+                                  "backslashreplace"))
+    while data:
+        try:
+            data = data[os.write(fd, data):]
+        except BlockingIOError:  # a non-blocking descriptor, full: wait until it takes more
+            get_original("select", "select")([], [fd], [])
 
 
 def _dropped_record(handler: logging.Handler, count: int) -> logging.LogRecord:
     record = logging.LogRecord(__name__, logging.WARNING, __file__, 0,
                                "%d log lines dropped: the log output was not being read",
                                (count,), None)
-    handler.filter(record)  # the bound fields (none, in this thread) a format may name
+    handler.filter(record)  # the bound fields, of the thread that writes, a format may name
     return record
 
 
@@ -201,7 +222,8 @@ def _write_forever() -> None:
         sleep(WRITE_SECONDS)  # the lines logged meanwhile go in the same writes
         with _waiting_lock:
             _state["signalled"] = False  # the next line wakes this thread again
-        write_waiting()
+        with contextlib.suppress(Exception):  # the thread goes on: no other writes the lines
+            write_waiting()
 
 
 def _start_writer() -> bool:
@@ -225,7 +247,7 @@ def _after_fork_in_parent() -> None:
 def _after_fork_in_child() -> None:
     """The parent's waiting lines are the parent's to write; this process starts afresh."""
     global _waiting_lock, _write_lock, _wake
-    _waiting_lock = get_original("_thread", "allocate_lock")()
+    _waiting_lock = get_original("_thread", "RLock")()
     _write_lock = get_original("_thread", "allocate_lock")()
     _wake = get_original("_thread", "allocate_lock")()
     _wake.acquire()

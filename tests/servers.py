@@ -21,7 +21,7 @@ from app.simulator import iter_ndjson
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).with_name("gunicorn")
 # A server's processes write their log lines from a thread, WRITE_SECONDS after logging them.
-LOG_SETTLE_SECONDS = 4 * logs.WRITE_SECONDS
+LOG_SETTLE_SECONDS = 5 * logs.WRITE_SECONDS
 
 
 def free_port():

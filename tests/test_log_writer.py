@@ -5,8 +5,10 @@ import contextlib
 import logging
 import os
 import re
+import select
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -51,8 +53,9 @@ def piped_logger():
 def read_lines_until(read_end, done, timeout=20.0):
     """The pipe's lines, read until ``done(lines)``."""
     data, deadline = b"", time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        data += os.read(read_end, 65536)
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([read_end], [], [], left)[0]:
+            data += os.read(read_end, 65536)
         lines = data.decode().splitlines()
         if done(lines):
             return lines
@@ -116,6 +119,68 @@ def test_writes_are_whole_lines_of_at_most_pipe_buf_bytes_per_stream():
         (b, 1501), (b, 1501),  # 3,002 bytes each: two would not fit
         (a, 5001), (a, 1000)]  # a longer line is a write of its own
     assert "".join(text for _, text in chunks) == "".join(text for _, text in batch)
+
+
+def test_a_child_forked_while_the_writer_waits_on_a_full_pipe_writes_its_own_lines(
+        background, piped_logger):
+    """The writer holds no lock of the stream's while it waits: a child forked meanwhile
+    would inherit that lock held, by a thread it does not have, and never write again."""
+    log, read_end = piped_logger
+    for i in range(2000):  # 200 KB: the writer then waits on the full pipe
+        log.info("line %04d %s", i, "x" * 90)
+    time.sleep(logs.WRITE_SECONDS * 4)
+    pid = os.fork()
+    if pid == 0:
+        log.info("in the child")
+        log.handlers[0].flush()
+        os._exit(0)
+    try:
+        lines = read_lines_until(read_end, lambda lines: "INFO in the child" in lines
+                                 and any(line.startswith("INFO line 1999") for line in lines))
+    finally:
+        os.kill(pid, signal.SIGKILL)  # when it is stuck; gone already when it is not
+        os.waitpid(pid, 0)
+    assert [line for line in lines if line != "INFO in the child"] == [
+        f"INFO line {i:04d} {'x' * 90}" for i in range(2000)]
+
+
+def test_the_writer_thread_outlives_a_write_that_fails(background, monkeypatch):
+    class FullDisk:  # a stream that has no descriptor and fails once, as stderr does
+        written, failures = [], 1
+
+        def write(self, text):
+            if self.failures:
+                self.failures -= 1
+                raise OSError(28, "No space left on device")
+            self.written.append(text)
+
+    monkeypatch.setattr(sys, "stderr", FullDisk())  # no report of the failure gets out either
+    stream = FullDisk()
+    handler = EscapingStreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    record = logging.makeLogRecord({"msg": "lost"})
+    handler.handle(record)
+    time.sleep(logs.WRITE_SECONDS * 4)
+    handler.handle(logging.makeLogRecord({"msg": "written"}))
+    deadline = time.monotonic() + 10
+    while not stream.written and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stream.written == ["written\n"]
+
+
+def test_a_line_logged_while_the_waiting_lines_are_locked_is_kept(background, piped_logger):
+    """As a signal handler that logs, run while this thread queues a line."""
+    log, read_end = piped_logger
+
+    def log_inside():
+        with logs._waiting_lock:
+            log.info("inside")
+
+    inside = threading.Thread(target=log_inside)
+    inside.start()
+    inside.join(10)
+    assert not inside.is_alive()
+    assert read_lines_until(read_end, lambda lines: lines) == ["INFO inside"]
 
 
 @pytest.mark.slow
