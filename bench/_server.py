@@ -153,9 +153,11 @@ def describe_source(rev):
 
 
 @contextlib.contextmanager
-def gunicorn(workers, env, database_url=None, keep_dir=False, cwd=ROOT):
+def gunicorn(workers, env, database_url=None, keep_dir=False, cwd=ROOT, output_pipe=False):
     """Yield a ready Server: ``workers`` gevent workers, ``env`` added to the environment,
-    a fresh SQLite file unless ``database_url`` is given, the app loaded from ``cwd``."""
+    a fresh SQLite file unless ``database_url`` is given, the app loaded from ``cwd``. Its
+    output goes to a file, or with ``output_pipe`` to a pipe (``server.output``) that nothing
+    reads until the caller does."""
     workdir = Path(tempfile.mkdtemp(prefix="agentphone-bench-"))
     port = free_port()
     log_path = workdir / "gunicorn.log"
@@ -171,9 +173,11 @@ def gunicorn(workers, env, database_url=None, keep_dir=False, cwd=ROOT):
     }
     full_env.pop("AGENTPHONE_DEV", None)
     with log_path.open("w") as log_file:
-        process = subprocess.Popen(web_command(port), cwd=cwd, env=full_env, stdout=log_file,
+        process = subprocess.Popen(web_command(port), cwd=cwd, env=full_env,
+                                   stdout=subprocess.PIPE if output_pipe else log_file,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(process, port, log_path, workers)
+    server.output = process.stdout
     server.workdir = workdir
     server.database_url = full_env["DATABASE_URL"]
     ok = False
