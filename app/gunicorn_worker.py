@@ -53,14 +53,19 @@ class DeadlineSocket:
 
     After `hold_head`, the next bytes sent (gunicorn's status line and headers) wait for the
     bytes after them (the body's first) or for `request_done`, and go out in the same
-    ``send``: one system call and one TCP segment fewer per response."""
+    ``send``: one system call and one TCP segment fewer per response.
 
-    __slots__ = ("_conn", "_deadline", "_expired", "_held", "_limit", "_peer", "_timeout")
+    While it waits for a next request it is in ``idle`` (a set the worker owns), so that a
+    stopping worker can end the wait (`stop_waiting`)."""
 
-    def __init__(self, sock, limit, peer):
+    __slots__ = ("_conn", "_deadline", "_expired", "_held", "_idle", "_limit", "_peer",
+                 "_timeout")
+
+    def __init__(self, sock, limit, peer, idle=None):
         self._conn = sock
         self._limit = limit
         self._peer = peer
+        self._idle = set() if idle is None else idle
         self._deadline = time.monotonic() + limit
         self._expired = False
         self._held = None
@@ -83,7 +88,11 @@ class DeadlineSocket:
 
     def recv(self, size, *flags):
         if self._deadline is None:  # between requests: the next one starts with its first byte
-            data = self._conn.recv(size, *flags)
+            self._idle.add(self)
+            try:
+                data = self._conn.recv(size, *flags)
+            finally:
+                self._idle.discard(self)
             self._deadline = time.monotonic() + self._limit
             return data
         remaining = self._deadline - time.monotonic()
@@ -123,6 +132,11 @@ class DeadlineSocket:
             # gunicorn may have closed the connection already (an error after the head).
             with contextlib.suppress(OSError):
                 self._conn.sendall(held)
+
+    def stop_waiting(self):
+        """End the wait for a next request: it reads as the client's end of the connection."""
+        with contextlib.suppress(OSError):
+            self._conn.shutdown(socket.SHUT_RD)
 
     def drop_head(self):
         """Forget a held head: the response failed before any of its body was sent."""
@@ -177,6 +191,7 @@ class HygienicGeventWorker(GeventWorker):
         self.connection_cap = self.worker_connections
         self.worker_connections += REFUSAL_SLOTS  # the accept pool: served plus refused
         self.open_connections = 0
+        self.idle_connections = set()  # DeadlineSockets waiting for a next request
 
     def init_process(self):
         reserve_descriptors(self.worker_connections + OTHER_DESCRIPTORS)
@@ -196,7 +211,8 @@ class HygienicGeventWorker(GeventWorker):
                 self.log.warning("%d connections open: answering 503 to new ones",
                                  self.connection_cap)
             try:
-                super().handle(listener, DeadlineSocket(client, self.read_timeout, addr), addr)
+                super().handle(listener, DeadlineSocket(client, self.read_timeout, addr,
+                                                        self.idle_connections), addr)
             finally:
                 self.open_connections -= 1
         finally:
@@ -213,6 +229,15 @@ class HygienicGeventWorker(GeventWorker):
             raise
         finally:
             sock.request_done()
+
+    def notify(self):
+        """gunicorn's heartbeat, every second, also while a stopping worker waits for its
+        connections: once it stops, connections idle between requests are ended, so that a
+        client's kept-alive connection does not hold the stop for ``graceful_timeout``."""
+        super().notify()
+        if not self.alive:
+            for conn in list(self.idle_connections):
+                conn.stop_waiting()
 
     def refuse(self, client):
         """Answer 503 without reading the request, then close without a reset."""

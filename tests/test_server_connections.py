@@ -3,8 +3,10 @@ dropped after REQUEST_READ_TIMEOUT, connections past WORKER_CONNECTIONS get 503 
 the descriptor table has room for them all from the start."""
 
 import contextlib
+import http.client
 import io
 import re
+import signal
 import socket
 import threading
 import time
@@ -192,3 +194,19 @@ def test_a_response_head_goes_out_with_the_first_body_bytes():
     sock.drop_head()
     sock.request_done()
     assert conn.sent[-1] == b"HTTP/1.1 103 Early Hints\r\n\r\n"
+
+
+def test_a_stopping_worker_ends_kept_alive_connections_waiting_between_requests(gunicorn):
+    """A client's idle kept-alive connection (the platform keeps them) held a graceful stop
+    (SIGTERM: a deploy) for all of graceful_timeout, 30 s, and the worker's running jobs were
+    not handed back before a platform that kills 30 s after SIGTERM did."""
+    server = gunicorn()
+    address = urlsplit(server.url)
+    conn = http.client.HTTPConnection(address.hostname, address.port, timeout=5)
+    conn.request("GET", "/healthz")
+    assert conn.getresponse().read()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(20) == 0
+    assert conn.sock.recv(1) == b""  # ended by the server, cleanly
+    conn.close()
+    assert "Worker graceful timeout" not in server.log()
