@@ -88,6 +88,33 @@ def test_the_checkpoint_thread_outlives_a_failed_checkpoint(tmp_path, caplog):
     store.close()
 
 
+def test_a_thread_cancelled_just_after_begin_leaves_no_transaction_open(tmp_path, monkeypatch):
+    """A job's thread cancelled at its time limit (an exception raised in it) between BEGIN
+    and the block that rolls back returned its connection to the pool holding the lock."""
+    from app.runtime import Cancelled
+    from app.store import sqlite as sqlite_store
+
+    def cancelled_after_begin(cur):
+        cur.execute("BEGIN IMMEDIATE")
+        raise Cancelled
+        yield cur  # a generator, as the real one
+
+    path = tmp_path / "events.db"
+    store = SQLiteStore(f"sqlite:///{path}")
+    store.migrate()
+    assert store.claim_with_job("whd_1", "agent.message", "text_message", "{}")
+    monkeypatch.setattr(sqlite_store, "_transaction", cancelled_after_begin)
+    with pytest.raises(Cancelled):
+        store.claim_with_job("whd_2", "agent.message", "text_message", "{}")
+    other = sqlite3.connect(path, timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # "database is locked" while the transaction is open
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+        store.close()
+
+
 # Another process that holds the write lock 10 ms at a time, lets it go for 0.2 ms, and takes
 # it back the moment it is free, as a worker's writer thread committing group after group at
 # saturation does.

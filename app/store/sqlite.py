@@ -428,6 +428,12 @@ class SQLiteStore(SQLStore):
             return self._connect()
 
     def _checkin(self, conn):
+        if conn.in_transaction:  # a thread cancelled just after BEGIN: the lock goes with it
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                conn.close()
+                return
         if conn.generation == self._generation and not self.closed:
             self._idle.append(conn)
         else:
