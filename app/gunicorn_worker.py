@@ -135,8 +135,10 @@ class DeadlineSocket:
 
     def stop_waiting(self):
         """End the wait for a next request: it reads as the client's end of the connection."""
+        # The OS socket's: gevent's own shutdown cancels the waiting read with EBADF, which
+        # gunicorn logs as an error with a traceback (and with TLS drops the SSL object).
         with contextlib.suppress(OSError):
-            self._conn.shutdown(socket.SHUT_RD)
+            getattr(self._conn, "_sock", self._conn).shutdown(socket.SHUT_RD)
 
     def drop_head(self):
         """Forget a held head: the response failed before any of its body was sent."""
