@@ -27,7 +27,7 @@ from typing import Any
 from gevent.monkey import get_original
 from pythonjsonlogger.json import JsonFormatter
 
-from app.runtime import current_pid
+from app.runtime import ProcessThread
 
 FIELDS = ("delivery_id", "event", "channel", "call_id", "conversation_id", "agent_id",
           "job_id", "attempt")
@@ -139,7 +139,7 @@ _waiting_lock = get_original("_thread", "RLock")()
 _write_lock = get_original("_thread", "allocate_lock")()  # batches written in order
 _wake = get_original("_thread", "allocate_lock")()  # released when a first line waits
 _wake.acquire()
-_state: dict[str, Any] = {"signalled": False, "dropped": 0, "dropped_by": None, "writer_pid": 0}
+_state: dict[str, Any] = {"signalled": False, "dropped": 0, "dropped_by": None}
 
 
 def write_in_background() -> None:
@@ -175,12 +175,9 @@ def _write(stream: Any, text: str) -> None:
     try:
         fd = stream.fileno()
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
-        stream.write(text)
-        if flush := getattr(stream, "flush", None):
-            flush()
+        _write_through(stream, text)
         return
-    data = memoryview(text.encode(getattr(stream, "encoding", None) or "utf-8",
-                                  "backslashreplace"))
+    data = memoryview(text.encode(_encoding(stream), "backslashreplace"))
     while data:
         try:
             data = data[os.write(fd, data):]
@@ -204,7 +201,7 @@ def _chunks(batch: list[tuple[Any, str]]) -> Iterator[tuple[Any, str]]:
     size = 0
     for target, line in batch:
         length = len(line) if line.isascii() else len(
-            line.encode(getattr(target, "encoding", None) or "utf-8", "backslashreplace"))
+            line.encode(_encoding(target), "backslashreplace"))
         if parts and (target is not stream or size + length > ATOMIC_WRITE):
             yield stream, "".join(parts)
             parts, size = [], 0
@@ -226,14 +223,18 @@ def _write_forever() -> None:
             write_waiting()
 
 
-def _start_writer() -> bool:
-    """Start this process's writer thread (``_waiting_lock`` held); False if none can be."""
-    try:
-        get_original("_thread", "start_new_thread")(_write_forever, ())
-    except RuntimeError:
-        return False
-    _state["writer_pid"] = current_pid()
-    return True
+_writer = ProcessThread(_write_forever)
+
+
+def _write_through(stream: Any, text: str) -> None:
+    """StreamHandler's write, less its flush(), which takes the lock handle() holds."""
+    stream.write(text)
+    if flush := getattr(stream, "flush", None):
+        flush()
+
+
+def _encoding(stream: Any) -> str:
+    return getattr(stream, "encoding", None) or "utf-8"
 
 
 def _before_fork() -> None:
@@ -252,7 +253,7 @@ def _after_fork_in_child() -> None:
     _wake = get_original("_thread", "allocate_lock")()
     _wake.acquire()
     _waiting.clear()
-    _state.update(signalled=False, dropped=0, dropped_by=None, writer_pid=0)
+    _state.update(signalled=False, dropped=0, dropped_by=None)
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
@@ -277,10 +278,7 @@ class EscapingStreamHandler(logging.StreamHandler):
         try:
             line = self.format(record) + self.terminator
             if not (_background[0] and self._wait(line)):
-                # StreamHandler's, less its flush(), which takes the lock handle() holds.
-                self.stream.write(line)
-                if flush := getattr(self.stream, "flush", None):
-                    flush()
+                _write_through(self.stream, line)
         except RecursionError:
             raise
         except Exception:
@@ -289,7 +287,7 @@ class EscapingStreamHandler(logging.StreamHandler):
     def _wait(self, line: str) -> bool:
         """Queue ``line`` for the writer thread; False if this process has none."""
         with _waiting_lock:
-            if _state["writer_pid"] != current_pid() and not _start_writer():
+            if not _writer.ensure():
                 return False
             if len(_waiting) >= MAX_WAITING_LINES:
                 _state["dropped"] += 1
@@ -309,7 +307,7 @@ class EscapingStreamHandler(logging.StreamHandler):
         text = super().format(record)
         if text.isascii():  # nearly every line: nothing to escape
             return text
-        encoding = getattr(self.stream, "encoding", None) or "utf-8"
+        encoding = _encoding(self.stream)
         return text.encode(encoding, "backslashreplace").decode(encoding)
 
 

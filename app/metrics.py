@@ -38,7 +38,7 @@ from prometheus_client import (
 from prometheus_client import values as _values
 from prometheus_client.core import GaugeMetricFamily
 
-from app.runtime import current_pid
+from app.runtime import ProcessThread, current_pid
 from app.store import get_store
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,6 @@ FLUSH_SECONDS = 0.5  # how long another process's latest counts may stay out of 
 _pending_lock = get_original("_thread", "RLock")()
 _write_lock = get_original("_thread", "allocate_lock")()  # one batch written at a time
 _pending: list[Any] = []  # the metrics holding counts not written yet
-_flusher_pid = [0]  # the process whose flusher thread runs
 
 
 def flush() -> None:
@@ -100,13 +99,8 @@ def _mark_pending(metric: Any) -> None:
     """Queue ``metric`` for the next flush (``_pending_lock`` held)."""
     metric._queued = True
     _pending.append(metric)
-    if _flusher_pid[0] != current_pid():  # one flusher per process: threads do not cross a fork
-        try:
-            get_original("_thread", "start_new_thread")(_flush_forever, ())
-        except RuntimeError:  # no thread to be had: scrapes still write this process's counts
-            log.exception("metrics: could not start the thread that writes counts")
-        else:
-            _flusher_pid[0] = current_pid()
+    if not _flusher.ensure():  # no thread to be had: scrapes still write this process's counts
+        log.error("metrics: could not start the thread that writes counts")
 
 
 def _flush_forever() -> None:
@@ -117,6 +111,9 @@ def _flush_forever() -> None:
             flush()
         except Exception:  # the thread goes on: without it only scrapes would write counts
             log.exception("metrics: could not write counts")
+
+
+_flusher = ProcessThread(_flush_forever)
 
 
 def _before_fork() -> None:

@@ -29,6 +29,27 @@ def current_pid() -> int:
     return _pid[0]
 
 
+class ProcessThread:
+    """A native thread (never a greenlet, even under gevent) running ``target``, started by
+    `ensure` once in each process: threads do not cross a fork."""
+
+    def __init__(self, target: Callable[[], None]) -> None:
+        self._target = target
+        self._pid = 0
+
+    def ensure(self) -> bool:
+        """Start the thread unless this process has it; False if no thread can be started."""
+        if self._pid != current_pid():
+            from gevent.monkey import get_original
+
+            try:
+                get_original("_thread", "start_new_thread")(self._target, ())
+            except RuntimeError:
+                return False
+            self._pid = current_pid()
+        return True
+
+
 class Cancelled(BaseException):
     """Raised inside a cancelled thread (BaseException: `except Exception` does not stop it)."""
 

@@ -95,9 +95,10 @@ def wait_healthy(url, process, log_path, timeout=20.0):
     raise RuntimeError(f"server did not become healthy:\n{log_path.read_text()[-3000:]}")
 
 
-def start_gunicorn(tmp_path, env, workers=1, command=None, port=None):
+def start_gunicorn(tmp_path, env, workers=1, command=None, port=None, output_pipe=False):
     """Start the Procfile's web command (or ``command``) with ``env`` added; returns a running
-    Server."""
+    Server. Its output goes to its log file, or with ``output_pipe`` to a pipe
+    (``server.process.stdout``) that nothing reads until the caller does."""
     port = port or free_port()
     log_path = tmp_path / f"gunicorn-{port}.log"
     full_env = {
@@ -114,7 +115,8 @@ def start_gunicorn(tmp_path, env, workers=1, command=None, port=None):
         full_env.pop("AGENTPHONE_DEV", None)
     cmd = command or web_command(port)
     log_file = log_path.open("w")
-    process = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log_file,
+    process = subprocess.Popen(cmd, cwd=ROOT, env=full_env,
+                               stdout=subprocess.PIPE if output_pipe else log_file,
                                stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     server = Server(url, process, log_path, log_file)

@@ -7,7 +7,6 @@ import os
 import re
 import select
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -19,7 +18,7 @@ from app import logs
 from app.logs import EscapingStreamHandler
 from app.simulator import payload, signed_request
 from tests.conftest import SECRET
-from tests.servers import ROOT, free_port, post_stream, stop_process, web_command
+from tests.servers import post_stream, start_gunicorn
 
 
 @pytest.fixture
@@ -187,41 +186,28 @@ def test_a_line_logged_while_the_waiting_lines_are_locked_is_kept(background, pi
 def test_the_server_answers_while_nothing_reads_its_log(tmp_path):
     """Before the writer thread, a worker stopped for good once the pipe held 64 KiB of lines
     (128 texts)."""
-    port = free_port()
-    env = {**os.environ, "PORT": str(port), "WEB_CONCURRENCY": "1",
-           "AGENTPHONE_WEBHOOK_SECRET": SECRET, "LOG_LEVEL": "INFO",
-           "DATABASE_URL": "sqlite:///" + str(tmp_path / "events.db"),
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"), "DEMO_TOOL_LATENCY": "0"}
-    env.pop("AGENTPHONE_DEV", None)
-    server = subprocess.Popen(web_command(port), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/webhook"
+    server = start_gunicorn(tmp_path, {"AGENTPHONE_WEBHOOK_SECRET": SECRET, "LOG_LEVEL": "INFO",
+                                       "DEMO_TOOL_LATENCY": "0"}, output_pipe=True)
     try:
+        ids = []
         with requests.Session() as session:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:  # the pipe holds the start-up lines meanwhile
-                try:
-                    session.get(url.replace("webhook", "healthz"), timeout=1)
-                    break
-                except requests.ConnectionError:
-                    time.sleep(0.1)
-            ids = []
             for i in range(600):  # some 180 KB of lines, nearly three full pipes
                 raw, headers = signed_request(SECRET, payload("sms", f"hello {i}"))
-                assert session.post(url, data=raw, headers=headers, timeout=10).status_code == 200
+                response = session.post(server.webhook, data=raw, headers=headers, timeout=10)
+                assert response.status_code == 200
                 ids.append(headers["X-Webhook-ID"])
         raw, headers = signed_request(SECRET, payload("voice", "What are your hours?"))
-        _, lines = post_stream(url, raw, headers, timeout=10)
+        _, lines = post_stream(server.webhook, raw, headers, timeout=10)
         assert "interim" not in lines[-1][1] and lines[-1][1]["text"]  # a final line, spoken
         output = []
-        reader = threading.Thread(target=lambda: output.append(server.stdout.read()))
+        reader = threading.Thread(target=lambda: output.append(server.process.stdout.read()))
         reader.start()  # the lines written at exit need a reader too
-        stop_process(server, signal.SIGQUIT)  # quick: no wait for idle keep-alive connections
+        server.stop()
         reader.join(10)
         log = output[0].decode()
     finally:
-        stop_process(server, timeout=1)
-        server.stdout.close()
+        server.stop()
+        server.process.stdout.close()
     texts = re.findall(r'"POST /webhook HTTP/1.1" 200 .* delivery=(whd_\w+)', log)
     assert texts[:600] == ids
     assert "log lines dropped" not in log
