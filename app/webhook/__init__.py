@@ -19,7 +19,9 @@ def init_app(app: "Flask", require_secret: bool = True,
              clock: Callable[[], float] = time.time) -> None:
     """Register the blueprint, its voice claims and its secrets (which check a delivery's age
     by ``clock``). Unless ``require_secret`` is False (a process that takes no webhooks),
-    refuse to start with no secret configured or stored."""
+    refuse to start with no secret configured or stored, except with an API key: the first
+    deploy starts so, and ``agentphone webhook set`` then stores the secret (every delivery
+    is refused with 401 until then)."""
     from app.config import REFUSAL_WITHOUT_KEY, ConfigError
     from app.store import StoreUnavailable, get_store
     from app.voice import claims
@@ -38,6 +40,9 @@ def init_app(app: "Flask", require_secret: bool = True,
             # The database may be restarting: boot, and answer 503 until it is readable.
             log.error("no configured webhook secret and the store is unavailable: %s", exc)
         else:
-            if not stored:
+            if not stored and not app.config.get("AGENTPHONE_API_KEY"):
                 raise ConfigError(REFUSAL_WITHOUT_KEY)
+            if not stored:
+                log.warning("no webhook secret yet: every delivery is refused with 401 until "
+                            "`agentphone webhook set https://<host>/webhook` stores one")
     app.register_blueprint(bp)
