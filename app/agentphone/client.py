@@ -12,6 +12,7 @@ from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import MaxRetryError
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
+from app import __version__
 from app.agentphone import transport
 from app.agentphone.errors import (
     AgentPhoneError,
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = default("AGENTPHONE_API_URL")
-USER_AGENT = "agentphone-backend/0.1"
+USER_AGENT = f"agentphone-backend/{__version__}"
 
 M = TypeVar("M", bound=_Model)
 T = TypeVar("T")

@@ -1,8 +1,9 @@
 """The `agentphone` command group and what its commands use.
 
 Under `agentphone` nothing is built up front: `--help` needs no configuration, the API commands
-require AGENTPHONE_API_KEY and nothing else, and only the commands that read the database
-(`jobs`, `calls --local`) or run jobs (`worker`) open it. Under `flask --app wsgi agentphone`
+require AGENTPHONE_API_KEY (`webhook set|rotate|show` also the database, which keeps the
+secrets), and only the commands that read the database (`jobs`, `calls --local`, `top`, a
+`simulate` with no secret set) or run jobs (`worker`) open it. Under `flask --app wsgi agentphone`
 the same commands use that app.
 """
 
