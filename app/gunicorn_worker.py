@@ -14,17 +14,23 @@ connection's first request), or the connection is dropped; and a connection arri
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
+import re
 import resource
 import socket
 import time
 import traceback
+from collections.abc import Callable
+from typing import Any
 
 from gevent.server import StreamServer
 from gunicorn import glogging, util
 from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
+
+from app import logs
 
 log = logging.getLogger("gunicorn.error")
 
@@ -278,20 +284,30 @@ class AppLogger(glogging.Logger):
     """gunicorn's logger, writing access lines only when an access log is configured: with a
     ``logconfig_dict`` gunicorn would build and write every line even with none
     (``GUNICORN_ACCESS_LOG=""``). Each line makes only the atoms its format reads: gunicorn
-    makes and escapes an atom of every header and environ key, for every request (~80 µs)."""
+    makes and escapes an atom of every header and environ key, for every request (~80 µs);
+    and it goes straight to the app's handler (`logs.info`)."""
+
+    _writes_access = False
+    _format = ""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        # Read once: each read of a gunicorn setting is a lookup through its Config.
+        self._writes_access = bool(cfg.accesslog) and self.access_log_enabled
+        self._format = cfg.access_log_format
 
     def access(self, resp, req, environ, request_time):
-        if not (self.cfg.accesslog and self.access_log_enabled
-                and self.access_log.isEnabledFor(logging.INFO)):
+        if not self._writes_access:
             return
         try:
-            self.access_log.info("%s", self.access_line(resp, req, environ, request_time))
+            logs.info(self.access_log,
+                      _line_maker(self._format)(self, resp, req, environ, request_time))
         except Exception:
             self.error(traceback.format_exc())
 
     def access_line(self, resp, req, environ, request_time) -> str:
         """The line gunicorn's own ``access`` would write for this request."""
-        return self.cfg.access_log_format % _Atoms(self, resp, req, environ, request_time)
+        return _line_maker(self.cfg.access_log_format)(self, resp, req, environ, request_time)
 
 
 def _status(resp, environ, took):
@@ -326,34 +342,46 @@ _SIMPLE_ATOMS = {
 }
 
 
-class _Atoms(dict):
-    """gunicorn's atoms as its ``SafeAtoms`` presents them (quotes escaped, "-" for unknown
-    names), each made when the format reads it. A request header is looked up on its own;
-    any other atom (``t``, ``u``, ``p``, a response header, an environ key) comes from
-    gunicorn's full set, made once for the line."""
+@functools.lru_cache(maxsize=8)
+def _line_maker(fmt: str) -> Callable[..., str]:
+    """A function of (logger, resp, req, environ, request_time) making ``fmt``'s line with
+    gunicorn's atoms as its ``SafeAtoms`` presents them (quotes escaped, "-" for unknown
+    names): only the atoms ``fmt`` reads, each on its own where it can be (a request header,
+    an atom of the response, environ and time), else from gunicorn's full set, made once."""
+    makers = [(name, _atom_maker(name.lower() if name.startswith("{") else name))
+              for name in dict.fromkeys(re.findall(r"%\(([^)]*)\)", fmt))]
 
-    def __init__(self, logger, resp, req, environ, request_time):
-        super().__init__()
-        self._request = (resp, req, environ, request_time)
-        self._logger = logger
-        self._all = None
+    def line(logger, resp, req, environ, took):
+        made = []  # gunicorn's full set, when an atom needs it
+        values = {}
+        for name, make in makers:
+            value = make(logger, resp, req, environ, took, made)
+            values[name] = value.replace('"', '\\"') if isinstance(value, str) else value
+        return fmt % values
 
-    def __missing__(self, key):
-        value = self._atom(key.lower() if key.startswith("{") else key)
-        return value.replace('"', '\\"') if isinstance(value, str) else value
+    return line
 
-    def _atom(self, name):
-        resp, req, environ, took = self._request
-        simple = _SIMPLE_ATOMS.get(name)
-        if simple is not None:
-            return simple(resp, environ, took)
-        if name.startswith("{") and name.endswith("}i"):
+
+def _atom_maker(name: str) -> Callable[..., Any]:
+    simple = _SIMPLE_ATOMS.get(name)
+    if simple is not None:
+        return lambda logger, resp, req, environ, took, made: simple(resp, environ, took)
+    if name.startswith("{") and name.endswith("}i"):
+        header = name[1:-2]
+
+        def request_header(logger, resp, req, environ, took, made):
             headers = req.headers if hasattr(req, "headers") else req
             value = "-"
             for key, given in headers.items() if hasattr(headers, "items") else headers:
-                if key.lower() == name[1:-2]:
+                if key.lower() == header:
                     value = given  # the last of repeated headers, as in gunicorn's dict
             return value
-        if self._all is None:
-            self._all = glogging.Logger.atoms(self._logger, resp, req, environ, took)
-        return self._all.get(name, "-")
+
+        return request_header
+
+    def from_full_set(logger, resp, req, environ, took, made):
+        if not made:
+            made.append(glogging.Logger.atoms(logger, resp, req, environ, took))
+        return made[0].get(name, "-")
+
+    return from_full_set

@@ -10,6 +10,9 @@ sends pre-signed deliveries through Flask's test client. Counters are zeroed and
 each batch from inside the process (callgrind's client requests, through a small C helper
 compiled here with gcc):
 
+- ``ack``: a text delivery's acknowledgement alone (a second app, job runner off), and its
+  delivery-log row written: at saturation the acks take the CPU and the jobs wait, so this is
+  what ``sms_acks.py``'s acks/s measure;
 - ``text``: a text delivery and its job, until the job is done, and its delivery-log row
   written;
 - ``voice``: a voice turn of the demo agent (no tool latency);
@@ -58,9 +61,16 @@ from app.store import get_store
 SECRET, N, WARM = "whsec_bench_secret_0123456789abcdef", int(os.environ["N"]), 30
 level = os.environ["LOG_LEVEL"]
 helper = ctypes.CDLL(os.environ["HELPER"])
-app = create_app({"TESTING": True, "WEBHOOK_SECRETS": (SECRET,),
-                  "DATABASE_URL": "sqlite:///" + os.path.join(tempfile.mkdtemp(), "db.sqlite"),
-                  "JOB_RUNNER": True, "DEMO_TOOL_LATENCY": 0.0, "AGENTPHONE_API_KEY": None})
+
+
+def build(job_runner):
+    return create_app({
+        "TESTING": True, "WEBHOOK_SECRETS": (SECRET,), "JOB_RUNNER": job_runner,
+        "DATABASE_URL": "sqlite:///" + os.path.join(tempfile.mkdtemp(), "db.sqlite"),
+        "DEMO_TOOL_LATENCY": 0.0, "AGENTPHONE_API_KEY": None})
+
+
+app, ack_app = build(True), build(False)
 
 # gunicorn's access logger as gunicorn.conf.py sets it up, then the app's handler again.
 spec = importlib.util.spec_from_file_location("conf", os.path.join(os.environ["TREE"],
@@ -83,27 +93,28 @@ for name in ("", "gunicorn.access", "gunicorn.error"):
 journal.FLUSH_SECONDS = metrics.FLUSH_SECONDS = 3600
 
 
-def settle():  # the batch's jobs done, then its delivery-log rows and counts written
+def settle(app):  # the batch's jobs done, then its delivery-log rows and counts written
     with app.app_context():
-        while get_store().open_job_counts():
+        while app.config["JOB_RUNNER"] and get_store().open_job_counts():
             gevent.sleep(0.05)
     app.extensions[journal.EXTENSION].flush()
     getattr(metrics, "flush", lambda: None)()  # revisions before counts were kept in memory
 
 
-client = app.test_client()
-for kind, name in (("sms", "text"), ("voice", "voice")):
-    batch = [signed_request(SECRET, payload(kind, callId=f"call_{kind}_{i}"))
+for served, kind, name in ((ack_app, "sms", "ack"), (app, "sms", "text"),
+                           (app, "voice", "voice")):
+    client = served.test_client()
+    batch = [signed_request(SECRET, payload(kind, callId=f"call_{name}_{i}"))
              for i in range(N + WARM)]
     for raw, headers in batch[:WARM]:
         client.post("/webhook", data=raw, headers=headers).get_data()
-    settle()
+    settle(served)
     helper.zero()
     for raw, headers in batch[WARM:]:
         response = client.post("/webhook", data=raw, headers=headers)
         response.get_data()
         assert response.status_code == 200, response.status_code
-    settle()
+    settle(served)
     helper.dump(name.encode())
 
 resp = types.SimpleNamespace(status="200 OK", sent=12, headers=[
@@ -125,7 +136,7 @@ for _ in range(N):
 helper.dump(b"access")
 """
 
-KINDS = ("text", "voice", "access")
+KINDS = ("ack", "text", "voice", "access")
 
 
 def helper_library(work):
@@ -203,7 +214,7 @@ def main():
                                         for side, figures in sides.items() for kind in KINDS}}
             rows.append(row)
             print(f"{source}: instructions per delivery, on / off ({', '.join(args.off)} off)")
-            for kind in ("text", "voice"):
+            for kind in ("ack", "text", "voice"):
                 on, off = row[f"on_{kind}"], row[f"off_{kind}"]
                 # Access lines are counted on their own: with logs off, "on" has one more.
                 with_access = (on + row["on_access"] - off) / off * 100

@@ -3,6 +3,7 @@
 import ast
 import io
 import logging
+import re
 import subprocess
 import sys
 
@@ -128,3 +129,69 @@ def test_configure_gives_handlers_made_before_gevent_patched_a_native_lock():
         assert handler in logging._at_fork_reinit_lock_weakset  # re-made after a fork
     finally:
         access.removeHandler(handler)
+
+
+@pytest.mark.parametrize("value", ["x", None])
+def test_bind_refuses_a_field_it_does_not_know(value):
+    with pytest.raises(KeyError):
+        logs.bind(delivery=value)
+
+
+def _direct_logger(name, fmt, stream):
+    logger = logging.getLogger(name)
+    logger.propagate = False
+    handler = EscapingStreamHandler(stream)
+    handler.setFormatter(logs.formatter(fmt))
+    handler.addFilter(logs.ContextFilter())
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    return logger, handler
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize("bound", [{}, {"delivery_id": "whd_1", "channel": "sms", "attempt": 2}])
+@pytest.mark.parametrize("message", ['access 127.0.0.1 "POST /webhook" 200 %s 5ms',
+                                     "caf\u00e9 \udce9"])
+def test_a_direct_line_is_the_line_the_logging_module_makes(fmt, bound, message):
+    """logs.info writes, without a LogRecord, what logger.info would: the same text or the
+    same JSON object with its keys in the same order (only the time may differ)."""
+    import json
+
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="ascii", newline="\n")
+    logger, _ = _direct_logger(f"test.direct.{fmt}", fmt, stream)
+    logs.bind(**bound)
+    try:
+        logs.info(logger, message)
+        logger.info("%s", message)
+    finally:
+        logs.clear()
+    stream.flush()
+    direct, standard = stream.buffer.getvalue().decode("ascii").splitlines()
+    if fmt == "text":
+        stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+        assert re.match(stamp, direct) and re.match(stamp, standard)
+        assert direct[24:] == standard[24:]
+    else:
+        ours, theirs = json.loads(direct), json.loads(standard)
+        assert list(ours) == list(theirs)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}", ours.pop("time"))
+        theirs.pop("time")
+        assert ours == theirs
+    if "\udce9" in message:
+        assert "\\udce9" in direct  # escaped as the handler escapes any line
+
+
+def test_a_direct_line_takes_the_logging_path_when_more_than_the_app_handler_is_set():
+    """A filter of its own, a second handler or propagation: logs.info is logger.info."""
+    stream, other = io.StringIO(), io.StringIO()
+    logger, handler = _direct_logger("test.direct.other", "text", stream)
+    handler.addFilter(lambda record: "secret" not in record.getMessage())
+    logs.info(logger, "a secret line")
+    logs.info(logger, "a plain line")
+    assert "secret" not in stream.getvalue() and "a plain line" in stream.getvalue()
+    logger.addHandler(logging.StreamHandler(other))
+    logs.info(logger, "to both")
+    assert "to both" in stream.getvalue() and "to both" in other.getvalue()
+    logger.setLevel(logging.WARNING)
+    logs.info(logger, "below the level")
+    assert "below the level" not in stream.getvalue() + other.getvalue()
