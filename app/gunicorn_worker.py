@@ -293,7 +293,7 @@ class AppLogger(glogging.Logger):
     def setup(self, cfg):
         super().setup(cfg)
         # Read once: each read of a gunicorn setting is a lookup through its Config.
-        self._writes_access = bool(cfg.accesslog) and self.access_log_enabled
+        self._writes_access = bool(cfg.accesslog)
         self._format = cfg.access_log_format
 
     def access(self, resp, req, environ, request_time):

@@ -367,13 +367,17 @@ def _sole_handler(logger: logging.Logger) -> EscapingStreamHandler | None:
     that could change them on the way (filters other than the bound fields'), else None."""
     if not logger.isEnabledFor(logging.INFO):
         return None  # as logger.info: nothing at all
-    if logger.propagate or logger.filters or len(logger.handlers) != 1:
+    if (logger.propagate or logger.filters or len(logger.handlers) != 1
+            or logging.getLogRecordFactory() is not logging.LogRecord):  # tracing adds fields
         return None
     handler = logger.handlers[0]
+    formatter = handler.formatter
     if (type(handler) is not EscapingStreamHandler or handler.level > logging.INFO
-            or type(handler.formatter) not in _LINE_FORMATTERS
+            or type(formatter) not in _LINE_FORMATTERS
+            or getattr(formatter, "datefmt", None) is not None
+            or not logging.logProcesses
             or not all(type(f) is ContextFilter for f in handler.filters)):
-        return None
+        return None  # the line as this module's formatters make it, and nothing else
     return handler
 
 

@@ -195,3 +195,23 @@ def test_a_direct_line_takes_the_logging_path_when_more_than_the_app_handler_is_
     logger.setLevel(logging.WARNING)
     logs.info(logger, "below the level")
     assert "below the level" not in stream.getvalue() + other.getvalue()
+
+
+def test_a_direct_line_is_not_made_where_a_record_would_carry_more(monkeypatch):
+    """A record factory of its own (tracing adds ids) or a date format: the logging path."""
+    logger, handler = _direct_logger("test.direct.more", "json", io.StringIO())
+    assert logs._sole_handler(logger) is handler
+    base = logging.getLogRecordFactory()
+
+    def traced(*args, **kwargs):
+        record = base(*args, **kwargs)
+        record.trace_id = "abc123"
+        return record
+
+    monkeypatch.setattr(logging, "_logRecordFactory", traced)
+    assert logs._sole_handler(logger) is None
+    logs.info(logger, "traced")
+    assert '"trace_id": "abc123"' in handler.stream.getvalue()
+    monkeypatch.setattr(logging, "_logRecordFactory", base)
+    monkeypatch.setattr(handler.formatter, "datefmt", "%H:%M")
+    assert logs._sole_handler(logger) is None
