@@ -61,11 +61,11 @@ class DeadlineSocket:
     bytes after them (the body's first) or for `request_done`, and go out in the same
     ``send``: one system call and one TCP segment fewer per response.
 
-    While it waits for a next request it is in ``idle`` (a set the worker owns), so that a
-    stopping worker can end the wait (`stop_waiting`)."""
+    While it waits for a next request, or for the first byte of its first, it is in ``idle``
+    (a set the worker owns), so that a stopping worker can end the wait (`stop_waiting`)."""
 
-    __slots__ = ("_conn", "_deadline", "_expired", "_held", "_idle", "_limit", "_peer",
-                 "_timeout")
+    __slots__ = ("_conn", "_deadline", "_expired", "_fresh", "_held", "_idle", "_limit",
+                 "_peer", "_timeout")
 
     def __init__(self, sock, limit, peer, idle=None):
         self._conn = sock
@@ -74,6 +74,7 @@ class DeadlineSocket:
         self._idle = set() if idle is None else idle
         self._deadline = time.monotonic() + limit
         self._expired = False
+        self._fresh = True  # nothing read yet
         self._held = None
         self._timeout = sock.gettimeout()
 
@@ -106,13 +107,20 @@ class DeadlineSocket:
             self._expire()
         wait = remaining if self._timeout is None else min(self._timeout, remaining)
         self._conn.settimeout(wait)
+        fresh = self._fresh
+        if fresh:  # a connection that has sent nothing holds no request a stop would cut
+            self._idle.add(self)
         try:
-            return self._conn.recv(size, *flags)
+            data = self._conn.recv(size, *flags)
+            self._fresh = False
+            return data
         except TimeoutError:
             if time.monotonic() < self._deadline:
                 raise  # the caller's own, shorter timeout
             self._expire()
         finally:
+            if fresh:
+                self._idle.discard(self)
             self._conn.settimeout(self._timeout)
 
     def _expire(self):
@@ -199,7 +207,7 @@ class HygienicGeventWorker(GeventWorker):
         self.connection_cap = self.worker_connections
         self.worker_connections += REFUSAL_SLOTS  # the accept pool: served plus refused
         self.open_connections = 0
-        self.idle_connections = set()  # DeadlineSockets waiting for a next request
+        self.idle_connections = set()  # DeadlineSockets waiting for a (next) request
 
     def init_process(self):
         reserve_descriptors(self.worker_connections + OTHER_DESCRIPTORS)
@@ -241,7 +249,8 @@ class HygienicGeventWorker(GeventWorker):
     def notify(self):
         """gunicorn's heartbeat, every second, also while a stopping worker waits for its
         connections: once it stops, connections idle between requests are ended, so that a
-        client's kept-alive connection does not hold the stop for ``graceful_timeout``."""
+        client's kept-alive connection (or one that sent nothing yet) does not hold the stop
+        for ``graceful_timeout``."""
         super().notify()
         if not self.alive:
             for conn in list(self.idle_connections):

@@ -199,16 +199,21 @@ def test_a_response_head_goes_out_with_the_first_body_bytes():
 def test_a_stopping_worker_ends_kept_alive_connections_waiting_between_requests(gunicorn):
     """A client's idle kept-alive connection (the platform keeps them) held a graceful stop
     (SIGTERM: a deploy) for all of graceful_timeout, 30 s, and the worker's running jobs were
-    not handed back before a platform that kills 30 s after SIGTERM did."""
-    server = gunicorn()
+    not handed back before a platform that kills 30 s after SIGTERM did; so did a connection
+    that had sent nothing yet, for up to REQUEST_READ_TIMEOUT."""
+    server = gunicorn(REQUEST_READ_TIMEOUT=60)
     address = urlsplit(server.url)
     conn = http.client.HTTPConnection(address.hostname, address.port, timeout=5)
     conn.request("GET", "/healthz")
     assert conn.getresponse().read()
+    silent = socket.create_connection((address.hostname, address.port), timeout=25)
+    time.sleep(0.3)  # accepted, its first read waiting
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(20) == 0
     assert conn.sock.recv(1) == b""  # ended by the server, cleanly
+    assert silent.recv(1) == b""
     conn.close()
+    silent.close()
     log = server.log()
     assert "Worker graceful timeout" not in log
     assert " ERROR " not in log  # ended as a client's close, not as a socket error
