@@ -187,13 +187,29 @@ def main():
               f"{fmt(on['first_p99_ms'])} / off {fmt(off['first_p99_ms'])} ms "
               f"({p99_rise:+.1f} %); acks/s on {fmt(on['acks_per_s'], '.0f')} / off "
               f"{fmt(off['acks_per_s'], '.0f')} ({-acks_fall:+.1f} %)")
+        paired = {key: paired_change(rows, key) for key in ("first_p99_ms", "acks_per_s")}
+        print(f"median of the rounds' own changes (on against the off run beside it): "
+              f"first-line p99 {fmt(paired['first_p99_ms'], '+.1f')} %, "
+              f"acks/s {fmt(paired['acks_per_s'], '+.1f')} %")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"config": vars(args) | {"json": str(args.json)},
                                          "rounds": rows, "summary": summary,
                                          "first_p99_rise_pct": p99_rise,
                                          "acks_fall_pct": acks_fall,
+                                         "paired_change_pct": paired if rows else {},
                                          "cpu": cpu, "cpu_rise_pct": cpu_rise}, indent=2))
+
+def paired_change(rows, key):
+    """The median over rounds of each round's own change, on against off, in per cent: a
+    host whose speed drifts between rounds moves both runs of a round alike."""
+    sides = {}
+    for row in rows:
+        sides.setdefault(row["round"], {})[row["side"]] = row[key]
+    changes = [(pair["on"] / pair["off"] - 1) * 100 for pair in sides.values()
+               if pair.get("on") and pair.get("off")]
+    return median(changes) if changes else None
+
 
 if __name__ == "__main__":
     main()
