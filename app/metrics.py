@@ -6,7 +6,7 @@ start); a scrape of any web worker adds them all up. Without that directory (``f
 tests) the values are this process's own. Labels come from small fixed sets (event, channel,
 outcome, tool, job kind, API endpoint template), never from ids.
 
-Counters and histograms keep their counts in memory and write them into their values at most
+Counters, histograms and gauges keep their counts in memory and write them into their values at most
 FLUSH_SECONDS later, a batch at a time (a scrape writes its own process's first): a scrape may
 miss the last half second of the other processes, and a process killed with SIGKILL loses its
 last half second of counts.
@@ -31,7 +31,6 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
-    Gauge,
     generate_latest,
     multiprocess,
 )
@@ -213,6 +212,43 @@ class Histogram(_Children, prometheus_client.Histogram):
         for bucket, count in enumerate(counts):
             if count:
                 self._buckets[bucket].inc(count)
+
+
+class Gauge(_Children, prometheus_client.Gauge):
+    """A gauge of running totals (``inc`` and ``dec``), its changes written at the next
+    ``flush``. It has no ``set``: a value written at once would be overtaken by changes made
+    before it and written after."""
+
+    _queued = False
+    _change: float | None = None  # None: a labelled parent, which holds no value itself
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        self._change = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        if self._change is None:
+            return super().inc(amount)  # the library's error
+        with _pending_lock:
+            self._change += amount
+            if not self._queued:
+                _mark_pending(self)
+
+    def dec(self, amount: float = 1) -> None:
+        self.inc(-amount)
+
+    def set(self, value: float) -> None:
+        raise TypeError(f"{self._name}: a gauge of running totals has only inc and dec")
+
+    def _take_pending(self) -> float:
+        """The change not written yet, now taken (``_pending_lock`` held)."""
+        change = self._change
+        assert change is not None  # queued by inc(): not a labelled parent
+        self._change, self._queued = 0.0, False
+        return change
+
+    def _write(self, change: float) -> None:
+        self._value.inc(change)
 
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)

@@ -1,5 +1,5 @@
-"""Counters and histograms that hold their counts in memory until a flush: the same samples as
-the library's own metrics, written by a flush, by the flusher thread, never twice."""
+"""Counters, histograms and gauges that hold their counts in memory until a flush: the same
+samples as the library's own metrics, written by a flush, by the flusher thread, never twice."""
 
 import math
 import os
@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from app import metrics
-from app.metrics import Counter, Histogram
+from app.metrics import Counter, Gauge, Histogram
 
 BUCKETS = (0.001, 0.01, 0.1, 1)
 # On a bound, between bounds, past the last one, zero, negative, and an int.
@@ -66,6 +66,27 @@ def test_a_counter_flushed_has_the_librarys_samples():
     ours.labels("ok").reset()  # pending counts go with the reset
     metrics.flush()
     assert samples(ours)[("agentphone_test_c_total", (("outcome", "ok"),))] == 0
+
+
+def test_a_gauge_flushed_has_the_librarys_samples():
+    ours = Gauge("agentphone_test_g", "A test gauge.", ["side"], registry=CollectorRegistry())
+    theirs = prometheus_client.Gauge("agentphone_test_g", "A test gauge.", ["side"],
+                                     registry=CollectorRegistry())
+    with metrics._write_lock:  # the flusher thread waits meanwhile
+        for gauge in (ours, theirs):
+            gauge.labels("a").inc()
+            gauge.labels("a").inc(2.5)
+            gauge.labels("a").dec()
+            gauge.labels("b").dec(3)
+        assert samples(ours)[("agentphone_test_g", (("side", "a"),))] == 0  # not yet
+    metrics.flush()
+    metrics.flush()  # nothing pending: nothing written twice
+    assert samples(ours) == samples(theirs) == {("agentphone_test_g", (("side", "a"),)): 2.5,
+                                                ("agentphone_test_g", (("side", "b"),)): -3.0}
+    with pytest.raises(TypeError):
+        ours.labels("a").set(1)  # changes not written yet would overtake it
+    with pytest.raises(ValueError):
+        ours.inc()  # a labelled parent holds no value itself
 
 
 def test_the_flusher_thread_writes_counts_without_a_scrape():

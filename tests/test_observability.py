@@ -87,8 +87,14 @@ def test_metrics_add_up_every_worker(gunicorn, secret, effects_agent):
 
 def test_a_late_turn_and_a_hangup_are_counted(gunicorn, secret, effects_agent):
     server = gunicorn(workers=1, VOICE_TIMEOUT=5, TEST_TOOL_SECONDS=30, **effects_agent.env)
-    _, lines = post_stream(server.webhook, *signed_request(secret, payload("voice", "slow")))
-    assert lines[-1][1]["text"].startswith("Sorry")
+    raw, headers = signed_request(secret, payload("voice", "slow"))
+    with requests.post(server.webhook, data=raw, headers=headers, stream=True, timeout=10) as r:
+        lines = r.iter_lines()
+        next(lines)  # the interim line: the turn is held
+        # The worker holding it answers the scrape, writing its latest changes first.
+        assert value(scrape(server), "agentphone_voice_turns_in_flight") == 1
+        final = json.loads([line for line in lines if line][-1])
+    assert final["text"].startswith("Sorry")
     raw, headers = signed_request(secret, payload("voice", "hang up on me"))
     with requests.post(server.webhook, data=raw, headers=headers, stream=True, timeout=10) as r:
         next(r.iter_lines())  # the interim line, then the caller is gone
