@@ -67,7 +67,8 @@ def build_request(port, index, tag):
 
 
 class Run:
-    """Shared counters of one batch of streams, and the RSS sample taken when all are held."""
+    """Shared counters of one batch of streams, and the RSS and CPU samples taken when all
+    are held."""
 
     def __init__(self, n, worker_pid):
         self.n = n
@@ -77,12 +78,14 @@ class Run:
         self.done_count = 0
         self.all_done = asyncio.get_running_loop().create_future()
         self.held_rss = None
+        self.held_cpu = None  # the worker's CPU seconds then
         self.finals_before_held = None
 
     def on_first(self):
         self.first_count += 1
         if self.first_count == self.n and self.worker_pid:
             self.held_rss = rss_kib(self.worker_pid)
+            self.held_cpu = cpu_seconds(self.worker_pid)
             self.finals_before_held = self.final_count
 
     def on_done(self):
