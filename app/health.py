@@ -1,10 +1,12 @@
-"""GET /healthz: 200 when the store takes a write, 503 otherwise."""
+"""GET /healthz: 200 when the store takes a write, 503 otherwise; either way it says whether
+deliveries can be verified (``webhook_secret``: ``SecretSource.state``)."""
 
 import logging
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, current_app, jsonify
 
 from app.store import StoreUnavailable, get_store
+from app.webhook.secrets import EXTENSION as SECRETS
 
 log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
@@ -13,13 +15,16 @@ bp = Blueprint("health", __name__)
 @bp.get("/healthz")
 def healthz():
     store = get_store()
+    secrets = current_app.extensions.get(SECRETS)
+    # Still 200 without a secret: the first deploy starts so, and its health check must pass.
+    secret = {} if secrets is None else {"webhook_secret": secrets.state()}
     try:
         store.check_writable()
     except StoreUnavailable as exc:
         # The driver's words go to the log only: this endpoint answers anyone.
         log.error("health check: %s store unavailable: %s", store.backend, exc)
-        return jsonify(ok=False, store="unavailable"), 503
-    return jsonify(ok=True, store=store.backend)
+        return jsonify(ok=False, store="unavailable", **secret), 503
+    return jsonify(ok=True, store=store.backend, **secret)
 
 
 def init_app(app):

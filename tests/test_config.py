@@ -104,7 +104,8 @@ def test_pool_limit_reaches_the_postgres_pool(make_app, pg_url):
     store = get_store(app)
     assert store.max_size == 3
     with app.test_client() as client:
-        assert client.get("/healthz").get_json() == {"ok": True, "store": "postgresql"}
+        assert client.get("/healthz").get_json() == {"ok": True, "store": "postgresql",
+                                                     "webhook_secret": "ok"}
 
 
 @pytest.mark.slow

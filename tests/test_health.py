@@ -50,14 +50,14 @@ def test_healthz_is_503_when_the_store_can_read_but_not_write(read_only_app, cap
         assert store.schema_version() >= 1  # reads still work
         response = read_only_app.test_client().get("/healthz")
     assert response.status_code == 503
-    assert response.get_json() == {"ok": False, "store": "unavailable"}
+    assert response.get_json() == {"ok": False, "store": "unavailable", "webhook_secret": "ok"}
     assert "readonly database" in caplog.text  # the detail is logged, not answered
 
 
 def test_healthz_is_200_when_the_store_can_write(client):
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.get_json() == {"ok": True, "store": "sqlite"}
+    assert response.get_json() == {"ok": True, "store": "sqlite", "webhook_secret": "ok"}
 
 
 def test_store_failure_503_body_names_no_driver_text(read_only_app):

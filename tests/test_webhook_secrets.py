@@ -127,12 +127,21 @@ def test_with_an_api_key_the_server_starts_before_the_secret_is_stored(env, monk
     """The first deploy: the server starts with an API key alone and refuses every delivery
     until `agentphone webhook set` stores a secret, which it then accepts without a restart."""
     monkeypatch.setenv("AGENTPHONE_API_KEY", API_KEY)
+    monkeypatch.setenv("AGENTPHONE_API_URL", "http://127.0.0.1:9")  # nothing answers there
     monkeypatch.setenv("JOB_RUNNER", "off")  # the text's reply job would call the real API
+    monkeypatch.setenv("CONSOLE_PASSWORD", "console-password")
     app = create_app()
     assert "no webhook secret yet" in caplog.text
     client = app.test_client()
     raw, headers = signed_request("whsec_stored", payload("sms", "hi"))
     assert client.post("/webhook", data=raw, headers=headers).status_code == 401
+    # Healthy (the deploy's health check passes), and saying why nothing is accepted.
+    health = client.get("/healthz")
+    assert health.status_code == 200 and health.get_json()["webhook_secret"] == "none"
+    now = client.get("/console/now/live", auth=("ops", "console-password"))
+    assert now.status_code == 200
+    assert '<div class="value bad" id="secret">none</div>' in now.text
+    assert "every delivery is refused with 401 until" in now.text
     store = open_store(env)
     store.add_webhook_secret("account", "whsec_stored", grace=60)
     store.close()
@@ -141,6 +150,10 @@ def test_with_an_api_key_the_server_starts_before_the_secret_is_stored(env, monk
         assert time.monotonic() < deadline, "the stored secret was never picked up"
         time.sleep(0.1)
     assert status == 200
+    assert client.get("/healthz").get_json()["webhook_secret"] == "ok"
+    now = client.get("/console/now/live", auth=("ops", "console-password")).text
+    assert '<div class="value ok" id="secret">ok</div>' in now
+    assert "refused with 401" not in now
     raw, headers = signed_request("whsec_other", payload("sms", "hi"))
     assert client.post("/webhook", data=raw, headers=headers).status_code == 401
     get_store(app).close()

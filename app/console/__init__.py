@@ -30,6 +30,7 @@ from flask import (
 from app.console import figures, journal
 from app.console.journal import Journal
 from app.store import get_store
+from app.webhook.secrets import get_webhook_secrets
 
 bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
                static_folder="static")
@@ -111,12 +112,12 @@ def logout() -> Any:
 
 @bp.get("/")
 def now() -> str:
-    return render_template("console/now.html", **figures.now(get_store(), _api_health()))
+    return render_template("console/now.html", **_now())
 
 
 @bp.get("/now/live")
 def now_live() -> str:
-    return render_template("console/_now.html", **figures.now(get_store(), _api_health()))
+    return render_template("console/_now.html", **_now())
 
 
 @bp.get("/calls")
@@ -184,6 +185,19 @@ def deliveries() -> str:
 
 def _sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+def _now() -> dict:
+    return figures.now(get_store(), _api_health(), _secret_health())
+
+
+def _secret_health() -> dict:
+    """Whether this process can verify deliveries (``SecretSource.state``)."""
+    state = get_webhook_secrets().state()
+    if state == "none":
+        return {"state": state, "error": "every delivery is refused with 401 until "
+                                         "`agentphone webhook set` stores a secret"}
+    return {"state": state}
 
 
 _api_cache: dict[str, Any] = {}

@@ -21,9 +21,10 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
-def now(store: Any, api: dict, clock: Any = time.time) -> dict:
+def now(store: Any, api: dict, secret: dict | None = None, clock: Any = time.time) -> dict:
     """The "Now" page: turns in flight, traffic and latency of the last five minutes, jobs,
-    and the health of the store and the platform API."""
+    the health of the store and the platform API, and ``secret``: whether the serving
+    process can verify deliveries."""
     at = clock()
     try:
         store.ping()
@@ -34,11 +35,12 @@ def now(store: Any, api: dict, clock: Any = time.time) -> dict:
         store_state = {"state": "ok"}
     except StoreUnavailable as exc:
         return {"store": {"state": "failing", "error": str(exc)[:200]}, "api": api,
+                "secret": secret,
                 "in_flight": [], "per_minute": 0, "p50": None, "p99": None, "fallbacks": 0,
                 "dead_jobs": 0, "pending_jobs": 0, "chart": chart([], at), "at": at}
     first_lines = [ms for _, ms in latencies]
     return {
-        "store": store_state, "api": api, "at": at,
+        "store": store_state, "api": api, "secret": secret, "at": at,
         "in_flight": [{**row, "elapsed": at - row["received_at"]} for row in in_flight],
         "per_minute": round(sum(counts.values()) / (WINDOW / 60), 1),
         "p50": percentile(first_lines, 50), "p99": percentile(first_lines, 99),

@@ -63,6 +63,15 @@ class SecretSource:
             raise StoreUnavailable("webhook secrets could not be read from the store")
         return self.static + stored
 
+    def state(self) -> str:
+        """"ok" when a delivery can be verified now; "none" when no secret is configured or
+        stored (every delivery is refused with 401); "unknown" when none is configured and
+        the store's have never been read (every delivery gets 503)."""
+        try:
+            return "ok" if self.current() else "none"
+        except StoreUnavailable:
+            return "unknown"
+
     def reload_after_miss(self) -> bool:
         """A delivery matched no known secret: read the store now, unless that was done
         within ``MISS_RELOAD_SECONDS``. True when the stored secrets changed."""
