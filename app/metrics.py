@@ -215,9 +215,10 @@ class Histogram(_Children, prometheus_client.Histogram):
 
 
 class Gauge(_Children, prometheus_client.Gauge):
-    """A gauge of running totals (``inc`` and ``dec``), its changes written at the next
-    ``flush``. It has no ``set``: a value written at once would be overtaken by changes made
-    before it and written after."""
+    """A gauge of running totals whose changes are written at the next ``flush``.
+
+    It has ``inc`` and ``dec`` but no ``set``: a value written at once would be overtaken by
+    changes made before it and written after."""
 
     _queued = False
     _change: float | None = None  # None: a labelled parent, which holds no value itself

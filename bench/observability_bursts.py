@@ -1,6 +1,7 @@
 """What metrics, logs and the delivery log cost, from two servers up side by side: the code
 as deployed ("on") and a copy with them switched off ("off", as ``observability_cost.py``
-makes it; ``--off`` names fewer parts), measured in alternating bursts a few seconds apart.
+makes it; ``--off`` names fewer parts; ``--against DIR`` serves another copy of the code
+instead, as deployed), measured in alternating bursts a few seconds apart.
 
 ``observability_cost.py`` starts a fresh server for each run, so the two runs it compares
 are a minute apart; on a shared host the speed changes within that minute by more than the
@@ -64,6 +65,9 @@ def bootstrap_change(pairs, draws=2000, seed=1):
 def report(name, unit, pairs):
     """Print the sides' medians over the pairs, the interval of their change and the median
     of the pairs' own changes; return them."""
+    if not pairs:
+        print(f"{name}: no pair measured")
+        return None
     on, off = (statistics.median(pair[side] for pair in pairs) for side in SIDES)
     change = (on / off - 1) * 100
     own = statistics.median((pair["on"] / pair["off"] - 1) * 100 for pair in pairs)
@@ -129,6 +133,8 @@ def ack_window(server, seconds, tag, work):
     result = run_wrk(server.url, prefix, 2, 64, seconds)
     if result["errors"]:
         raise RuntimeError(f"{result['errors']} acks failed: {result['error_detail']}")
+    if result["wraps"]:  # it sent some again: duplicates, acked without the work
+        raise RuntimeError(f"more than {3000 * seconds} acks in {seconds} s: shorten the window")
     return result["ok"] / result["seconds"]
 
 
@@ -172,10 +178,16 @@ def main():
     parser.add_argument("--pin", action="store_true",
                         help="run this load generator (and wrk) on the first CPU and the "
                              "servers on the others, as where the platform is remote")
-    parser.add_argument("--off", default=",".join(PARTS),
-                        help="what the off side turns off, of " + ",".join(PARTS))
+    parser.add_argument("--against", type=Path, metavar="DIR",
+                        help="serve this directory (a copy of another revision) as the "
+                             "\"off\" side, as deployed: two versions of the code compared")
+    parser.add_argument("--off", help="what the off side turns off, of " + ",".join(PARTS)
+                        + " (default: all)")
     args = parser.parse_args()
-    args.off = [part.strip() for part in args.off.split(",") if part.strip()]
+    if args.against and args.off:
+        parser.error("--off and --against are two different off sides: give one")
+    args.off = [part.strip() for part in (args.off or ",".join(PARTS)).split(",")
+                if part.strip()]
     if unknown := set(args.off) - set(PARTS):
         parser.error(f"--off: unknown {', '.join(sorted(unknown))}")
     if shutil.which("wrk") is None and args.ack_pairs:
@@ -189,10 +201,17 @@ def main():
         os.sched_setaffinity(0, cpus[:1])
         server_cpus = set(cpus[1:])
     stop_at = time.monotonic() + DEADLINE_SECONDS
-    dark = dark_copy(args.off)
-    trees = {"on": (ROOT, {"LOG_LEVEL": "INFO"}), "off": (dark, off_env(args.off))}
-    print(f"serving {describe_source(None)}: on = as deployed, off = {dark} "
-          f"({', '.join(args.off)} off)")
+    if args.against:
+        dark = None
+        trees = {"on": (ROOT, {"LOG_LEVEL": "INFO"}),
+                 "off": (args.against.resolve(), {"LOG_LEVEL": "INFO"})}
+        print(f"serving {describe_source(None)} (on) against {args.against} (off), both as "
+              "deployed")
+    else:
+        dark = dark_copy(args.off)
+        trees = {"on": (ROOT, {"LOG_LEVEL": "INFO"}), "off": (dark, off_env(args.off))}
+        print(f"serving {describe_source(None)}: on = as deployed, off = {dark} "
+              f"({', '.join(args.off)} off)")
     try:
         if args.pairs:
             with ExitStack() as stack:
@@ -210,7 +229,8 @@ def main():
                 pairs = acks(servers, args, stop_at, Path(work))
             report("acks/s", "", pairs)
     finally:
-        shutil.rmtree(dark, ignore_errors=True)
+        if dark:
+            shutil.rmtree(dark, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -243,7 +243,8 @@ def test_unclaimable_voice_turn_still_hears_interim_and_fallback(make_app, monke
 
 
 def test_healthz(app, client):
-    assert client.get("/healthz").get_json() == {"ok": True, "store": "sqlite"}
+    assert client.get("/healthz").get_json() == {"ok": True, "store": "sqlite",
+                                                 "webhook_secret": "ok"}
     path = app.config["DATABASE_URL"][len("sqlite:///"):]
     get_store(app).close()
     get_store(app).path = str(path) + ".missing/x.db"

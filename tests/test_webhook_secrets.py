@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from app import config, create_app
+from app import config, console, create_app
 from app.simulator import payload, signed_request
 from app.store import StoreUnavailable, get_store, open_store
 from app.store.secrets import StoredSecret
@@ -94,6 +94,28 @@ def test_a_failed_refresh_keeps_the_known_secrets():
     assert source.current() == ("whsec_a",)
 
 
+def test_the_state_never_waits_on_the_store():
+    clock, rows, reads = Clock(), [], []
+    release = threading.Event()
+
+    def load():
+        reads.append(clock.now)
+        release.wait(10)  # a store that takes its time
+        return list(rows)
+
+    source = SecretSource((), load, refresh=60.0, clock=clock)
+    assert source.state() == "unknown"  # nothing read yet: a read starts, nobody waits on it
+    release.set()
+    settled(source)
+    assert source.state() == "none" and reads == [1000.0]
+    rows.append(stored("whsec_a"))
+    clock.now += 60
+    source.state()  # the refresh, in the background
+    settled(source)
+    assert source.state() == "ok"
+    assert SecretSource(("whsec_env",), _failing, clock=clock).state() == "ok"
+
+
 def _failing():
     raise StoreUnavailable("down")
 
@@ -130,6 +152,7 @@ def test_with_an_api_key_the_server_starts_before_the_secret_is_stored(env, monk
     monkeypatch.setenv("AGENTPHONE_API_URL", "http://127.0.0.1:9")  # nothing answers there
     monkeypatch.setenv("JOB_RUNNER", "off")  # the text's reply job would call the real API
     monkeypatch.setenv("CONSOLE_PASSWORD", "console-password")
+    monkeypatch.setattr(console, "_api_cache", {})  # its failing API is not cached for others
     app = create_app()
     assert "no webhook secret yet" in caplog.text
     client = app.test_client()

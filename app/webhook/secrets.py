@@ -64,13 +64,17 @@ class SecretSource:
         return self.static + stored
 
     def state(self) -> str:
-        """"ok" when a delivery can be verified now; "none" when no secret is configured or
-        stored (every delivery is refused with 401); "unknown" when none is configured and
-        the store's have never been read (every delivery gets 503)."""
-        try:
+        """Whether a delivery can be verified now, without waiting on the store.
+
+        "ok"; "none": no secret configured or stored (every delivery is refused with 401);
+        "unknown": none configured and the store's not read yet (a read starts meanwhile).
+        """
+        if self.static or self._loaded:
             return "ok" if self.current() else "none"
-        except StoreUnavailable:
-            return "unknown"
+        if self._lock.acquire(blocking=False):
+            self._next_load = self.clock() + self.refresh
+            spawn(self._reload_and_release)
+        return "unknown"
 
     def reload_after_miss(self) -> bool:
         """A delivery matched no known secret: read the store now, unless that was done
