@@ -140,40 +140,48 @@ os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
 atexit.register(flush)
 
 
-class Counter(_Children, prometheus_client.Counter):
-    """A counter whose increments are written at the next ``flush``."""
+class _Total:
+    """A metric with one value, whose changes wait in memory for the next ``flush``."""
 
     _queued = False
-    _count: float | None = None  # None: a labelled parent, which counts nothing itself
+    _change: float | None = None  # None: a labelled parent, which holds no value itself
+    _value: Any  # the library's value, made by its _metric_init
 
     def _metric_init(self) -> None:
-        super()._metric_init()
-        self._count = 0.0
+        super()._metric_init()  # type: ignore[misc]
+        self._change = 0.0
 
-    def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
-        if self._count is None or amount < 0 or exemplar:
-            return super().inc(amount, exemplar)  # the library's errors, and exemplars
+    def _add(self, amount: float) -> None:
         with _pending_lock:
-            self._count += amount
+            self._change += amount  # type: ignore[operator]
             if not self._queued:
                 _mark_pending(self)
 
+    def _take_pending(self) -> float:
+        """The change not written yet, now taken (``_pending_lock`` held)."""
+        change = self._change
+        assert change is not None  # queued by _add(): not a labelled parent
+        self._change, self._queued = 0.0, False
+        return change
+
+    def _write(self, change: float) -> None:
+        self._value.inc(change)
+
+
+class Counter(_Children, _Total, prometheus_client.Counter):
+    """A counter whose increments are written at the next ``flush``."""
+
+    def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
+        if self._change is None or amount < 0 or exemplar:
+            return super().inc(amount, exemplar)  # the library's errors, and exemplars
+        self._add(amount)
+
     def reset(self) -> None:
-        if self._count is None:
+        if self._change is None:
             return super().reset()  # the library's error
         with _pending_lock:
             self._take_pending()
             super().reset()
-
-    def _take_pending(self) -> float:
-        """The count not written yet, now taken (``_pending_lock`` held)."""
-        count = self._count
-        assert count is not None  # queued by inc(): not a labelled parent
-        self._count, self._queued = 0.0, False
-        return count
-
-    def _write(self, count: float) -> None:
-        self._value.inc(count)
 
 
 class Histogram(_Children, prometheus_client.Histogram):
@@ -214,42 +222,22 @@ class Histogram(_Children, prometheus_client.Histogram):
                 self._buckets[bucket].inc(count)
 
 
-class Gauge(_Children, prometheus_client.Gauge):
+class Gauge(_Children, _Total, prometheus_client.Gauge):
     """A gauge of running totals whose changes are written at the next ``flush``.
 
     It has ``inc`` and ``dec`` but no ``set``: a value written at once would be overtaken by
     changes made before it and written after."""
 
-    _queued = False
-    _change: float | None = None  # None: a labelled parent, which holds no value itself
-
-    def _metric_init(self) -> None:
-        super()._metric_init()
-        self._change = 0.0
-
     def inc(self, amount: float = 1) -> None:
         if self._change is None:
             return super().inc(amount)  # the library's error
-        with _pending_lock:
-            self._change += amount
-            if not self._queued:
-                _mark_pending(self)
+        self._add(amount)
 
     def dec(self, amount: float = 1) -> None:
         self.inc(-amount)
 
     def set(self, value: float) -> None:
         raise TypeError(f"{self._name}: a gauge of running totals has only inc and dec")
-
-    def _take_pending(self) -> float:
-        """The change not written yet, now taken (``_pending_lock`` held)."""
-        change = self._change
-        assert change is not None  # queued by inc(): not a labelled parent
-        self._change, self._queued = 0.0, False
-        return change
-
-    def _write(self, change: float) -> None:
-        self._value.inc(change)
 
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
