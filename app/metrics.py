@@ -6,10 +6,10 @@ start); a scrape of any web worker adds them all up. Without that directory (``f
 tests) the values are this process's own. Labels come from small fixed sets (event, channel,
 outcome, tool, job kind, API endpoint template), never from ids.
 
-Counters, histograms and gauges keep their counts in memory and write them into their values at most
-FLUSH_SECONDS later, a batch at a time (a scrape writes its own process's first): a scrape may
-miss the last half second of the other processes, and a process killed with SIGKILL loses its
-last half second of counts.
+Counters, histograms and gauges keep their counts in memory and write them into their values
+at most FLUSH_SECONDS later, a batch at a time (a scrape writes its own process's first): a
+scrape may miss the last half second of the other processes, and a process killed with SIGKILL
+loses its last half second of counts.
 
 Job and reply-outbox gauges are read from the store at scrape time, one grouped query each.
 """

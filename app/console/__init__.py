@@ -30,7 +30,7 @@ from flask import (
 from app.console import figures, journal
 from app.console.journal import Journal
 from app.store import get_store
-from app.webhook.secrets import get_webhook_secrets
+from app.webhook.secrets import REFUSED_UNTIL_SET, get_webhook_secrets
 
 bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
                static_folder="static")
@@ -195,8 +195,7 @@ def _secret_health() -> dict:
     """Whether this process can verify deliveries (``SecretSource.state``)."""
     state = get_webhook_secrets().state()
     if state == "none":
-        return {"state": state, "error": "every delivery is refused with 401 until "
-                                         "`agentphone webhook set` stores a secret"}
+        return {"state": state, "error": REFUSED_UNTIL_SET}
     return {"state": state}
 
 

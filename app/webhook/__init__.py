@@ -43,6 +43,5 @@ def init_app(app: "Flask", require_secret: bool = True,
             if not stored:
                 if not app.config.get("AGENTPHONE_API_KEY"):
                     raise ConfigError(REFUSAL_WITHOUT_KEY)
-                log.warning("no webhook secret yet: every delivery is refused with 401 until "
-                            "`agentphone webhook set https://<host>/webhook` stores one")
+                log.warning("no webhook secret yet: %s", secrets.REFUSED_UNTIL_SET)
     app.register_blueprint(bp)

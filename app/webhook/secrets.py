@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 REFRESH_SECONDS = 2.0
 MISS_RELOAD_SECONDS = 0.5
 EXTENSION = "webhook_secrets"  # the key of an app's SecretSource in app.extensions
+# What a server with no secret does, and what ends it: its start-up warning and the console say.
+REFUSED_UNTIL_SET = ("every delivery is refused with 401 until "
+                     "`agentphone webhook set https://<host>/webhook` stores a secret")
 
 
 class SecretSource:
@@ -52,12 +55,9 @@ class SecretSource:
         been read: the platform then retries, instead of a forged-looking 401.
         """
         now = self.clock()
-        if now >= self._next_load and self._lock.acquire(blocking=False):
-            self._next_load = now + self.refresh
-            if self._loaded or self.static:  # beside the deliveries, never in their way
-                spawn(self._reload_and_release)
-            else:  # nothing to verify with yet
-                self._reload_and_release()
+        if now >= self._next_load:
+            # Beside the deliveries, never in their way, unless there is nothing to verify with.
+            self._start_reload(now, wait=not (self._loaded or self.static))
         stored = tuple(s.secret for s in self._stored if s.live(now))
         if not self.static and not self._loaded:
             raise StoreUnavailable("webhook secrets could not be read from the store")
@@ -71,9 +71,7 @@ class SecretSource:
         """
         if self.static or self._loaded:
             return "ok" if self.current() else "none"
-        if self._lock.acquire(blocking=False):
-            self._next_load = self.clock() + self.refresh
-            spawn(self._reload_and_release)
+        self._start_reload(self.clock(), wait=False)
         return "unknown"
 
     def reload_after_miss(self) -> bool:
@@ -91,6 +89,16 @@ class SecretSource:
             return self._stored != before
         finally:
             self._lock.release()
+
+    def _start_reload(self, now: float, wait: bool) -> None:
+        """Read the stored secrets (in the background unless ``wait``), unless a read is
+        under way; the next is due ``refresh`` seconds after ``now``."""
+        if self._lock.acquire(blocking=False):
+            self._next_load = now + self.refresh
+            if wait:
+                self._reload_and_release()
+            else:
+                spawn(self._reload_and_release)
 
     def _reload_and_release(self) -> None:
         try:
