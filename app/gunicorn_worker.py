@@ -319,35 +319,36 @@ class AppLogger(glogging.Logger):
         return _line_maker(self.cfg.access_log_format)(self, resp, req, environ, request_time)
 
 
-def _status(resp, environ, took):
+def _status(resp, environ, took, *_):
     status = resp.status
     return status.split(None, 1)[0] if isinstance(status, str) else status
 
 
-def _sent(resp, environ, took):
+def _sent(resp, environ, took, *_):
     return (getattr(resp, "sent", None) is not None and str(resp.sent)) or "-"
 
 
 # The atoms of gunicorn's ``Logger.atoms`` that need only the response, the environ and the
-# request time, made as it makes them (tests/test_logging.py compares the two).
+# request time, made as it makes them (tests/test_logging.py compares the two). Every atom
+# maker takes (resp, environ, took, req, logger, made): called directly, with no wrapper.
 _SIMPLE_ATOMS = {
-    "h": lambda resp, environ, took: environ.get("REMOTE_ADDR", "-"),
-    "l": lambda resp, environ, took: "-",
-    "r": lambda resp, environ, took: (
+    "h": lambda resp, environ, took, *_: environ.get("REMOTE_ADDR", "-"),
+    "l": lambda resp, environ, took, *_: "-",
+    "r": lambda resp, environ, took, *_: (
         f"{environ['REQUEST_METHOD']} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}"),
     "s": _status,
-    "m": lambda resp, environ, took: environ.get("REQUEST_METHOD"),
-    "U": lambda resp, environ, took: environ.get("PATH_INFO"),
-    "q": lambda resp, environ, took: environ.get("QUERY_STRING"),
-    "H": lambda resp, environ, took: environ.get("SERVER_PROTOCOL"),
+    "m": lambda resp, environ, took, *_: environ.get("REQUEST_METHOD"),
+    "U": lambda resp, environ, took, *_: environ.get("PATH_INFO"),
+    "q": lambda resp, environ, took, *_: environ.get("QUERY_STRING"),
+    "H": lambda resp, environ, took, *_: environ.get("SERVER_PROTOCOL"),
     "b": _sent,
-    "B": lambda resp, environ, took: getattr(resp, "sent", None),
-    "f": lambda resp, environ, took: environ.get("HTTP_REFERER", "-"),
-    "a": lambda resp, environ, took: environ.get("HTTP_USER_AGENT", "-"),
-    "T": lambda resp, environ, took: took.seconds,
-    "D": lambda resp, environ, took: took.seconds * 1000000 + took.microseconds,
-    "M": lambda resp, environ, took: took.seconds * 1000 + int(took.microseconds / 1000),
-    "L": lambda resp, environ, took: f"{took.seconds:d}.{took.microseconds:06d}",
+    "B": lambda resp, environ, took, *_: getattr(resp, "sent", None),
+    "f": lambda resp, environ, took, *_: environ.get("HTTP_REFERER", "-"),
+    "a": lambda resp, environ, took, *_: environ.get("HTTP_USER_AGENT", "-"),
+    "T": lambda resp, environ, took, *_: took.seconds,
+    "D": lambda resp, environ, took, *_: took.seconds * 1000000 + took.microseconds,
+    "M": lambda resp, environ, took, *_: took.seconds * 1000 + int(took.microseconds / 1000),
+    "L": lambda resp, environ, took, *_: f"{took.seconds:d}.{took.microseconds:06d}",
 }
 
 
@@ -361,10 +362,10 @@ def _line_maker(fmt: str) -> Callable[..., str]:
               for name in dict.fromkeys(re.findall(r"%\(([^)]*)\)", fmt))]
 
     def line(logger, resp, req, environ, took):
-        made = []  # gunicorn's full set, when an atom needs it
+        made: list[dict] = []  # gunicorn's full set, when an atom needs it
         values = {}
         for name, make in makers:
-            value = make(logger, resp, req, environ, took, made)
+            value = make(resp, environ, took, req, logger, made)
             values[name] = value.replace('"', '\\"') if isinstance(value, str) else value
         return fmt % values
 
@@ -374,21 +375,21 @@ def _line_maker(fmt: str) -> Callable[..., str]:
 def _atom_maker(name: str) -> Callable[..., Any]:
     simple = _SIMPLE_ATOMS.get(name)
     if simple is not None:
-        return lambda logger, resp, req, environ, took, made: simple(resp, environ, took)
+        return simple
     if name.startswith("{") and name.endswith("}i"):
-        header = name[1:-2]
+        header, size = name[1:-2], len(name) - 3
 
-        def request_header(logger, resp, req, environ, took, made):
+        def request_header(resp, environ, took, req, *_):
             headers = req.headers if hasattr(req, "headers") else req
             value = "-"
             for key, given in headers.items() if hasattr(headers, "items") else headers:
-                if key.lower() == header:
+                if len(key) == size and key.lower() == header:
                     value = given  # the last of repeated headers, as in gunicorn's dict
             return value
 
         return request_header
 
-    def from_full_set(logger, resp, req, environ, took, made):
+    def from_full_set(resp, environ, took, req, logger, made):
         if not made:
             made.append(glogging.Logger.atoms(logger, resp, req, environ, took))
         return made[0].get(name, "-")

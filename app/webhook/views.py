@@ -125,13 +125,14 @@ def count_delivery(response: Response) -> Response:
     """One count per delivery: its event, channel and outcome (a refusal's HTTP status)."""
     if request.method == "OPTIONS":
         return response
-    event = g.get("event")
-    outcome = g.get("outcome") or str(response.status_code)
+    seen = g._get_current_object()  # one lookup through the proxy for the reads below
+    event = getattr(seen, "event", None)
+    outcome = getattr(seen, "outcome", None) or str(response.status_code)
     if outcome == COUNTED_IN_STREAM:
         return response
     DELIVERIES.labels(*_labels(event), outcome).inc()
-    if "delivery_id" in g:
-        _journal(outcome, response.status_code)
+    if hasattr(seen, "delivery_id"):
+        _journal(outcome, response.status_code, seen)
     return response
 
 
@@ -142,18 +143,20 @@ def _labels(event: events.Event | None) -> tuple[str, str]:
     return name, channel
 
 
-def _journal(outcome: str, status: int) -> Row:
-    """Log this signed delivery for the console (a voice turn's row is completed later)."""
-    event = g.get("event")
-    data = event.data if event is not None else {}
-    said = data.get("transcript") if event is not None and _streamed(event) else None
-    return get_journal().record(
-        g.delivery_id, event.event if event is not None else "unparsed", outcome, status,
-        channel=_text(event.channel) if event is not None else None,
-        agent_id=event.agent_id if event is not None else None,
-        call_id=_text(data.get("callId")), conversation_id=_text(data.get("conversationId")),
-        said=_text(said) if said is not None else _text(data.get("message")),
-    )
+def _journal(outcome: str, status: int, seen: Any) -> Row:
+    """Log this signed delivery for the console (a voice turn's row is completed later);
+    ``seen`` is the request's ``g``."""
+    event = getattr(seen, "event", None)
+    journal = get_journal()
+    if event is None:
+        return journal.record(seen.delivery_id, "unparsed", outcome, status)
+    data = event.data
+    said = data.get("transcript") if _streamed(event) else None
+    return journal.record(
+        seen.delivery_id, event.event, outcome, status, channel=_text(event.channel),
+        agent_id=event.agent_id, call_id=_text(data.get("callId")),
+        conversation_id=_text(data.get("conversationId")),
+        said=_text(said) if said is not None else _text(data.get("message")))
 
 
 def _streamed(event: events.Event) -> bool:
@@ -198,8 +201,9 @@ def _voice_turn(event: events.Event, delivery_id: str) -> StreamResponse:
     # journalled as in flight here and completed when its stream ends.
     g.outcome = COUNTED_IN_STREAM
     # Bound here: Flask tears down the request context before the stream runs.
+    row = _journal(IN_FLIGHT, 200, g._get_current_object())
     held = _HeldTurn(get_voice_claims(), agent, delivery_id, event.event, g.signed,
-                     _labels(event), get_journal(), _journal(IN_FLIGHT, 200))
+                     _labels(event), get_journal(), row)
     lines = stream_turn(agent, turn, deadline, sock=caller_socket(environ),
                         filler_after=current_app.config["VOICE_FILLER_AFTER"], environ=environ,
                         arrived=g.arrived, report=held.report, claim=held.claim)
