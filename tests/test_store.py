@@ -4,6 +4,7 @@ in-memory backend with only what the protocol lists. The other protocols of ``St
 repositories, the schema, failures) run against the SQL backends."""
 
 import functools
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -573,6 +574,58 @@ def test_the_delivery_log_writes_a_voice_turn_once_per_flush_in_its_last_version
     journal.voice_finished(late, "deadline", 0.003, 15.0, "Sorry.")
     assert journal.flush() == 1
     assert [row["outcome"] for row in store.delivery_log(voice=True)] == ["deadline", "answered"]
+
+
+def test_the_consoles_delivery_log_queries_walk_indexes_not_the_table(make_store, monkeypatch):
+    """SQLite's plan of every console read of the delivery log: an index walk, so that the
+    pages stay fast with 100,000 rows; a text's row is in neither the call nor the voice
+    index (two fewer index writes per acknowledgement)."""
+    from app.console.journal import Journal
+
+    traced = []
+    connect = sqlite3.connect
+
+    def traced_connect(*args, **kwargs):
+        conn = connect(*args, **kwargs)
+        conn.set_trace_callback(traced.append)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced_connect)
+    store = make_store("sqlite")
+    journal = Journal(store)
+    journal.record("whd_text", "agent.message", "accepted", 200, channel="sms",
+                   conversation_id="conv_1", said="hi")
+    turn = journal.record("whd_voice", "agent.message", "in-flight", 200, channel="voice",
+                          call_id="call_1", said="hours?")
+    journal.voice_finished(turn, "answered", 0.004, 0.9, "We open at 9.")
+    journal.flush()
+    del traced[:]
+    store.delivery_log(voice=True)
+    store.delivery_log(voice=False)
+    store.delivery_log(call_id="call_1")
+    store.delivery_log(failures_first=True)
+    store.in_flight_turns(NOW - 60)
+    store.recent_voice_latencies(NOW - 300)
+    store.delivery_counts(NOW - 300)
+    reads = [sql for sql in traced if sql.lstrip().upper().startswith("SELECT")
+             and "FROM delivery_log" in sql]
+    assert len(reads) == 8  # failures first: two reads
+
+    def plan(sql):
+        return " | ".join(row[3] for row in store.run(
+            lambda cur: cur.execute("EXPLAIN QUERY PLAN " + sql).fetchall(), transaction=False))
+
+    plans = {sql: plan(sql) for sql in reads}
+    for sql, steps in plans.items():
+        assert "INDEX" in steps, (sql, steps)
+    assert any("COVERING INDEX delivery_log_voice" in steps and "first_line_ms" in sql
+               for sql, steps in plans.items())
+    assert any("INDEX delivery_log_call_id (call_id=?)" in steps for steps in plans.values())
+    definitions = dict(store.run(lambda cur: cur.execute(
+        "SELECT name, sql FROM sqlite_master WHERE tbl_name = 'delivery_log' AND type = 'index' "
+        "AND sql IS NOT NULL").fetchall(), transaction=False))
+    assert definitions["delivery_log_call_id"].endswith("WHERE call_id IS NOT NULL")
+    assert definitions["delivery_log_voice"].endswith("WHERE channel = 'voice'")
 
 
 def test_the_delivery_log_writes_many_rows_at_once_and_updates_them(opened):

