@@ -576,6 +576,34 @@ def test_the_delivery_log_writes_a_voice_turn_once_per_flush_in_its_last_version
     assert [row["outcome"] for row in store.delivery_log(voice=True)] == ["deadline", "answered"]
 
 
+def test_the_delivery_log_shows_a_voice_turn_in_flight_once_it_has_run_a_while(opened,
+                                                                                monkeypatch):
+    from app.console import journal as journal_module
+    from app.console.journal import Journal
+    from app.store.console import IN_FLIGHT
+
+    store = opened()
+    journal = Journal(store)
+    now = time.time()
+    quick, _ = (journal.record(f"whd_{name}", "agent.message", IN_FLIGHT, 200, channel="voice",
+                               call_id=f"call_{name}", received_at=now)
+                for name in ("quick", "slow"))
+    journal.record("whd_old", "agent.message", IN_FLIGHT, 200, channel="voice",
+                   call_id="call_old", received_at=now - 2 * journal_module.IN_FLIGHT_AFTER)
+    assert journal.flush() == 1  # the turns that started just now are held back
+    assert [row["delivery_id"] for row in store.in_flight_turns(now - 60)] == ["whd_old"]
+
+    journal.voice_finished(quick, "answered", 0.004, 0.5, "Yes.")
+    monkeypatch.setattr(journal_module, "IN_FLIGHT_AFTER", 0.0)  # as if they had run a while
+    assert journal.flush() == 2  # the quick turn once, ended; the slow one in flight
+    rows = {row["delivery_id"]: row for row in store.delivery_log()}
+    assert rows["whd_quick"]["outcome"] == "answered"
+    assert rows["whd_quick"]["answered"] == "Yes."
+    assert sorted(row["delivery_id"] for row in store.in_flight_turns(now - 60)) == [
+        "whd_old", "whd_slow"]
+    assert journal.flush() == 0
+
+
 def test_the_consoles_delivery_log_queries_walk_indexes_not_the_table(make_store, monkeypatch):
     """SQLite's plan of every console read of the delivery log: an index walk, so that the
     pages stay fast with 100,000 rows; a text's row is in neither the call nor the voice
