@@ -82,13 +82,17 @@ def post_worker_init(worker):
 def worker_exit(server, worker):
     """On a graceful stop (a deploy, SIGTERM) let this worker's running jobs finish for up to
     JOB_GRACE seconds and hand the rest back to the queue, rather than leave them to wait out
-    their lease; then close the store's connections."""
+    their lease; write the console's last delivery-log rows; then close the store's
+    connections."""
     app = getattr(worker, "wsgi", None)
     if app is None:
         return
+    from app.console.journal import get_journal
     from app.jobs import get_job_runner
     from app.store import get_store
 
     if app.config["JOB_RUNNER"]:
         get_job_runner(app).stop()
+    with app.app_context():
+        get_journal().flush(last=True)  # the console's last rows, turns in flight among them
     get_store(app).close()

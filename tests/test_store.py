@@ -552,13 +552,17 @@ def test_unsure_replies_are_counted_and_one_is_resent_through_its_job(opened):
     assert store.outbox_begin("d1", "+1555", "text 1", job_id=jobs[1]) == ("sending", True)
 
 
-def test_the_delivery_log_writes_a_voice_turn_once_per_flush_in_its_last_version(opened):
+def test_the_delivery_log_writes_a_voice_turn_once_per_flush_in_its_last_version(opened,
+                                                                                 monkeypatch):
+    from app.console import journal as journal_module
     from app.console.journal import Journal
+    from app.store.console import IN_FLIGHT
 
+    monkeypatch.setattr(journal_module, "IN_FLIGHT_AFTER", 0.0)  # turns shown in flight at once
     store = opened()
     journal = Journal(store)
     journal.record("whd_text", "agent.message", "accepted", 200, channel="sms", said="hi")
-    turn = journal.record("whd_voice", "agent.message", "in_flight", 200, channel="voice",
+    turn = journal.record("whd_voice", "agent.message", IN_FLIGHT, 200, channel="voice",
                           call_id="call_1", said="hours?")
     journal.voice_finished(turn, "answered", 0.004, 0.9, "We open at 9.")
     assert journal.flush() == 2  # three rows recorded, the voice turn's twice
@@ -569,8 +573,9 @@ def test_the_delivery_log_writes_a_voice_turn_once_per_flush_in_its_last_version
     assert rows["whd_voice"]["first_line_ms"] == pytest.approx(4.0)
     assert rows["whd_text"]["said"] == "hi"
     # A turn that ends after its start was written is updated in place.
-    late = journal.record("whd_late", "agent.message", "in_flight", 200, channel="voice")
+    late = journal.record("whd_late", "agent.message", IN_FLIGHT, 200, channel="voice")
     assert journal.flush() == 1
+    assert [row["delivery_id"] for row in store.in_flight_turns(0)] == ["whd_late"]
     journal.voice_finished(late, "deadline", 0.003, 15.0, "Sorry.")
     assert journal.flush() == 1
     assert [row["outcome"] for row in store.delivery_log(voice=True)] == ["deadline", "answered"]
@@ -582,6 +587,7 @@ def test_the_delivery_log_shows_a_voice_turn_in_flight_once_it_has_run_a_while(o
     from app.console.journal import Journal
     from app.store.console import IN_FLIGHT
 
+    monkeypatch.setattr(journal_module, "IN_FLIGHT_AFTER", 60.0)  # however slow this machine
     store = opened()
     journal = Journal(store)
     now = time.time()
@@ -589,9 +595,9 @@ def test_the_delivery_log_shows_a_voice_turn_in_flight_once_it_has_run_a_while(o
                                call_id=f"call_{name}", received_at=now)
                 for name in ("quick", "slow"))
     journal.record("whd_old", "agent.message", IN_FLIGHT, 200, channel="voice",
-                   call_id="call_old", received_at=now - 2 * journal_module.IN_FLIGHT_AFTER)
+                   call_id="call_old", received_at=now - 120)
     assert journal.flush() == 1  # the turns that started just now are held back
-    assert [row["delivery_id"] for row in store.in_flight_turns(now - 60)] == ["whd_old"]
+    assert [row["delivery_id"] for row in store.in_flight_turns(now - 600)] == ["whd_old"]
 
     journal.voice_finished(quick, "answered", 0.004, 0.5, "Yes.")
     monkeypatch.setattr(journal_module, "IN_FLIGHT_AFTER", 0.0)  # as if they had run a while
@@ -599,9 +605,23 @@ def test_the_delivery_log_shows_a_voice_turn_in_flight_once_it_has_run_a_while(o
     rows = {row["delivery_id"]: row for row in store.delivery_log()}
     assert rows["whd_quick"]["outcome"] == "answered"
     assert rows["whd_quick"]["answered"] == "Yes."
-    assert sorted(row["delivery_id"] for row in store.in_flight_turns(now - 60)) == [
+    assert sorted(row["delivery_id"] for row in store.in_flight_turns(now - 600)) == [
         "whd_old", "whd_slow"]
     assert journal.flush() == 0
+
+    # A worker that stops writes its turns in flight, however young.
+    monkeypatch.setattr(journal_module, "IN_FLIGHT_AFTER", 60.0)
+    journal.record("whd_last", "agent.message", IN_FLIGHT, 200, channel="voice",
+                   call_id="call_last")
+    assert journal.flush() == 0
+    assert journal.flush(last=True) == 1
+    assert "whd_last" in {row["delivery_id"] for row in store.in_flight_turns(now - 600)}
+
+    # One flush at a time: a second one leaves the rows to the next.
+    journal.record("whd_text", "agent.message", "accepted", 200, channel="sms")
+    with journal._flushing:
+        assert journal.flush() == 0
+    assert journal.flush() == 1
 
 
 def test_the_consoles_delivery_log_queries_walk_indexes_not_the_table(make_store, monkeypatch):
@@ -658,12 +678,13 @@ def test_the_consoles_delivery_log_queries_walk_indexes_not_the_table(make_store
 
 def test_the_delivery_log_writes_many_rows_at_once_and_updates_them(opened):
     from app.console.journal import Journal
-    from app.store.console import ROWS_PER_STATEMENT
+    from app.store.console import IN_FLIGHT, ROWS_PER_STATEMENT
 
     store = opened()
     journal = Journal(store)
     count = 2 * ROWS_PER_STATEMENT + 5  # more than one statement's worth, and a part one
-    turns = [journal.record(f"whd_{i}", "agent.message", "in_flight", 200, channel="voice",
+    # Arrived long ago: shown in flight at the first flush.
+    turns = [journal.record(f"whd_{i}", "agent.message", IN_FLIGHT, 200, channel="voice",
                             call_id=f"call_{i}", received_at=1000.0 + i) for i in range(count)]
     assert journal.flush() == count
     for i, turn in enumerate(turns[::2]):
@@ -672,6 +693,6 @@ def test_the_delivery_log_writes_many_rows_at_once_and_updates_them(opened):
     rows = {row["delivery_id"]: row for row in store.delivery_log(limit=count + 10)}
     assert len(rows) == count
     assert [rows[f"whd_{i}"]["outcome"] for i in range(4)] == [
-        "answered", "in_flight", "answered", "in_flight"]
+        "answered", IN_FLIGHT, "answered", IN_FLIGHT]
     assert rows[f"whd_{count - 1}"]["answered"] == f"answer {(count - 1) // 2}"
     assert rows[f"whd_{count - 1}"]["call_id"] == f"call_{count - 1}"

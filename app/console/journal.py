@@ -2,11 +2,12 @@
 
 Recording a delivery costs an append to a bounded deque, never a store round trip on the
 path of a voice turn or an acknowledgement. A background task writes what has gathered
-about once a second; a process that dies loses at most that second of log rows (never an
-event: the log is for people to look at). When the store cannot keep up, the oldest unwritten
-rows are dropped first. A voice turn's row is written once it has ended, and before that, as
-in flight, only if it is still running IN_FLIGHT_AFTER after it arrived: most turns end sooner,
-and each row written is CPU taken from the callers whose first lines are due.
+about once a second, and a worker that stops writes the rest; a process that dies loses at
+most its last second or two of log rows (never an event: the log is for people to look at).
+When the store cannot keep up, the oldest unwritten rows are dropped first. A voice turn's
+row is written once it has ended, and before that, as in flight, only if it is still running
+IN_FLIGHT_AFTER after it arrived: most turns end sooner, and each row written is CPU taken
+from the callers whose first lines are due.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class Journal:
         self._started_pid: int | None = None
         # Held for an append or a swap, never across a switch: a native lock is enough.
         self._lock = get_original("_thread", "allocate_lock")()
+        # One flush at a time: two could write a turn's versions out of order.
+        self._flushing = get_original("_thread", "allocate_lock")()
 
     def record(self, delivery_id: str, event: str, outcome: str, status: int | None = None,
                channel: str | None = None, agent_id: str | None = None,
@@ -67,14 +70,22 @@ class Journal:
         self._add((*row[:7], outcome, row[8], row[9], _cut(answered), row[11], first_ms,
                    final_ms))
 
-    def flush(self) -> int:
-        """Write what has gathered; returns how many rows were written."""
+    def flush(self, last: bool = False) -> int:
+        """Write what has gathered; returns how many rows were written (0 while another
+        flush runs). ``last``: the process is stopping, so turns in flight are written too."""
+        if not self._flushing.acquire(blocking=False):  # never waits: it may be the loop
+            return 0
+        try:
+            return self._flush(time.time() - (0 if last else IN_FLIGHT_AFTER))
+        finally:
+            self._flushing.release()
+
+    def _flush(self, shown_from: float) -> int:
         with self._lock:
             pending, self._pending = self._pending, collections.deque(maxlen=MAX_PENDING)
             latest, self._young = self._young, {}
         # A voice turn that started and ended since the last flush: only its last version.
         latest.update((row[0], row) for row in pending)
-        shown_from = time.time() - IN_FLIGHT_AFTER
         rows, young = [], {}
         for key, row in latest.items():
             if row[_OUTCOME] == IN_FLIGHT and row[_RECEIVED_AT] > shown_from:
@@ -96,11 +107,13 @@ class Journal:
     def _add(self, row: Row) -> None:
         with self._lock:
             self._pending.append(row)
-        if self._started_pid != current_pid():
+            start = self._started_pid != current_pid()
+            if start:  # under the lock: two threads' first rows start one loop
+                self._started_pid = current_pid()
+        if start:
             self._start()
 
     def _start(self) -> None:
-        self._started_pid = current_pid()
         if gevent_active():
             import gevent
 

@@ -432,10 +432,10 @@ class DeliveryLog(Protocol):
         all in one transaction. An id comes at most once per call."""
         ...
 
-    def delivery_log(self, limit: int = 100, channel: str | None = None,
-                     voice: bool | None = None, call_id: str | None = None,
+    def delivery_log(self, limit: int = 100, voice: bool | None = None,
+                     call_id: str | None = None,
                      failures_first: bool = False) -> list[dict[str, Any]]:
-        """At most ``limit`` rows, newest first: only those of ``channel`` or ``call_id``;
+        """At most ``limit`` rows, newest first: only those of ``call_id``;
         ``voice`` True or False: only voice turns or only texts; ``failures_first``: the
         newest failures (HTTP status 400 and above, deadline, agent error) before the rest."""
         ...

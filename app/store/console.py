@@ -46,17 +46,14 @@ class DeliveryLogSQL(SQLRepository):
 
         self.run(insert, bulk=True)
 
-    def delivery_log(self, limit: int = 100, channel: str | None = None,
-                     voice: bool | None = None, call_id: str | None = None,
+    def delivery_log(self, limit: int = 100, voice: bool | None = None,
+                     call_id: str | None = None,
                      failures_first: bool = False) -> list[dict[str, Any]]:
         """Recent log rows, newest first (``voice`` True/False: only voice turns / texts)."""
         where, params = [], []
         if call_id is not None:
             where.append("call_id = ?")
             params.append(call_id)
-        if channel is not None:
-            where.append("channel = ?")
-            params.append(channel)
         if voice is not None:
             where.append("channel = 'voice'" if voice else "channel <> 'voice'")
         clause = ("WHERE " + " AND ".join(where) + " ") if where else ""
