@@ -93,6 +93,5 @@ def worker_exit(server, worker):
 
     if app.config["JOB_RUNNER"]:
         get_job_runner(app).stop()
-    with app.app_context():
-        get_journal().flush(last=True)  # the console's last rows, turns in flight among them
+    get_journal(app).flush(last=True)  # the console's last rows, turns in flight among them
     get_store(app).close()

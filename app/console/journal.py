@@ -144,8 +144,8 @@ def _cut(text: str | None) -> str | None:
     return text[:TEXT_LIMIT] if isinstance(text, str) else None
 
 
-def get_journal() -> Journal:
-    """This app's delivery log."""
+def get_journal(app: Any = None) -> Journal:
+    """The delivery log of ``app``, by default the current one."""
     from flask import current_app
 
-    return current_app.extensions[EXTENSION]
+    return (current_app if app is None else app).extensions[EXTENSION]

@@ -132,7 +132,7 @@ def count_delivery(response: Response) -> Response:
         return response
     DELIVERIES.labels(*_labels(event), outcome).inc()
     if hasattr(seen, "delivery_id"):
-        _journal(outcome, response.status_code, seen)
+        _journal(get_journal(), outcome, response.status_code, seen)
     return response
 
 
@@ -143,11 +143,10 @@ def _labels(event: events.Event | None) -> tuple[str, str]:
     return name, channel
 
 
-def _journal(outcome: str, status: int, seen: Any) -> Row:
+def _journal(journal: Journal, outcome: str, status: int, seen: Any) -> Row:
     """Log this signed delivery for the console (a voice turn's row is completed later);
     ``seen`` is the request's ``g``."""
     event = getattr(seen, "event", None)
-    journal = get_journal()
     if event is None:
         return journal.record(seen.delivery_id, "unparsed", outcome, status)
     data = event.data
@@ -201,9 +200,10 @@ def _voice_turn(event: events.Event, delivery_id: str) -> StreamResponse:
     # journalled as in flight here and completed when its stream ends.
     g.outcome = COUNTED_IN_STREAM
     # Bound here: Flask tears down the request context before the stream runs.
-    row = _journal(IN_FLIGHT, 200, g._get_current_object())
+    journal = get_journal()
     held = _HeldTurn(get_voice_claims(), agent, delivery_id, event.event, g.signed,
-                     _labels(event), get_journal(), row)
+                     _labels(event), journal,
+                     _journal(journal, IN_FLIGHT, 200, g._get_current_object()))
     lines = stream_turn(agent, turn, deadline, sock=caller_socket(environ),
                         filler_after=current_app.config["VOICE_FILLER_AFTER"], environ=environ,
                         arrived=g.arrived, report=held.report, claim=held.claim)
