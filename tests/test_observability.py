@@ -1,6 +1,9 @@
 """Metrics at /metrics across workers, and logs: one stream, text or JSON, with ids."""
 
+import contextlib
 import json
+import signal
+import sqlite3
 import time
 
 import pytest
@@ -107,6 +110,23 @@ def test_a_late_turn_and_a_hangup_are_counted(gunicorn, secret, effects_agent):
     assert value(values, "agentphone_voice_turns_total", outcome="deadline") == 1
     assert value(values, "agentphone_voice_turns_total", outcome="hangup") == 1
     assert value(values, "agentphone_voice_turns_in_flight") == 0
+
+
+def test_a_stopping_worker_writes_the_delivery_logs_last_rows(gunicorn, secret, tmp_path):
+    server = gunicorn(workers=1, JOB_RUNNER="off")
+    sent = []
+    for n in range(5):
+        raw, headers = signed_request(secret, payload("sms", f"text {n}"))
+        assert requests.post(server.webhook, data=raw, headers=headers,
+                             timeout=10).status_code == 200
+        sent.append(headers["X-Webhook-ID"])
+    # A deploy, before the log's first timed flush (a second after its first row): only the
+    # stopping worker's own flush can write these rows.
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(30)
+    with contextlib.closing(sqlite3.connect(tmp_path / "events.db")) as conn:
+        rows = conn.execute("SELECT delivery_id, outcome FROM delivery_log").fetchall()
+    assert sorted(rows) == sorted((delivery, "accepted") for delivery in sent)
 
 
 def test_api_requests_retries_and_retry_after_waits_are_counted(fake_api):
