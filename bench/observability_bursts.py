@@ -52,6 +52,7 @@ from voice_streams import STREAM_TIMEOUT, build_request, fire
 
 SIDES = ("on", "off")
 DEADLINE_SECONDS = 1800  # the whole benchmark, whatever the counts asked for
+ACKS_PER_SECOND_MAX = 5000  # distinct deliveries made for each second of a wrk window
 
 
 def bootstrap_change(pairs, draws=2000, seed=1):
@@ -134,12 +135,13 @@ async def voice(servers, numbers, args, stop_at):
 def ack_window(server, seconds, tag, work):
     """One wrk window of distinct signed texts: acks/s."""
     prefix = str(work / f"{tag}-")
-    write_thread_files(raw_requests(server.port, int(3000 * seconds), tag), 2, prefix)
+    made = int(ACKS_PER_SECOND_MAX * seconds)
+    write_thread_files(raw_requests(server.port, made, tag), 2, prefix)
     result = run_wrk(server.url, prefix, 2, 64, seconds)
     if result["errors"]:
         raise RuntimeError(f"{result['errors']} acks failed: {result['error_detail']}")
     if result["wraps"]:  # it sent some again: duplicates, acked without the work
-        raise RuntimeError(f"more than {3000 * seconds} acks in {seconds} s: shorten the window")
+        raise RuntimeError(f"more than {made} acks in {seconds} s: shorten the window")
     return result["ok"] / result["seconds"]
 
 
