@@ -629,6 +629,7 @@ def test_the_consoles_delivery_log_queries_walk_indexes_not_the_table(make_store
     pages stay fast with 100,000 rows; a text's row is in neither the call nor the voice
     index (two fewer index writes per acknowledgement)."""
     from app.console.journal import Journal
+    from app.store.console import IN_FLIGHT
 
     traced = []
     connect = sqlite3.connect
@@ -643,7 +644,7 @@ def test_the_consoles_delivery_log_queries_walk_indexes_not_the_table(make_store
     journal = Journal(store)
     journal.record("whd_text", "agent.message", "accepted", 200, channel="sms",
                    conversation_id="conv_1", said="hi")
-    turn = journal.record("whd_voice", "agent.message", "in-flight", 200, channel="voice",
+    turn = journal.record("whd_voice", "agent.message", IN_FLIGHT, 200, channel="voice",
                           call_id="call_1", said="hours?")
     journal.voice_finished(turn, "answered", 0.004, 0.9, "We open at 9.")
     journal.flush()

@@ -105,11 +105,12 @@ class Journal:
         return len(rows)
 
     def _add(self, row: Row) -> None:
+        pid = current_pid()
         with self._lock:
             self._pending.append(row)
-            start = self._started_pid != current_pid()
+            start = self._started_pid != pid
             if start:  # under the lock: two threads' first rows start one loop
-                self._started_pid = current_pid()
+                self._started_pid = pid
         if start:
             self._start()
 
